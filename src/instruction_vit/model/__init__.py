@@ -1,0 +1,15 @@
+"""The Instruction-ViT model: receives prompt features as tensors, never the encoders."""
+
+from .build import build_model
+from .instruction_vit import InstructionOutput, InstructionViT, PromptEmbed, PromptInput
+from .regimes import REGIMES, apply_regime
+
+__all__ = [
+    "REGIMES",
+    "InstructionOutput",
+    "InstructionViT",
+    "PromptEmbed",
+    "PromptInput",
+    "apply_regime",
+    "build_model",
+]

@@ -1,0 +1,177 @@
+"""Instruction-ViT: a timm Vision Transformer that reads one prompt token per candidate class.
+
+Token sequence fed to the transformer blocks (paper §3.2, Algorithm 1)::
+
+    [CLS; patches + positional embeddings; prompt tokens]
+
+The prompt tokens are appended *after* the positional embedding and receive none, so the model is
+permutation-equivariant in its prompts. Two outputs:
+
+* ``logits``: the backbone's own head on its pooled ([CLS]) output, ``[B, num_classes]``;
+* ``scores``: ``score_scale * cos(cls_out, prompt_out)`` for every prompt, ``[B, P]`` (paper §3.3).
+
+With no prompts the forward pass is exactly the wrapped timm model (the plain-ViT baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple, Union
+
+import torch
+import torch.nn.functional as F
+from timm.models import VisionTransformer
+from timm.models._manipulate import checkpoint_seq
+from torch import Tensor, nn
+
+#: Prompt features: one tensor ``[P, D]`` shared by the batch or ``[B, P, D]`` per sample, or a mapping
+#: ``{modality: tensor}`` when text and image features live in different spaces (mixed prompts
+#: without a joint encoder): each modality is projected by its own layer and the tokens are averaged.
+PromptInput = Union[Tensor, Mapping[str, Tensor]]
+
+
+class InstructionOutput(NamedTuple):
+    """The one output type of :class:`InstructionViT`."""
+
+    logits: Tensor  # [B, num_classes]: classification head on the pooled [CLS] output
+    scores: Tensor  # [B, P]: scaled cosine between the [CLS] output and each prompt output
+
+
+class PromptEmbed(nn.Module):
+    """The prompt embedding layer: a linear projection per prompt source, feature dim -> ViT width."""
+
+    def __init__(self, prompt_dims: Mapping[str, int], width: int) -> None:
+        super().__init__()
+        for name, dim in prompt_dims.items():
+            if int(dim) <= 0:
+                raise ValueError(f"prompt dim for {name!r} must be positive, got {dim}")
+        self.proj = nn.ModuleDict({name: nn.Linear(int(dim), width) for name, dim in prompt_dims.items()})
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {name: layer.in_features for name, layer in self.proj.items()}
+
+    def forward(self, prompts: PromptInput) -> Tensor:
+        if not self.proj:
+            raise ValueError(
+                "this model was built without a prompt embedding layer (prompt_dim=None): "
+                "it is a plain ViT; rebuild it with build_model(..., prompt_dim=D) to use prompts"
+            )
+        if isinstance(prompts, Tensor):
+            if len(self.proj) != 1:
+                raise ValueError(
+                    f"this model projects several prompt sources {sorted(self.proj)}: "
+                    "pass prompts as a dict {source: features}"
+                )
+            (name,) = self.proj
+            return self._project(name, prompts)
+        unknown = sorted(set(prompts) - set(self.proj))
+        if unknown or not prompts:
+            raise ValueError(
+                f"prompt sources {unknown or '(none)'} have no projection; this model has {sorted(self.proj)}"
+            )
+        tokens = [self._project(name, feats) for name, feats in prompts.items()]
+        shapes = {tuple(t.shape) for t in tokens}
+        if len(shapes) != 1:
+            raise ValueError(f"prompt sources give different numbers of prompts: {sorted(shapes)}")
+        return torch.stack(tokens).mean(0)
+
+    def _project(self, name: str, feats: Tensor) -> Tensor:
+        layer = self.proj[name]
+        if feats.dim() not in (2, 3):
+            raise ValueError(f"prompt features must be [P, D] or [B, P, D], got shape {tuple(feats.shape)}")
+        if feats.shape[-1] != layer.in_features:
+            raise ValueError(
+                f"prompt features for {name!r} have dim {feats.shape[-1]} but the prompt embedding layer "
+                f"expects {layer.in_features}: build the prompt bank with the encoder the model was built for, "
+                f"or build the model with prompt_dim={feats.shape[-1]}"
+            )
+        return layer(feats.to(layer.weight.dtype))
+
+
+class InstructionViT(nn.Module):
+    """Wraps a timm :class:`~timm.models.VisionTransformer` (kept as ``self.backbone``).
+
+    Args:
+        backbone: any timm ViT; its ``head`` is the classification head.
+        prompt_dims: feature dim of each prompt source, e.g. ``{"text": 512}``; empty for a plain ViT.
+        score_scale: multiplier of the cosine scores (the reference implementation uses 100).
+    """
+
+    def __init__(self, backbone: VisionTransformer, prompt_dims: Mapping[str, int], score_scale: float = 100.0):
+        super().__init__()
+        if not isinstance(backbone, VisionTransformer):
+            raise TypeError(
+                f"Instruction-ViT needs a timm VisionTransformer backbone (token sequence), "
+                f"got {type(backbone).__name__}; pick a ViT name such as 'vit_base_patch16_224'"
+            )
+        self.backbone = backbone
+        self.prompt_embed = PromptEmbed(prompt_dims, backbone.embed_dim)
+        self.score_scale = float(score_scale)
+        # Optional stored prompt features (trainable in prompt tuning when asked); empty by default.
+        self.prompt_bank = nn.ParameterDict()
+
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.num_classes
+
+    @property
+    def head(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
+
+    # -- stored prompts ------------------------------------------------------------------------
+    def set_prompt_bank(self, prompts: PromptInput, trainable: bool = False) -> None:
+        """Store prompt features in the model (saved with its weights); see :meth:`bank_prompts`."""
+        items = {"prompts": prompts} if isinstance(prompts, Tensor) else dict(prompts)
+        self.prompt_bank = nn.ParameterDict(
+            {name: nn.Parameter(t.detach().clone().float(), requires_grad=trainable) for name, t in items.items()}
+        )
+
+    def bank_prompts(self) -> PromptInput | None:
+        """The stored prompt features, in the form :meth:`forward` takes (``None`` if none stored)."""
+        if not self.prompt_bank:
+            return None
+        if list(self.prompt_bank) == ["prompts"]:
+            return self.prompt_bank["prompts"]
+        return dict(self.prompt_bank.items())
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward_features(self, images: Tensor, prompt_tokens: Tensor) -> Tensor:
+        """Transformer output for ``[CLS; patches + pos; prompt_tokens]``, after the final norm."""
+        bb = self.backbone
+        x = bb.patch_embed(images)
+        x = bb._pos_embed(x)
+        x = bb.patch_drop(x)
+        if prompt_tokens.dim() == 2:
+            prompt_tokens = prompt_tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
+        elif prompt_tokens.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"per-sample prompts have batch size {prompt_tokens.shape[0]} but the images {x.shape[0]}"
+            )
+        x = torch.cat([x, prompt_tokens.to(x.dtype)], dim=1)
+        x = bb.norm_pre(x)
+        if bb.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(bb.blocks, x)
+        else:
+            x = bb.blocks(x)
+        return bb.norm(x)
+
+    def forward(self, images: Tensor, prompts: PromptInput | None = None) -> InstructionOutput:
+        bb = self.backbone
+        if prompts is None:
+            logits = bb(images)
+            return InstructionOutput(logits, logits.new_zeros(logits.shape[0], 0))
+        tokens = self.prompt_embed(prompts)
+        num_prompts = tokens.shape[-2]
+        x = self.forward_features(images, tokens)
+        image_tokens, prompt_out = x[:, :-num_prompts], x[:, -num_prompts:]
+        pooled = bb.forward_head(image_tokens, pre_logits=True)
+        logits = bb.head(pooled)
+        cls = F.normalize(pooled.float(), dim=-1)
+        prompt_out = F.normalize(prompt_out.float(), dim=-1)
+        scores = self.score_scale * torch.einsum("bd,bpd->bp", cls, prompt_out)
+        return InstructionOutput(logits, scores)

@@ -1,0 +1,28 @@
+"""Training regimes: which parameters learn.
+
+* ``full``: everything (full fine-tuning, paper Table 1).
+* ``prompt``: the paper's prompt tuning (Table 2): backbone frozen; classification head and prompt
+  embedding layer trained. The reference code leaves the projection frozen at random init; the paper
+  says "head and prompt embedding layer", which is what this does.
+* ``linear``: the classification head only (linear probe).
+
+Stored prompt features (``model.prompt_bank``) learn only when ``train_prompt_features`` is set.
+"""
+
+from __future__ import annotations
+
+from .instruction_vit import InstructionViT
+
+REGIMES = ("full", "prompt", "linear")
+
+
+def apply_regime(model: InstructionViT, regime: str, train_prompt_features: bool = False) -> list[str]:
+    """Set ``requires_grad`` for ``regime``; returns the names of the trainable parameters."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown training regime {regime!r}; choose one of {', '.join(REGIMES)}")
+    model.requires_grad_(regime == "full")
+    model.head.requires_grad_(True)
+    if regime == "prompt":
+        model.prompt_embed.requires_grad_(True)
+    model.prompt_bank.requires_grad_(train_prompt_features)
+    return [name for name, p in model.named_parameters() if p.requires_grad]

@@ -1,0 +1,33 @@
+"""Prompts: encoders, the prompt bank, and top-K+1 prompt selection."""
+
+from .bank import KINDS, ImageSource, PromptBank, build_prompt_bank, choose_prompt_images, encode_class_texts
+from .encoders import ENCODER_SPECS, ImagePreprocess, PromptEncoder, load_encoder
+from .selection import (
+    Selection,
+    class_prototypes,
+    cosine_scores,
+    expand_scores,
+    forward_selected,
+    gather_prompts,
+    select_top_k,
+)
+
+__all__ = [
+    "ENCODER_SPECS",
+    "KINDS",
+    "ImagePreprocess",
+    "ImageSource",
+    "PromptBank",
+    "PromptEncoder",
+    "Selection",
+    "build_prompt_bank",
+    "choose_prompt_images",
+    "class_prototypes",
+    "cosine_scores",
+    "encode_class_texts",
+    "expand_scores",
+    "forward_selected",
+    "gather_prompts",
+    "load_encoder",
+    "select_top_k",
+]

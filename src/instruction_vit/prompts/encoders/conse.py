@@ -1,0 +1,63 @@
+"""ConSE (Norouzi et al., 2014): a joint image-text space without CLIP.
+
+An image is embedded as the probability-weighted mean of the text embeddings of its top-T ImageNet
+classes (classifier: EfficientNet-Lite0; class texts ``"a photo of a {name}."`` through MiniLM). Texts are
+embedded by MiniLM directly, so images and texts share MiniLM's space: zero-shot ranking and mixed
+prompts work offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import IMAGE, TEXT, PromptEncoder
+from .efficientnet import EfficientNetLiteEncoder
+from .minilm import MiniLMTextEncoder
+
+CLASS_TEMPLATE = "a photo of a {}."
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names (first synonym of each WordNet label, as shipped by timm)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
+
+
+class ConSEEncoder(PromptEncoder):
+    modalities = frozenset({TEXT, IMAGE})
+    shared_space = True
+
+    def __init__(self, device: str | torch.device = "cpu", top: int = 10):
+        if top < 1:
+            raise ValueError(f"ConSE top must be >= 1, got {top}")
+        self.text = MiniLMTextEncoder(device=device)
+        self.classifier = EfficientNetLiteEncoder(device=device)
+        self.top = top
+        self.dim = self.text.dim
+        self.preprocess = self.classifier.preprocess
+        self.name = "conse" if top == 10 else f"conse@{top}"
+        self._label_embeddings: Tensor | None = None
+
+    @property
+    def label_embeddings(self) -> Tensor:
+        """``[1000, dim]`` normalised text embeddings of the ImageNet classes (computed once)."""
+        if self._label_embeddings is None:
+            texts = [CLASS_TEMPLATE.format(c) for c in imagenet_class_names()]
+            self._label_embeddings = F.normalize(self.text.encode_text(texts), dim=-1)
+        return self._label_embeddings
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        return self.text.encode_text(texts)
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        probs = self.classifier.imagenet_logits(images).softmax(dim=-1).cpu()
+        top_p, top_i = probs.topk(self.top, dim=-1)
+        weights = top_p / top_p.sum(dim=-1, keepdim=True)
+        return torch.einsum("bt,btd->bd", weights, self.label_embeddings[top_i])

