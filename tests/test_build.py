@@ -58,3 +58,15 @@ def test_random_init_by_default(tiny_vit_kwargs):
     torch.manual_seed(1)
     b = build_model("vit_tiny_patch16_224", 4, 16, **tiny_vit_kwargs)
     assert not torch.equal(a.backbone.pos_embed, b.backbone.pos_embed)
+
+
+def test_npz_goes_to_timms_jax_loader(tmp_path, tiny_vit_kwargs, monkeypatch):
+    """timm converts big_vision/JAX .npz checkpoints itself; we must route the file to it."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    calls = []
+    monkeypatch.setattr(VisionTransformer, "load_pretrained", lambda self, path, prefix="": calls.append(path))
+    path = tmp_path / "ViT-B_16.npz"
+    path.write_bytes(b"")
+    build_model("vit_tiny_patch16_224", 10, 16, pretrained=path, **tiny_vit_kwargs)
+    assert calls == [str(path)]

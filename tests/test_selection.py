@@ -11,6 +11,7 @@ from instruction_vit.prompts import (
     forward_selected,
     gather_prompts,
     select_top_k,
+    target_mask,
 )
 
 RANKER = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.0, 0.5], [0.7, 0.2, 0.6, 0.1, 0.9, 0.3]])
@@ -111,3 +112,18 @@ def test_rankers():
     torch.testing.assert_close(protos[1], expected, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="no features"):
         class_prototypes(feats, torch.tensor([0, 0, 0]), 2)
+
+
+def test_target_mask_hard_and_mixed_soft_targets():
+    from timm.data import Mixup
+
+    assert target_mask(torch.tensor([2, 0]), 4).tolist() == [[False, False, True, False], [True, False, False, False]]
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=0.0, label_smoothing=0.1, num_classes=6)
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 2, 3])
+    _, soft = mixup(torch.randn(4, 3, 8, 8), labels)
+    mask = target_mask(soft, 6)
+    for b in range(4):  # timm mixes each sample with the flipped batch
+        assert set(torch.nonzero(mask[b]).flatten().tolist()) == {int(labels[b]), int(labels.flip(0)[b])}
+    keep_all = select_top_k(torch.randn(4, 6), 2, mask)
+    assert all(set(row) == set(torch.nonzero(m).flatten().tolist()) for row, m in zip(keep_all.index.tolist(), mask))

@@ -10,6 +10,7 @@ from .selection import (
     forward_selected,
     gather_prompts,
     select_top_k,
+    target_mask,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "gather_prompts",
     "load_encoder",
     "select_top_k",
+    "target_mask",
 ]

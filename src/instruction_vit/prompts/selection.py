@@ -76,6 +76,18 @@ def select_top_k(ranker_scores: Tensor, k: int, keep: Tensor | None = None) -> S
     return Selection(scores.topk(k, dim=1).indices, num_classes)
 
 
+def target_mask(target: Tensor, num_classes: int) -> Tensor:
+    """``[B, N]`` bool: the classes a training target names, to pass as ``keep`` to :func:`select_top_k`.
+
+    Hard targets ``[B]``: the class. Soft targets ``[B, N]`` (Mixup/CutMix, label smoothing): every class
+    with more than the row's floor mass (the smoothing share every class gets), i.e. the mixed classes.
+    """
+    if target.dim() == 1:
+        return torch.nn.functional.one_hot(target.long(), num_classes).bool()
+    floor = target.min(dim=1, keepdim=True).values
+    return target > floor + 1e-6 * target.max(dim=1, keepdim=True).values.clamp_min(1e-12)
+
+
 def gather_prompts(prompts: Prompts, selection: Selection) -> Prompts:
     """Per-sample prompts ``[B, K(+1), D]``: the selected classes' prompts, then the mean of the rest.
 

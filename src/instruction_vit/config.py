@@ -1,0 +1,214 @@
+"""Run configuration: dataclasses layered as defaults -> YAML file -> ``key=value`` overrides, validated.
+
+An unknown key or a value of the wrong type is an error that names it (and the closest valid key).
+The resolved config is what a run folder and every checkpoint record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used, with the reason and the fix."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"  # fashion_mnist | folder | split_file
+    root: str = "/usr/share/datasets/fashion-mnist"  # idx files, class folders, or images of a split file
+    split_file: str | None = None  # CoOp split JSON (dataset=split_file)
+    val_fraction: float = 0.1  # seeded train/val split when the data gives none
+    split_seed: int = 0
+    train_limit: int | None = None  # keep this many training samples (seeded, class-balanced); None: all
+    eval_limit: int | None = None  # likewise for val and test
+    img_size: int = 32
+    randaugment: str | None = "rand-m9-mstd0.5"  # timm RandAugment config string; None: off
+    hflip: float = 0.5
+    num_workers: int = 0
+
+
+@dataclass
+class PromptConfig:
+    kind: str = "text"  # none | text | image | mixed
+    encoder: str = "conse"  # see instruction_vit.prompts.ENCODER_SPECS
+    image_encoder: str | None = None  # None: the same as `encoder`
+    templates: str = "simple"  # a named set or a file (instruction_vit.data.templates)
+    descriptions: str | None = None  # YAML/JSON file {class name: [sentences]}
+    per_class: int = 1  # images averaged per image prompt
+    seed: int = 0  # which training images become image prompts
+    select_k: int | None = None  # evaluation: top-K prompts + 1 averaged (paper §3.4); None: all N
+    ranker: str = "zero_shot"  # zero_shot | prototype
+    train_select_k: int | None = None  # training: shorten the sequence to K+1 (targets always kept)
+    cache_dir: str = ".cache/instruction-vit/prompts"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit_tiny_patch16_224"
+    pretrained: str | None = None  # None: random init; "timm": timm's sources; else a weights file
+    backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"patch_size": 4})
+    score_scale: float = 100.0
+    regime: str = "full"  # full | prompt | linear
+    train_prompt_features: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 256
+    accum_steps: int = 1
+    optimizer: str = "adamw"  # adam | adamw
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05
+    grad_clip: float | None = None
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 0.1
+    label_smoothing: float = 0.1
+    head_weight: float = 1.0
+    score_weight: float = 1.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    deterministic: bool = False
+    eval_every: int = 1
+    tensorboard: bool = True  # when installed
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=3e-4")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    return from_dict(data)
+
+
+CHOICES = {
+    "data.dataset": ("fashion_mnist", "folder", "split_file"),
+    "prompts.kind": ("none", "text", "image", "mixed"),
+    "prompts.ranker": ("zero_shot", "prototype"),
+    "model.regime": ("full", "prompt", "linear"),
+    "train.optimizer": ("adam", "adamw"),
+}
+POSITIVE = ("data.img_size", "train.epochs", "train.batch_size", "train.accum_steps", "prompts.per_class")
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    cfg = _build(Config, data, "")
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r} is {value!r}; choose one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError("config key 'data.val_fraction' must be in [0, 1)")
+    if cfg.data.dataset == "split_file" and not cfg.data.split_file:
+        raise ConfigError("data.dataset=split_file needs data.split_file (a CoOp split JSON)")
+    return cfg
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean {where + '.' if where else ''}{close[0]}?" if close else ""
+            raise ConfigError(f"unknown config key {name!r}{hint} (valid: {', '.join(fields)})")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            kwargs[key] = _build(hint_type, value or {}, name)
+        else:
+            kwargs[key] = _coerce(value, hint_type, name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, name)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {name!r} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    type_name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"config key {name!r} must be {type_name}, got {value!r} ({type(value).__name__})")

@@ -1,0 +1,54 @@
+import pytest
+
+from instruction_vit.config import Config, ConfigError, load_config
+
+
+def test_layers_defaults_file_overrides(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("train:\n  lr: 0.001\n  epochs: 3\nprompts:\n  kind: image\n")
+    cfg = load_config(f, ["train.epochs=5", "model.backbone_kwargs={patch_size: 8}", "prompts.select_k=3"])
+    assert cfg.train.lr == 1e-3 and cfg.train.epochs == 5 and cfg.prompts.kind == "image"
+    assert cfg.model.backbone_kwargs == {"patch_size": 8} and cfg.prompts.select_k == 3
+    assert cfg.train.batch_size == Config().train.batch_size  # untouched default
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(None, ["train.lr=3e-4", "prompts.select_k=null"])
+    f = tmp_path / "resolved.yaml"
+    f.write_text(cfg.to_yaml())
+    assert load_config(f) == cfg
+
+
+def test_int_is_accepted_where_float_is_expected():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=0.1", r"unknown config key 'train.lrr'; did you mean train.lr\?"),
+        ("trian.lr=0.1", r"unknown config key 'trian'; did you mean train\?"),
+        ("train.epochs=many", r"'train.epochs' must be int, got 'many'"),
+        ("train.epochs=2.5", r"'train.epochs' must be int"),
+        ("train.amp=3", r"'train.amp' must be bool"),
+        ("prompts.kind=audio", r"'prompts.kind' is 'audio'; choose one of none, text, image, mixed"),
+        ("model.regime=vpt", r"choose one of full, prompt, linear"),
+        ("train.batch_size=0", r"'train.batch_size' must be >= 1"),
+        ("lr", r"must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    f = tmp_path / "bad.yaml"
+    f.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(f)
+    f.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(f)
