@@ -33,6 +33,7 @@ class DataConfig:
     img_size: int = 32
     randaugment: str | None = "rand-m9-mstd0.5"  # timm RandAugment config string; None: off
     hflip: float = 0.5
+    crop_min_scale: float = 0.08  # RandomResizedCrop scale range (crop_min_scale, 1)
     num_workers: int = 0
 
 

@@ -1,0 +1,224 @@
+"""Labelled image collections that carry their class names.
+
+Every collection has ``class_names``, ``labels`` (one per sample), ``load_image(i)`` (a PIL RGB image) and
+``image_id(i)`` (a stable identifier), which is what prompt banks and data loaders need. Sources:
+
+* Fashion-MNIST from its original idx files (``.gz`` or not), e.g. Debian's ``dataset-fashion-mnist``;
+* an image folder, one subfolder per class;
+* a CoOp split file ``{"train"|"val"|"test": [[relpath, label, classname], ...]}`` over an image root.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+
+
+class DataError(ValueError):
+    """Data that cannot be used as given, with what is wrong and how to fix it."""
+
+
+class LabelledImages:
+    """Base of the collections: class names, labels, and images by index."""
+
+    class_names: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load_image(self, index: int) -> Image.Image:
+        raise NotImplementedError
+
+    def image_id(self, index: int) -> str:
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class ArrayImages(LabelledImages):
+    """Images held in memory as a uint8 array ``[N, H, W]`` (grey) or ``[N, H, W, 3]``."""
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int], class_names: Sequence[str], name: str):
+        if len(images) != len(labels):
+            raise DataError(f"{name}: {len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.class_names, self.name = images, [int(x) for x in labels], list(class_names), name
+
+    def load_image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index]).convert("RGB")
+
+    def image_id(self, index: int) -> str:
+        return f"{self.name}/{index}"
+
+
+class FileImages(LabelledImages):
+    """Images read from files under ``root``."""
+
+    def __init__(self, root: str | Path, paths: Sequence[str], labels: Sequence[int], class_names: Sequence[str]):
+        self.root, self.paths = Path(root), list(paths)
+        self.labels, self.class_names = [int(x) for x in labels], list(class_names)
+
+    def load_image(self, index: int) -> Image.Image:
+        return read_image(self.root / self.paths[index])
+
+    def image_id(self, index: int) -> str:
+        return self.paths[index]
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """An RGB PIL image; a missing, unreadable or truncated file raises :class:`DataError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot read image {path}: {err} (is the file truncated or not an image?)") from err
+
+
+@dataclass
+class Subset(LabelledImages):
+    """A view of some samples of a collection, in the given order."""
+
+    base: LabelledImages
+    indices: list[int]
+
+    def __post_init__(self) -> None:
+        self.class_names = self.base.class_names
+        self.labels = [self.base.labels[i] for i in self.indices]
+
+    def load_image(self, index: int) -> Image.Image:
+        return self.base.load_image(self.indices[index])
+
+    def image_id(self, index: int) -> str:
+        return self.base.image_id(self.indices[index])
+
+
+# -- sources -----------------------------------------------------------------------------------
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an idx file of unsigned bytes")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {body.size}")
+    return body.reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for candidate in (root / stem, root / f"{stem}.gz", root / "FashionMNIST" / "raw" / stem):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"Fashion-MNIST file {stem}[.gz] not found under {root}; install Debian's dataset-fashion-mnist "
+        "(apt-get install dataset-fashion-mnist) or set data.root to the folder holding the idx files"
+    )
+
+
+def fashion_mnist(root: str | Path = "/usr/share/datasets/fashion-mnist") -> dict[str, ArrayImages]:
+    """``{"train": 60k, "test": 10k}`` Fashion-MNIST from its idx files."""
+    root = Path(root)
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+        labels = _read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+        out[split] = ArrayImages(images, labels.tolist(), FASHION_MNIST_CLASSES, f"fashion_mnist/{split}")
+    return out
+
+
+def image_folder(root: str | Path) -> FileImages:
+    """One subfolder per class (sorted names are the classes, in label order), images inside."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class subfolders (expected {root}/CLASS_NAME/IMAGE.jpg)")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {root / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        paths += [str(p.relative_to(root)) for p in files]
+        labels += [label] * len(files)
+    return FileImages(root, paths, labels, classes)
+
+
+def coop_split(split_file: str | Path, root: str | Path) -> dict[str, FileImages]:
+    """The splits of a CoOp split file; class names come from the file, in label order."""
+    split_file, root = Path(split_file), Path(root)
+    if not split_file.is_file():
+        raise DataError(f"split file not found: {split_file}")
+    try:
+        content = json.loads(split_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"split file {split_file} is not valid JSON: {err}") from err
+    if not isinstance(content, dict) or "train" not in content:
+        raise DataError(f"split file {split_file} must map 'train' (and 'val', 'test') to [[path, label, name], ...]")
+    names: dict[int, str] = {}
+    for split, rows in content.items():
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 3):
+                raise DataError(f"{split_file}: entry {row!r} in {split!r} is not [relpath, label, classname]")
+            _, label, name = row
+            if names.setdefault(int(label), name) != name:
+                raise DataError(f"{split_file}: label {label} is named both {names[int(label)]!r} and {name!r}")
+    if sorted(names) != list(range(len(names))):
+        raise DataError(f"{split_file}: labels must be 0..N-1, found {sorted(names)[:10]}...")
+    class_names = [names[i] for i in range(len(names))]
+    return {
+        split: FileImages(root, [r[0] for r in rows], [r[1] for r in rows], class_names)
+        for split, rows in content.items()
+    }
+
+
+# -- splitting ---------------------------------------------------------------------------------
+def stratified_split(data: LabelledImages, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """Seeded split into (rest, held-out ``fraction`` of each class)."""
+    rng = random.Random(seed)
+    keep, held = [], []
+    for c in range(data.num_classes):
+        idx = [i for i, y in enumerate(data.labels) if y == c]
+        rng.shuffle(idx)
+        n_held = int(round(fraction * len(idx)))
+        held += idx[:n_held]
+        keep += idx[n_held:]
+    return Subset(data, sorted(keep)), Subset(data, sorted(held))
+
+
+def balanced_limit(data: LabelledImages, limit: int | None, seed: int) -> LabelledImages:
+    """At most ``limit`` samples, about equally many per class (seeded); the data itself if no limit."""
+    if limit is None or limit >= len(data):
+        return data
+    rng = random.Random(seed)
+    per_class: list[list[int]] = [[] for _ in range(data.num_classes)]
+    for i, y in enumerate(data.labels):
+        per_class[y].append(i)
+    for idx in per_class:
+        rng.shuffle(idx)
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < limit:
+        chosen += [idx[depth] for idx in per_class if depth < len(idx)][: limit - len(chosen)]
+        depth += 1
+    return Subset(data, sorted(chosen))
