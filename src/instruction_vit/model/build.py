@@ -25,7 +25,7 @@ def build_model(
     num_classes: int,
     prompt_dim: int | Mapping[str, int] | None,
     pretrained: Pretrained = False,
-    score_scale: float = 100.0,
+    score_scale: float = 10.0,
     **backbone_kwargs: Any,
 ) -> InstructionViT:
     """Create a timm ViT by name and wrap it as an Instruction-ViT.

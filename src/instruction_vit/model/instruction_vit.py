@@ -95,10 +95,10 @@ class InstructionViT(nn.Module):
     Args:
         backbone: any timm ViT; its ``head`` is the classification head.
         prompt_dims: feature dim of each prompt source, e.g. ``{"text": 512}``; empty for a plain ViT.
-        score_scale: multiplier of the cosine scores (the reference implementation uses 100).
+        score_scale: multiplier of the cosine scores (the reference code uses 100 under a double softmax).
     """
 
-    def __init__(self, backbone: VisionTransformer, prompt_dims: Mapping[str, int], score_scale: float = 100.0):
+    def __init__(self, backbone: VisionTransformer, prompt_dims: Mapping[str, int], score_scale: float = 10.0):
         super().__init__()
         if not isinstance(backbone, VisionTransformer):
             raise TypeError(

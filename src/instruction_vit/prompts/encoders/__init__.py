@@ -10,7 +10,7 @@ from .identity import file_sha256, weights_id
 ENCODER_SPECS = (
     "minilm",                                  # text: all-MiniLM-L6-v2 (offline, 384-d)
     "efficientnet-lite0[@SIZE]",               # image: ImageNet EfficientNet-Lite0 (offline, 1280-d)
-    "conse[@TOP]",                             # joint: ConSE over the two above (offline, 384-d)
+    "conse[@SIZE]",                            # joint: ConSE over the two above (offline, 384-d)
     "open_clip:MODEL[@PRETRAINED]",            # joint: CLIP, PRETRAINED a tag or a checkpoint file
     "open_clip:local-dir:/path/to/folder",     # joint: open_clip_config.json + weights in a folder
 )
@@ -38,7 +38,7 @@ def load_encoder(spec: str, device: str | torch.device = "cpu") -> PromptEncoder
     if not arg and base == "conse":
         from .conse import ConSEEncoder
 
-        return ConSEEncoder(device=device, top=_int_option(spec, option, 10))
+        return ConSEEncoder(device=device, image_size=_int_option(spec, option, 224))
     raise ValueError(f"unknown prompt encoder {spec!r}; use one of: {', '.join(ENCODER_SPECS)}")
 
 

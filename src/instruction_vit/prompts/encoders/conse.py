@@ -33,15 +33,17 @@ class ConSEEncoder(PromptEncoder):
     modalities = frozenset({TEXT, IMAGE})
     shared_space = True
 
-    def __init__(self, device: str | torch.device = "cpu", top: int = 10):
+    def __init__(self, device: str | torch.device = "cpu", image_size: int = 224, top: int = 10):
         if top < 1:
             raise ValueError(f"ConSE top must be >= 1, got {top}")
         self.text = MiniLMTextEncoder(device=device)
-        self.classifier = EfficientNetLiteEncoder(device=device)
+        self.classifier = EfficientNetLiteEncoder(device=device, image_size=image_size)
         self.top = top
         self.dim = self.text.dim
         self.preprocess = self.classifier.preprocess
-        self.name = "conse" if top == 10 else f"conse@{top}"
+        self.name = "conse" if image_size == 224 else f"conse@{image_size}"
+        if top != 10:
+            self.name += f"+top{top}"
         self._label_embeddings: Tensor | None = None
 
     @property

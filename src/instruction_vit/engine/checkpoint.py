@@ -1,0 +1,167 @@
+"""Checkpoints: one ``.safetensors`` file, self-describing, written atomically, read without pickle.
+
+Tensors: ``model/*`` (the model's state dict, prompt bank features included), and for training state
+``optim/<param>/<name>`` (optimizer moments) and ``rng/*`` (torch, CUDA and NumPy generator states).
+Header metadata (JSON strings): ``meta`` (resolved config, class names, prompt bank key, epoch, step,
+metrics) and ``train`` (optimizer hyper-parameters, Python RNG state, ...). The LR schedule is a pure
+function of the config and the step, so it needs no state of its own.
+
+A write goes to a temporary file in the same folder, then ``os.replace``: a kill during a save leaves the
+previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..config import Config, from_dict
+from ..model import InstructionViT, build_model
+
+FORMAT = "instruction-vit-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the reason."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    train: dict[str, Any] | None
+
+    @property
+    def config(self) -> Config:
+        return from_dict(self.meta["config"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return {k.removeprefix("model/"): v for k, v in self.tensors.items() if k.startswith("model/")}
+
+    def build_model(self) -> InstructionViT:
+        """The model, rebuilt from this file alone (architecture from the config, weights from the tensors)."""
+        cfg, state = self.config, self.model_state()
+        dims = {k.split(".")[2]: int(v.shape[1]) for k, v in state.items()
+                if k.startswith("prompt_embed.proj.") and k.endswith(".weight")}
+        prompt_dim = dims["prompts"] if list(dims) == ["prompts"] else (dims or None)
+        model = model_from_config(cfg, len(self.class_names), prompt_dim, pretrained=False)
+        bank = {k.removeprefix("prompt_bank."): v for k, v in state.items() if k.startswith("prompt_bank.")}
+        if bank:
+            model.set_prompt_bank(bank["prompts"] if list(bank) == ["prompts"] else bank)
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def restore_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.train is None:
+            raise CheckpointError(f"{self.path} holds no training state (a weights-only checkpoint)")
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in self.tensors.items():
+            if key.startswith("optim/"):
+                _, index, name = key.split("/", 2)
+                state.setdefault(int(index), {})[name] = value
+        for index, extra in self.train["optim_state"].items():
+            state.setdefault(int(index), {}).update(extra)
+        optimizer.load_state_dict({"state": state, "param_groups": self.train["optim_groups"]})
+
+    def restore_rng(self) -> None:
+        if self.train is None:
+            raise CheckpointError(f"{self.path} holds no training state (a weights-only checkpoint)")
+        torch.set_rng_state(self.tensors["rng/torch"])
+        cuda = [self.tensors[k] for k in sorted(k for k in self.tensors if k.startswith("rng/cuda/"))]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        py = self.train["rng_python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        np_meta = self.train["rng_numpy"]
+        np.random.set_state((np_meta[0], self.tensors["rng/numpy"].numpy().astype(np.uint32), *np_meta[1:]))
+
+
+def model_from_config(cfg: Config, num_classes: int, prompt_dim, pretrained: Any = None) -> InstructionViT:
+    """The model a run config describes (``pretrained`` overrides ``cfg.model.pretrained``)."""
+    source = cfg.model.pretrained if pretrained is None else pretrained
+    source = True if source == "timm" else source
+    kwargs = {"img_size": cfg.data.img_size, **cfg.model.backbone_kwargs}
+    return build_model(cfg.model.backbone, num_classes, prompt_dim, pretrained=source,
+                       score_scale=cfg.model.score_scale, **kwargs)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """Write a checkpoint atomically; with ``optimizer``, also the optimizer and RNG states for resuming."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {"format": FORMAT, "meta": json.dumps(meta)}
+    if optimizer is not None:
+        opt = optimizer.state_dict()
+        extra: dict[str, dict[str, Any]] = {}
+        for index, state in opt["state"].items():
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim/{index}/{name}"] = value.detach().cpu().contiguous()
+                else:
+                    extra.setdefault(str(index), {})[name] = value
+        tensors["rng/torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, state in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng/cuda/{i}"] = state
+        np_state = np.random.get_state()
+        tensors["rng/numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+        py_state = random.getstate()
+        header["train"] = json.dumps({
+            "optim_groups": opt["param_groups"],
+            "optim_state": extra,
+            "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
+            "rng_numpy": [np_state[0], *[_plain(x) for x in np_state[2:]]],
+        })
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint file (or ``RUN_DIR``, meaning ``RUN_DIR/checkpoints/best.safetensors``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            if header.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is not an instruction-vit checkpoint (format {header.get('format')!r})")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    train = json.loads(header["train"]) if "train" in header else None
+    return Checkpoint(path, json.loads(header["meta"]), tensors, train)
+
+
+def _plain(x: Any) -> Any:
+    return x.item() if hasattr(x, "item") else x

@@ -1,0 +1,57 @@
+"""Zero-shot and prototype rankers: per-image class scores that choose the top-K prompts (paper §3.4).
+
+Image features of a dataset are computed once per encoder and cached on disk (keyed by the encoder, its
+weights and the image ids), so evaluation with selection costs almost nothing after the first time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from ..data import LabelledImages, TransformedImages
+from ..prompts import PromptEncoder, class_prototypes, cosine_scores, load_encoder
+from ..prompts.encoders import weights_id
+
+
+def image_features(encoder: PromptEncoder | str, data: LabelledImages, cache_dir: str | Path | None = None,
+                   batch_size: int = 64, num_workers: int = 0, progress=None) -> Tensor:
+    """``[M, D]`` features of every image of ``data`` (in order) through ``encoder`` (an object or a spec,
+    loaded only when the features are not cached)."""
+    ids = [data.image_id(i) for i in range(len(data))]
+    name, weights = (encoder, weights_id(encoder)) if isinstance(encoder, str) else (encoder.name, encoder.weights_id())
+    key = hashlib.sha256(json.dumps([name, weights, ids]).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"features-{key}.safetensors" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        return load_file(str(path))["features"]
+    if isinstance(encoder, str):
+        encoder = load_encoder(encoder)
+    loader = DataLoader(TransformedImages(data, encoder.image_transform()), batch_size=batch_size,
+                        num_workers=num_workers)
+    task = progress.add_task(f"ranker features ({encoder.name})", total=len(loader)) if progress else None
+    feats = []
+    for images, _ in loader:
+        feats.append(encoder.encode_images(images).float().cpu())
+        if progress:
+            progress.advance(task)
+    features = torch.cat(feats)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"features": features.contiguous()}, str(path))
+    return features
+
+
+def zero_shot_scores(image_feats: Tensor, text_bank: Tensor) -> Tensor:
+    """``[M, N]`` cosine between joint-space image features and the text prompt bank."""
+    return cosine_scores(image_feats, text_bank)
+
+
+def prototype_scores(image_feats: Tensor, train_feats: Tensor, train_labels: Tensor, num_classes: int) -> Tensor:
+    """``[M, N]`` cosine between image features and the per-class mean training features."""
+    return cosine_scores(image_feats, class_prototypes(train_feats, train_labels, num_classes))

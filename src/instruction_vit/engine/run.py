@@ -1,0 +1,77 @@
+"""Assembling a run from its config: device, data, prompt bank, ranker scores."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor
+
+from ..config import Config
+from ..data import LabelledImages, template_set
+from ..prompts import PromptBank, build_prompt_bank
+from .rankers import image_features, prototype_scores, zero_shot_scores
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name} but no CUDA GPU is available; use train.device=cpu or auto")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _descriptions(path: str | None) -> dict[str, list[str]] | None:
+    if path is None:
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"descriptions file not found: {file}")
+    content = yaml.safe_load(file.read_text(encoding="utf-8"))
+    if not isinstance(content, dict):
+        raise ValueError(f"{file} must map class names to lists of sentences")
+    return {str(k): [str(s) for s in (v if isinstance(v, list) else [v])] for k, v in content.items()}
+
+
+def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None) -> PromptBank | None:
+    """The run's prompt bank (``None`` for ``prompts.kind=none``), from the cache when its key matches."""
+    p = cfg.prompts
+    kind = kind or p.kind
+    if kind == "none":
+        return None
+    return build_prompt_bank(
+        kind, train.class_names, text_encoder=p.encoder, image_encoder=p.image_encoder or p.encoder,
+        templates=template_set(p.templates), descriptions=_descriptions(p.descriptions), images=train,
+        per_class=p.per_class, seed=p.seed, cache_dir=p.cache_dir,
+    )
+
+
+def ranker_scores(cfg: Config, train: LabelledImages, data: LabelledImages, progress=None) -> Tensor:
+    """``[M, N]`` ranker scores of every image of ``data`` for the top-K selection."""
+    p = cfg.prompts
+    if p.ranker == "zero_shot":
+        if not p.encoder.startswith(("conse", "open_clip:")):
+            raise ValueError(f"the zero-shot ranker needs a joint image-text encoder; {p.encoder!r} has none "
+                             "(use prompts.encoder=conse or an open_clip model, or prompts.ranker=prototype)")
+        text = prompt_bank(cfg, train, kind="text")
+        feats = image_features(p.encoder, data, p.cache_dir, progress=progress)
+        return zero_shot_scores(feats, text.features["text"])
+    encoder = p.image_encoder or p.encoder
+    train_feats = image_features(encoder, train, p.cache_dir, progress=progress)
+    feats = image_features(encoder, data, p.cache_dir, progress=progress)
+    return prototype_scores(feats, train_feats, torch.tensor(train.labels), train.num_classes)

@@ -1,0 +1,262 @@
+"""The training loop: one run folder, resumable from any kill, metrics a person can read and plot.
+
+Run folder::
+
+    config.yaml            resolved config, written before training
+    metrics.csv / .jsonl   one row per epoch
+    checkpoints/last.safetensors   weights + optimizer + RNG state (resume)
+    checkpoints/best.safetensors   weights of the best validation epoch (eval, predict)
+    results.json           test metrics of the best checkpoint, with and without prompt selection
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.data import Mixup, resolve_data_config
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch.utils.data import DataLoader
+
+from ..config import Config, load_config
+from ..data import TransformedImages, eval_transform, load_splits, train_transform
+from ..losses import InstructionLoss
+from ..model import apply_regime
+from ..prompts import forward_selected, target_mask
+from .checkpoint import CheckpointError, load_checkpoint, model_from_config, save_checkpoint
+from .evaluate import autocast, classification_metrics, predict
+from .run import prompt_bank, ranker_scores, resolve_device, seed_everything
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked (exists without --resume/--force, or nothing to resume)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
+    last = out / "checkpoints" / "last.safetensors"
+    if resume:
+        if not last.is_file():
+            raise RunFolderError(f"nothing to resume in {out}: {last} does not exist")
+        return
+    if out.exists() and any(out.iterdir()) and not force:
+        raise RunFolderError(f"run folder {out} already exists and is not empty; pass --resume to continue it "
+                             "or --force to start over in it")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.csv", "metrics.jsonl", "results.json"):
+        (out / stale).unlink(missing_ok=True)
+    for ckpt in (out / "checkpoints").glob("*.safetensors"):
+        ckpt.unlink()
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = False,
+          log: Callable[[str], None] = print, progress=None) -> dict[str, Any]:
+    """Train per ``cfg`` into run folder ``out``; returns the final results (also in ``results.json``).
+
+    With ``resume``, the folder's own ``config.yaml`` is used and training continues after the last epoch
+    that was checkpointed; the metrics end equal to those of a run never interrupted (CPU, deterministic).
+    """
+    out = Path(out)
+    prepare_run_folder(out, resume, force)
+    if resume:
+        cfg = load_config(out / "config.yaml")
+    else:
+        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    t = cfg.train
+    device = resolve_device(t.device)
+    splits = load_splits(cfg.data)
+    class_names = splits["train"].class_names
+    bank = prompt_bank(cfg, splits["train"])
+    select_k = cfg.prompts.select_k if bank is not None else None
+    val_ranker = ranker_scores(cfg, splits["train"], splits["val"], progress) if select_k else None
+    # Seed after everything that may or may not touch the RNG (encoders load only on cache misses).
+    seed_everything(t.seed, t.deterministic)
+    model = model_from_config(cfg, len(class_names), bank.prompt_dim if bank else None)
+    if bank is not None:
+        model.set_prompt_bank(bank.model_input(), trainable=cfg.model.train_prompt_features)
+    apply_regime(model, cfg.model.regime, cfg.model.train_prompt_features)
+    model.to(device)
+
+    data_cfg = resolve_data_config({}, model=model.backbone)
+    mean, std, interp = data_cfg["mean"], data_cfg["std"], data_cfg["interpolation"]
+    train_set = TransformedImages(splits["train"], train_transform(
+        cfg.data.img_size, mean, std, interp, cfg.data.randaugment, cfg.data.hflip, (cfg.data.crop_min_scale, 1.0)))
+    evaluation = eval_transform(cfg.data.img_size, mean, std, interp)
+    loaders = {name: DataLoader(TransformedImages(splits[name], evaluation), batch_size=t.batch_size,
+                                num_workers=cfg.data.num_workers) for name in ("val", "test")}
+    batches = len(splits["train"]) // t.batch_size
+    if batches < t.accum_steps:
+        raise ValueError(f"{len(splits['train'])} training images make no full update of batch_size={t.batch_size} "
+                         f"x accum_steps={t.accum_steps}; lower train.batch_size")
+    updates_per_epoch = batches // t.accum_steps
+
+    mixup = None
+    if t.mixup > 0 or t.cutmix > 0:
+        if t.batch_size % 2:
+            raise ValueError("Mixup/CutMix need an even train.batch_size")
+        mixup = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob,
+                      label_smoothing=t.label_smoothing, num_classes=len(class_names))
+    criterion = InstructionLoss(t.head_weight, t.score_weight, 0.0 if mixup else t.label_smoothing)
+    optimizer = create_optimizer_v2(model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = CosineLRScheduler(optimizer, t_initial=t.epochs * updates_per_epoch, lr_min=t.min_lr,
+                                  warmup_t=int(t.warmup_epochs * updates_per_epoch), warmup_lr_init=t.min_lr,
+                                  t_in_epochs=False)
+
+    start_epoch, step, best, history = 0, 0, -1.0, []
+    if resume:
+        ckpt = load_checkpoint(out / "checkpoints" / "last.safetensors")
+        model.load_state_dict({k: v.to(device) for k, v in ckpt.model_state().items()})
+        ckpt.restore_optimizer(optimizer)
+        ckpt.restore_rng()
+        start_epoch, step = ckpt.meta["epoch"] + 1, ckpt.meta["step"]
+        best, history = ckpt.meta["best"], ckpt.meta["history"]
+        _rewrite_metrics(out, history)
+        log(f"resuming {out} after epoch {start_epoch} (step {step})")
+    scheduler.step_update(step)
+
+    prompts = model.bank_prompts()  # None without prompts; else the stored (maybe trainable) features
+    meta_base = {"config": cfg.to_dict(), "class_names": class_names, "bank_key": bank.key if bank else None,
+                 "bank_kind": bank.kind if bank else "none"}
+    writer = _tensorboard(out) if t.tensorboard else None
+
+    for epoch in range(start_epoch, t.epochs):
+        model.train()
+        started = time.time()
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
+        loader = DataLoader(train_set, batch_size=t.batch_size, sampler=order.tolist(), drop_last=True,
+                            num_workers=cfg.data.num_workers)
+        sums: dict[str, float] = {}
+        task = progress.add_task(f"epoch {epoch + 1}/{t.epochs}", total=updates_per_epoch) if progress else None
+        optimizer.zero_grad(set_to_none=True)
+        for i, (images, labels) in enumerate(loader):
+            if i >= updates_per_epoch * t.accum_steps:
+                break
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, target = mixup(images, labels) if mixup else (images, labels)
+            with autocast(device, t.amp):
+                if prompts is None:
+                    out_ = model(images)
+                elif cfg.prompts.train_select_k:
+                    ranking = torch.rand(images.shape[0], len(class_names), device=device)
+                    out_ = forward_selected(model, images, model.bank_prompts(), ranking,
+                                            cfg.prompts.train_select_k, keep=target_mask(target, len(class_names)))
+                else:
+                    out_ = model(images, model.bank_prompts())
+                parts = criterion(out_, target)
+            loss = parts["loss"]
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good checkpoint "
+                    f"is {out / 'checkpoints' / 'last.safetensors'}. Lower train.lr or set train.grad_clip")
+            (loss / t.accum_steps).backward()
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + value.item()
+            if (i + 1) % t.accum_steps == 0:
+                if t.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                scheduler.step_update(step)
+                if progress:
+                    progress.update(task, advance=1, description=f"epoch {epoch + 1}/{t.epochs} "
+                                    f"loss {sums['loss'] / (i + 1):.3f}")
+        if progress:
+            progress.remove_task(task)
+        n = updates_per_epoch * t.accum_steps
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                               **{f"train_{k}": v / n for k, v in sums.items()}}
+        if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+            pred = predict(model, loaders["val"], model.bank_prompts(), device, t.amp, val_ranker, select_k)
+            for route, m in classification_metrics(pred, class_names).items():
+                row[f"val_top1_{route}"] = m["top1"]
+        row["epoch_seconds"] = time.time() - started
+        history.append(row)
+        _append_metrics(out, row, writer)
+        score = row.get("val_top1_combined", row.get("val_top1_head", -1.0))
+        meta = {**meta_base, "epoch": epoch, "step": step, "history": history,
+                "best": max(best, score), "metrics": row}
+        if score > best:
+            best = score
+            save_checkpoint(out / "checkpoints" / "best.safetensors", model, meta)
+        save_checkpoint(out / "checkpoints" / "last.safetensors", model, meta, optimizer)
+        log(_epoch_line(row))
+
+    if writer is not None:
+        writer.close()
+    results = test_results(cfg, out, splits, progress)
+    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return results
+
+
+def test_results(cfg: Config, out: Path, splits, progress=None) -> dict[str, Any]:
+    """Test metrics of the best checkpoint, with all N prompts and (if configured) with K+1 selection."""
+    ckpt = load_checkpoint(out / "checkpoints" / "best.safetensors")
+    device = resolve_device(cfg.train.device)
+    model = ckpt.build_model().to(device)
+    data_cfg = resolve_data_config({}, model=model.backbone)
+    loader = DataLoader(TransformedImages(splits["test"], eval_transform(
+        cfg.data.img_size, data_cfg["mean"], data_cfg["std"], data_cfg["interpolation"])),
+        batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers)
+    prompts = model.bank_prompts()
+    results: dict[str, Any] = {"best_epoch": ckpt.meta["epoch"] + 1, "class_names": ckpt.class_names}
+    pred = predict(model, loader, prompts, device, cfg.train.amp)
+    results["all_prompts"] = classification_metrics(pred, ckpt.class_names)
+    if prompts is not None and cfg.prompts.select_k:
+        ranking = ranker_scores(cfg, splits["train"], splits["test"], progress)
+        pred = predict(model, loader, prompts, device, cfg.train.amp, ranking, cfg.prompts.select_k)
+        results[f"select_k{cfg.prompts.select_k}"] = classification_metrics(pred, ckpt.class_names)
+        ranker_top1 = (ranking.argmax(1) == torch.tensor(splits["test"].labels)).float().mean().item()
+        results["ranker_top1"] = 100 * ranker_top1
+    return results
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    val = "  ".join(f"{k.removeprefix('val_top1_')} {v:.2f}%" for k, v in row.items() if k.startswith("val_top1_"))
+    return f"epoch {row['epoch']}: loss {row.get('train_loss', math.nan):.4f}  val top-1 {val}  " \
+           f"({row['epoch_seconds']:.1f}s)"
+
+
+def _append_metrics(out: Path, row: dict[str, Any], writer) -> None:
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    path = out / "metrics.csv"
+    header = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if header:
+            w.writeheader()
+        w.writerow(row)
+    if writer is not None:
+        for key, value in row.items():
+            if key not in ("epoch", "step"):
+                writer.add_scalar(key, value, row["epoch"])
+
+
+def _rewrite_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """On resume, drop metric rows of epochs after the checkpoint (they will be recomputed)."""
+    for stale in ("metrics.csv", "metrics.jsonl"):
+        (out / stale).unlink(missing_ok=True)
+    for row in history:
+        _append_metrics(out, row, None)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+__all__ = ["CheckpointError", "NonFiniteLossError", "RunFolderError", "prepare_run_folder", "train"]

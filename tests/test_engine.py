@@ -1,0 +1,148 @@
+"""End-to-end train -> eval -> predict on a generated image folder; resume, atomic saves, bad runs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import instruction_vit.engine.checkpoint as checkpoint_module
+from instruction_vit.config import load_config
+from instruction_vit.engine import NonFiniteLossError, RunFolderError, load_checkpoint, train
+from instruction_vit.losses import InstructionLoss
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir()
+        for i in range(16):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def cfg(image_root, tiny_clip_dir, tmp_path):
+    return load_config(None, [
+        "data.dataset=folder", f"data.root={image_root}", "data.val_fraction=0.25", "data.img_size=16",
+        "data.randaugment=null", "prompts.kind=text", f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}",
+        "prompts.templates=photo", "prompts.select_k=1", f"prompts.cache_dir={tmp_path / 'cache'}",
+        "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+        "train.epochs=3", "train.batch_size=8", "train.lr=0.003", "train.warmup_epochs=0.5",
+        "train.mixup=0", "train.cutmix=0", "train.deterministic=true",
+    ])
+
+
+def _weights(path):
+    return load_checkpoint(path).model_state()
+
+
+def test_train_eval_predict_end_to_end(cfg, tmp_path):
+    out = tmp_path / "run"
+    results = train(cfg, out, log=lambda _: None)
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("epoch,step,lr,")
+    assert (out / "config.yaml").is_file() and load_config(out / "config.yaml") == cfg
+    assert json.loads((out / "results.json").read_text()) == results
+    assert set(results["all_prompts"]) == {"head", "score", "combined"} and "select_k1" in results
+    assert len(results["all_prompts"]["head"]["confusion"]) == 3
+    ckpt = load_checkpoint(out)  # the run folder means its best checkpoint
+    assert ckpt.class_names == ["blue", "green", "red"] and ckpt.meta["bank_kind"] == "text"
+    model = ckpt.build_model().eval()
+    x = torch.randn(2, 3, 16, 16)
+    out_ = model(x, model.bank_prompts())
+    assert out_.logits.shape == (2, 3) and out_.scores.shape == (2, 3)
+    assert results["all_prompts"]["combined"]["top1"] > 50  # the colours are learnable
+
+
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(cfg, tmp_path, monkeypatch):
+    cfg.train.mixup, cfg.train.cutmix, cfg.train.mixup_prob = 0.8, 1.0, 0.5  # NumPy RNG in play too
+    cfg.data.randaugment = "rand-m9-mstd0.5"  # and Python's random
+    train(cfg, tmp_path / "straight", log=lambda _: None)
+
+    calls = {"n": 0}
+    original = InstructionLoss.forward
+
+    def dies_mid_epoch_two(self, output, target):
+        calls["n"] += 1
+        if calls["n"] == 6:  # 3 steps per epoch: the 3rd step of epoch 2
+            raise KeyboardInterrupt("killed")
+        return original(self, output, target)
+
+    monkeypatch.setattr(InstructionLoss, "forward", dies_mid_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", log=lambda _: None)
+    monkeypatch.setattr(InstructionLoss, "forward", original)
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.safetensors").meta["epoch"] == 0
+    train(cfg, tmp_path / "killed", resume=True, log=lambda _: None)
+
+    straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    resumed = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(r).items() if k != "epoch_seconds"} for r in straight]
+    assert strip == [{k: v for k, v in json.loads(r).items() if k != "epoch_seconds"} for r in resumed]
+    a = _weights(tmp_path / "straight" / "checkpoints" / "last.safetensors")
+    b = _weights(tmp_path / "killed" / "checkpoints" / "last.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint(cfg, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(cfg, out, log=lambda _: None)
+    last = out / "checkpoints" / "last.safetensors"
+    before = _weights(last)
+    real_save = checkpoint_module.save_file
+
+    def dies_halfway(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as f:  # a half-written file...
+            f.truncate(100)
+        raise KeyboardInterrupt("killed while saving")  # ...and the process dies
+
+    monkeypatch.setattr(checkpoint_module, "save_file", dies_halfway)
+    model = load_checkpoint(last).build_model()
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_module.save_checkpoint(last, model, {"epoch": 99})
+    after = _weights(last)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not list((out / "checkpoints").glob(".*tmp"))
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(cfg, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = InstructionLoss.forward
+
+    def nan_in_epoch_two(self, output, target):
+        calls["n"] += 1
+        parts = original(self, output, target)
+        if calls["n"] == 5:
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(InstructionLoss, "forward", nan_in_epoch_two)
+    with pytest.raises(NonFiniteLossError, match="the loss became nan at epoch 2.*Lower train.lr"):
+        train(cfg, tmp_path / "run", log=lambda _: None)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").meta["epoch"] == 0
+
+
+def test_run_folder_rules(cfg, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="already exists.*--resume.*--force"):
+        train(cfg, out, log=lambda _: None)
+    with pytest.raises(RunFolderError, match="nothing to resume"):
+        train(cfg, out, resume=True, log=lambda _: None)
+
+
+def test_plain_vit_run_has_only_the_head_route(cfg, tmp_path):
+    cfg.prompts.kind = "none"
+    cfg.train.epochs = 1
+    results = train(cfg, tmp_path / "plain", log=lambda _: None)
+    assert set(results["all_prompts"]) == {"head"} and "select_k1" not in results
