@@ -2,6 +2,8 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo lint
 
@@ -11,11 +13,16 @@ $(STAMP): requirements.lock pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Fashion-MNIST's original idx files, from Debian's dataset-fashion-mnist (MIT).
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 test: lint
 	$(PY) -m pytest
 
-demo: $(STAMP)
-	$(PY) examples/quickstart.py
+demo: $(STAMP) $(FMNIST)
+	$(VENV)/bin/ivit demo --out runs/demo

@@ -77,8 +77,6 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     splits = load_splits(cfg.data)
     class_names = splits["train"].class_names
     bank = prompt_bank(cfg, splits["train"])
-    select_k = cfg.prompts.select_k if bank is not None else None
-    val_ranker = ranker_scores(cfg, splits["train"], splits["val"], progress) if select_k else None
     # Seed after everything that may or may not touch the RNG (encoders load only on cache misses).
     seed_everything(t.seed, t.deterministic)
     model = model_from_config(cfg, len(class_names), bank.prompt_dim if bank else None)
@@ -92,8 +90,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     train_set = TransformedImages(splits["train"], train_transform(
         cfg.data.img_size, mean, std, interp, cfg.data.randaugment, cfg.data.hflip, (cfg.data.crop_min_scale, 1.0)))
     evaluation = eval_transform(cfg.data.img_size, mean, std, interp)
-    loaders = {name: DataLoader(TransformedImages(splits[name], evaluation), batch_size=t.batch_size,
-                                num_workers=cfg.data.num_workers) for name in ("val", "test")}
+    val_loader = DataLoader(TransformedImages(splits["val"], evaluation), batch_size=t.batch_size,
+                            num_workers=cfg.data.num_workers)
     batches = len(splits["train"]) // t.batch_size
     if batches < t.accum_steps:
         raise ValueError(f"{len(splits['train'])} training images make no full update of batch_size={t.batch_size} "
@@ -177,7 +175,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                                **{f"train_{k}": v / n for k, v in sums.items()}}
         if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-            pred = predict(model, loaders["val"], model.bank_prompts(), device, t.amp, val_ranker, select_k)
+            # Validation reads all N prompts: model selection must not depend on the ranker's quality.
+            pred = predict(model, val_loader, model.bank_prompts(), device, t.amp)
             for route, m in classification_metrics(pred, class_names).items():
                 row[f"val_top1_{route}"] = m["top1"]
         row["epoch_seconds"] = time.time() - started
@@ -222,8 +221,8 @@ def test_results(cfg: Config, out: Path, splits, progress=None) -> dict[str, Any
 
 
 def _epoch_line(row: dict[str, Any]) -> str:
-    val = "  ".join(f"{k.removeprefix('val_top1_')} {v:.2f}%" for k, v in row.items() if k.startswith("val_top1_"))
-    return f"epoch {row['epoch']}: loss {row.get('train_loss', math.nan):.4f}  val top-1 {val}  " \
+    val = " ".join(f"{k.removeprefix('val_top1_')} {v:.1f}%" for k, v in row.items() if k.startswith("val_top1_"))
+    return f"epoch {row['epoch']}: loss {row.get('train_loss', math.nan):.3f}  val top-1 {val} " \
            f"({row['epoch_seconds']:.1f}s)"
 
 

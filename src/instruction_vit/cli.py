@@ -1,0 +1,279 @@
+"""``ivit``: train, evaluate, predict, build prompt banks, run the offline demo."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .config import ConfigError, load_config
+from .data import DataError, image_folder, read_image, template_set
+from .data.datasets import IMAGE_SUFFIXES
+from .engine import CheckpointError, NonFiniteLossError, RunFolderError, load_checkpoint
+from .prompts import PromptBank, build_prompt_bank
+
+app = typer.Typer(help="Instruction-ViT: multi-modal prompts for instruction learning in ViT.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+prompts_app = typer.Typer(help="Build or inspect a prompt bank.", no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
+console = Console()
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RunFolderError, NonFiniteLossError, FileNotFoundError,
+               ValueError)
+DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
+def user_errors(fn):
+    """Bad input ends with one clear line and exit code 2, not a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as err:
+            console.print(f"[bold red]error:[/] {err}", highlight=False)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+@app.command()
+@user_errors
+def train(
+    out: Annotated[Path, typer.Option(help="Run folder (config, metrics, checkpoints, results).")],
+    config: Annotated[Optional[Path], typer.Option(help="YAML config; defaults apply where it is silent.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="section.key=value overrides.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Start over in a non-empty OUT.")] = False,
+) -> None:
+    """Train a model; the resolved config is written to OUT before training starts."""
+    from .engine import train as run_train
+
+    cfg = load_config(config, overrides or [])
+    with _progress() as progress:
+        results = run_train(cfg, out, resume=resume, force=force, log=console.print, progress=progress)
+    _print_results(results)
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file, or a run folder (its best checkpoint).")],
+    split: Annotated[str, typer.Option(help="val or test.")] = "test",
+    select_k: Annotated[Optional[int], typer.Option(help="Evaluate with top-K + 1 prompts.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write metrics JSON and confusion PNG here.")] = None,
+) -> None:
+    """Evaluate a checkpoint on its data: head, score and combined routes, with or without selection."""
+    from timm.data import resolve_data_config
+    from torch.utils.data import DataLoader
+
+    from .data import TransformedImages, eval_transform, load_splits
+    from .engine import classification_metrics, predict
+    from .engine.run import ranker_scores, resolve_device
+    from .report import plot_confusion
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    if split not in ("val", "test"):
+        raise ValueError(f"--split must be val or test, not {split!r}")
+    splits = load_splits(cfg.data)
+    _check_classes(ckpt.class_names, splits["train"].class_names, "the checkpoint's data")
+    device = resolve_device(cfg.train.device)
+    model = ckpt.build_model().to(device)
+    dc = resolve_data_config({}, model=model.backbone)
+    loader = DataLoader(TransformedImages(splits[split], eval_transform(cfg.data.img_size, dc["mean"], dc["std"],
+                                                                      dc["interpolation"])),
+                        batch_size=cfg.train.batch_size)
+    prompts = model.bank_prompts()
+    with _progress() as progress:
+        ranking = ranker_scores(cfg, splits["train"], splits[split], progress) if select_k and prompts is not None \
+            else None
+        pred = predict(model, loader, prompts, device, cfg.train.amp, ranking, select_k)
+    metrics = classification_metrics(pred, ckpt.class_names)
+    table = Table(title=f"{checkpoint} on {split}" + (f", top-{select_k}+1 prompts" if ranking is not None else ""))
+    for col in ("route", "top-1 %", "top-5 %"):
+        table.add_column(col)
+    for route, m in metrics.items():
+        table.add_row(route, f"{m['top1']:.2f}", f"{m.get('top5', float('nan')):.2f}")
+    console.print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"metrics_{split}.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        route = "combined" if "combined" in metrics else "head"
+        plot_confusion(metrics[route]["confusion"], ckpt.class_names, out / f"confusion_{split}.png", route)
+        console.print(f"wrote {out / f'metrics_{split}.json'} and {out / f'confusion_{split}.png'}")
+
+
+@app.command()
+@user_errors
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file, or a run folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
+    top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 5,
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated new class names (score head).")] = None,
+    class_file: Annotated[Optional[Path], typer.Option(help="File of new class names, one per line.")] = None,
+) -> None:
+    """Top-k classes per image; with --classes/--class-file, among new class names through the score head."""
+    import torch
+    from timm.data import resolve_data_config
+
+    from .data import eval_transform
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = ckpt.config
+    model = ckpt.build_model().eval()
+    names, prompts = ckpt.class_names, model.bank_prompts()
+    new = _class_list(classes, class_file)
+    if new is not None:
+        if prompts is None:
+            raise ValueError("this checkpoint is a plain ViT (no prompts): it cannot score new class names")
+        bank = build_prompt_bank("text", new, text_encoder=cfg.prompts.encoder,
+                                 templates=template_set(cfg.prompts.templates), cache_dir=cfg.prompts.cache_dir)
+        names, prompts = new, bank.model_input()
+    files = _image_files(images)
+    dc = resolve_data_config({}, model=model.backbone)
+    transform = eval_transform(cfg.data.img_size, dc["mean"], dc["std"], dc["interpolation"])
+    k = min(top_k, len(names))
+    with torch.no_grad():
+        for start in range(0, len(files), 64):
+            batch = files[start : start + 64]
+            out = model(torch.stack([transform(read_image(f)) for f in batch]), prompts)
+            if new is not None:
+                probs = out.scores.softmax(-1)
+            elif prompts is not None:
+                probs = (out.logits.softmax(-1) + out.scores.softmax(-1)) / 2
+            else:
+                probs = out.logits.softmax(-1)
+            values, index = probs.topk(k, dim=-1)
+            for f, v, i in zip(batch, values.tolist(), index.tolist()):
+                ranked = ", ".join(f"{names[c]} {p:.1%}" for c, p in zip(i, v))
+                console.print(f"{f}: {ranked}", highlight=False)
+
+
+@prompts_app.command("build")
+@user_errors
+def prompts_build(
+    out: Annotated[Path, typer.Option(help="Bank path: writes OUT.safetensors and OUT.json.")],
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names.")] = None,
+    class_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
+    folder: Annotated[Optional[Path], typer.Option(help="Image folder (class subfolders): names and images.")] = None,
+    kind: Annotated[str, typer.Option(help="text, image or mixed.")] = "text",
+    encoder: Annotated[str, typer.Option(help="Prompt encoder spec, e.g. conse, minilm, open_clip:...")] = "conse",
+    templates: Annotated[str, typer.Option(help="Template set name or file.")] = "simple",
+    per_class: Annotated[int, typer.Option(help="Images averaged per image prompt.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed choosing the prompt images.")] = 0,
+) -> None:
+    """Encode class names (and/or one image per class) into a prompt bank."""
+    data = image_folder(folder) if folder is not None else None
+    names = _class_list(classes, class_file) or (data.class_names if data is not None else None)
+    if names is None:
+        raise ValueError("give the classes: --classes, --class-file or --folder")
+    if data is not None and names != data.class_names:
+        raise ValueError(f"--folder has classes {data.class_names[:5]}..., which differ from the given class names")
+    bank = build_prompt_bank(kind, names, text_encoder=encoder, image_encoder=encoder,
+                             templates=template_set(templates), images=data, per_class=per_class, seed=seed)
+    path = bank.save(out)
+    console.print(f"wrote {path} and {path.with_suffix('.json')}: {bank.num_classes} classes, "
+                  f"{kind} prompts, dim {bank.prompt_dim}, key {bank.key}")
+
+
+@prompts_app.command("inspect")
+@user_errors
+def prompts_inspect(bank_path: Annotated[Path, typer.Argument(help="A bank (.safetensors or .json).")]) -> None:
+    """Show what a prompt bank holds and which classes its prompts confuse most."""
+    bank = PromptBank.load(bank_path)
+    console.print(f"{bank.kind} prompts for {bank.num_classes} classes, dim {bank.prompt_dim}, key {bank.key}")
+    for key in ("text_encoder", "image_encoder", "templates", "per_class", "seed"):
+        if key in bank.meta:
+            console.print(f"  {key}: {bank.meta[key]}", highlight=False)
+    feats = next(iter(bank.features.values()))
+    import torch.nn.functional as F
+
+    sims = F.normalize(feats, dim=-1) @ F.normalize(feats, dim=-1).T
+    sims.fill_diagonal_(-2)
+    if bank.num_classes > 1:
+        flat = sims.flatten().argsort(descending=True)[: min(10, bank.num_classes * (bank.num_classes - 1))]
+        pairs = [(int(i) // bank.num_classes, int(i) % bank.num_classes) for i in flat][::2]
+        for a, b in pairs:
+            console.print(f"  closest: {bank.class_names[a]} ~ {bank.class_names[b]} ({sims[a, b]:.3f})",
+                          highlight=False)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Demo folder (one run per variant, summary, plots).")] = Path("runs/demo"),
+    config: Annotated[Path, typer.Option(help="The demo's config.")] = DEFAULT_DEMO_CONFIG,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="section.key=value overrides.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an earlier demo in OUT.")] = True,
+) -> None:
+    """Offline Fashion-MNIST: plain ViT vs Instruction-ViT with text, image and mixed prompts."""
+    from .engine.demo import run_demo
+
+    with _progress() as progress:
+        rows = run_demo(config, out, overrides or [], force=force, log=console.print, progress=progress)
+    table = Table(title="Fashion-MNIST demo (test top-1 %, best validation epoch)")
+    for col in ("variant", "head", "head+score", "top-K+1 selection", "ranker zero-shot", "time s"):
+        table.add_column(col, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    for r in rows:
+        table.add_row(r["variant"], fmt(r["head_top1"]), fmt(r["combined_top1"]), fmt(r["selected_top1"]),
+                      fmt(r["ranker_top1"]), f"{r['seconds']:.0f}")
+    console.print(table)
+    console.print(f"plots: {out / 'accuracy.png'}, {out / 'confusion.png'}; numbers: {out / 'summary.json'}")
+
+
+def _class_list(classes: str | None, class_file: Path | None) -> list[str] | None:
+    if classes and class_file:
+        raise ValueError("give --classes or --class-file, not both")
+    if class_file is not None:
+        if not class_file.is_file():
+            raise FileNotFoundError(f"class file not found: {class_file}")
+        return [line.strip() for line in class_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if classes:
+        return [c.strip() for c in classes.split(",") if c.strip()]
+    return None
+
+
+def _image_files(paths: list[Path]) -> list[Path]:
+    files = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {p}")
+    if not files:
+        raise ValueError(f"no images found in {', '.join(map(str, paths))}")
+    return files
+
+
+def _check_classes(expected: list[str], found: list[str], where: str) -> None:
+    if expected != found:
+        raise ValueError(f"the checkpoint has {len(expected)} classes but {where} has {len(found)} "
+                         f"({found[:5]}...): evaluate it on the data it was trained for")
+
+
+def _print_results(results: dict) -> None:
+    table = Table(title="test top-1 % (best validation epoch)")
+    table.add_column("prompts")
+    routes = ("head", "score", "combined")
+    for r in routes:
+        table.add_column(r, justify="right")
+    for key, value in results.items():
+        if isinstance(value, dict) and "head" in value:
+            table.add_row(key, *(f"{value[r]['top1']:.2f}" if r in value else "-" for r in routes))
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,80 @@
+"""The ivit command line: a few-second train -> eval -> predict, and bad input ending in clear errors."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from instruction_vit.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_clip_dir):
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    for name, colour in {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}.items():
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "images" / name / f"{i}.png")
+    config = root / "run.yaml"
+    config.write_text(f"""
+data: {{dataset: folder, root: {root / 'images'}, val_fraction: 0.25, img_size: 16, randaugment: null}}
+prompts: {{kind: text, encoder: "open_clip:local-dir:{tiny_clip_dir}", templates: photo, select_k: 1,
+          cache_dir: {root / 'cache'}}}
+model: {{backbone_kwargs: {{patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}}}}
+train: {{epochs: 2, batch_size: 8, lr: 0.003, warmup_epochs: 0.5, mixup: 0, cutmix: 0}}
+""")
+    result = runner.invoke(app, ["train", "--out", str(root / "run"), "--config", str(config), "train.seed=1"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_train_writes_a_run_and_prints_results(setup):
+    assert (setup / "run" / "checkpoints" / "best.safetensors").is_file()
+    assert "seed: 1" in (setup / "run" / "config.yaml").read_text()
+
+
+def test_eval_prints_and_writes(setup):
+    result = runner.invoke(app, ["eval", str(setup / "run"), "--select-k", "1", "--out", str(setup / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "combined" in result.output and (setup / "eval" / "confusion_test.png").is_file()
+
+
+def test_predict_known_and_new_classes(setup):
+    result = runner.invoke(app, ["predict", str(setup / "run"), str(setup / "images" / "red"), "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 12 and all(("red" in line or "green" in line or "blue" in line) for line in lines)
+    result = runner.invoke(app, ["predict", str(setup / "run"), str(setup / "images" / "red" / "0.png"),
+                                 "--classes", "crimson,emerald,navy,black"])
+    assert result.exit_code == 0, result.output
+    assert any(name in result.output for name in ("crimson", "emerald", "navy", "black"))
+
+
+def test_prompts_build_and_inspect(setup, tiny_clip_dir):
+    bank = setup / "bank"
+    result = runner.invoke(app, ["prompts", "build", "--out", str(bank), "--classes", "cat,dog,owl",
+                                 "--encoder", f"open_clip:local-dir:{tiny_clip_dir}", "--templates", "photo"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["prompts", "inspect", str(bank.with_suffix(".safetensors"))])
+    assert result.exit_code == 0 and "text prompts for 3 classes" in result.output and "closest" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--out", "{root}/x", "train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["train", "--out", "{root}/run", "--config", "{root}/run.yaml"], "already exists"),
+    (["train", "--out", "{root}/nothing", "--resume"], "nothing to resume"),
+    (["eval", "{root}/missing.safetensors"], "checkpoint not found"),
+    (["eval", "{root}/run.yaml"], "not a readable safetensors"),
+    (["predict", "{root}/run", "{root}/nope.png"], "no such image"),
+    (["predict", "{root}/run", "{root}/run.yaml"], "cannot read image"),
+    (["prompts", "build", "--out", "{root}/b", "--classes", "a,b", "--templates", "nope"], "unknown template set"),
+    (["prompts", "build", "--out", "{root}/b", "--classes", "a,a"], "duplicate class names"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(setup, args, message):
+    result = runner.invoke(app, [a.format(root=setup) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
