@@ -19,6 +19,10 @@ def setup(tmp_path_factory, tiny_clip_dir):
         for i in range(12):
             pixels = np.clip(np.array(colour) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / "images" / name / f"{i}.png")
+    for name in ("red", "green"):  # other data: two of the three classes
+        (root / "two" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(root / "two" / name / f"{i}.png")
     config = root / "run.yaml"
     config.write_text(f"""
 data: {{dataset: folder, root: {root / 'images'}, val_fraction: 0.25, img_size: 16, randaugment: null}}
@@ -69,6 +73,8 @@ def test_prompts_build_and_inspect(setup, tiny_clip_dir):
     (["train", "--out", "{root}/nothing", "--resume"], "nothing to resume"),
     (["eval", "{root}/missing.safetensors"], "checkpoint not found"),
     (["eval", "{root}/run.yaml"], "not a readable safetensors"),
+    (["eval", "{root}/run", "data.root={root}/two"], "the checkpoint has 3 classes but the data has 2"),
+    (["eval", "{root}/run", "train.lr=1"], "only data.* overrides"),
     (["predict", "{root}/run", "{root}/nope.png"], "no such image"),
     (["predict", "{root}/run", "{root}/run.yaml"], "cannot read image"),
     (["prompts", "build", "--out", "{root}/b", "--classes", "a,b", "--templates", "nope"], "unknown template set"),

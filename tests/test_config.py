@@ -52,3 +52,10 @@ def test_bad_files(tmp_path):
     f.write_text("- 1\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(f)
+
+
+def test_overrides_on_top_of_a_base_config():
+    base = load_config(None, ["train.lr=0.5", "data.img_size=64"]).to_dict()
+    cfg = load_config(None, ["data.img_size=32"], base=base)
+    assert cfg.train.lr == 0.5 and cfg.data.img_size == 32
+    assert base["data"]["img_size"] == 64  # the base is not modified

@@ -146,3 +146,33 @@ def test_plain_vit_run_has_only_the_head_route(cfg, tmp_path):
     cfg.train.epochs = 1
     results = train(cfg, tmp_path / "plain", log=lambda _: None)
     assert set(results["all_prompts"]) == {"head"} and "select_k1" not in results
+
+
+def test_gradient_accumulation_equals_the_full_batch(cfg, tmp_path):
+    cfg.train.epochs = 1
+    train(cfg, tmp_path / "full", log=lambda _: None)
+    cfg.train.batch_size, cfg.train.accum_steps = 4, 2
+    train(cfg, tmp_path / "accum", log=lambda _: None)
+    a = _weights(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    b = _weights(tmp_path / "accum" / "checkpoints" / "last.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_training_with_selection_and_the_prototype_ranker(cfg, tmp_path):
+    cfg.train.epochs, cfg.prompts.train_select_k, cfg.prompts.ranker = 1, 1, "prototype"
+    cfg.train.mixup, cfg.train.mixup_prob = 0.8, 1.0  # soft targets: both mixed classes are kept (K=2 needed)
+    with pytest.raises(ValueError, match="keeps 2 classes but only k=1"):
+        train(cfg, tmp_path / "run", log=lambda _: None)
+    cfg.prompts.train_select_k = 2
+    results = train(cfg, tmp_path / "run", force=True, log=lambda _: None)
+    assert "select_k1" in results and results["select_k1"]["score"]["top1"] >= 0
+
+
+def test_a_saved_bank_must_match_the_classes(cfg, tmp_path, tiny_clip_dir):
+    from instruction_vit.prompts import build_prompt_bank
+
+    bank = build_prompt_bank("text", ["cat", "dog", "owl"], text_encoder=f"open_clip:local-dir:{tiny_clip_dir}")
+    cfg.prompts.bank_file = str(bank.save(tmp_path / "bank"))
+    with pytest.raises(ValueError, match="built for other classes"):
+        train(cfg, tmp_path / "run", log=lambda _: None)

@@ -70,6 +70,8 @@ def evaluate(
     split: Annotated[str, typer.Option(help="val or test.")] = "test",
     select_k: Annotated[Optional[int], typer.Option(help="Evaluate with top-K + 1 prompts.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write metrics JSON and confusion PNG here.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        help="data.key=value overrides, e.g. data.root=OTHER to evaluate on other images of the same classes.")] = None,
 ) -> None:
     """Evaluate a checkpoint on its data: head, score and combined routes, with or without selection."""
     from timm.data import resolve_data_config
@@ -82,10 +84,14 @@ def evaluate(
 
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.config
+    if overrides:
+        if any(not o.startswith("data.") for o in overrides):
+            raise ValueError("eval takes only data.* overrides; the model comes from the checkpoint")
+        cfg = load_config(None, overrides, base=cfg.to_dict())
     if split not in ("val", "test"):
         raise ValueError(f"--split must be val or test, not {split!r}")
     splits = load_splits(cfg.data)
-    _check_classes(ckpt.class_names, splits["train"].class_names, "the checkpoint's data")
+    _check_classes(ckpt.class_names, splits["train"].class_names, "the data")
     device = resolve_device(cfg.train.device)
     model = ckpt.build_model().to(device)
     dc = resolve_data_config({}, model=model.backbone)

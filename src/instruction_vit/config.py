@@ -6,6 +6,7 @@ The resolved config is what a run folder and every checkpoint record.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -50,6 +51,7 @@ class PromptConfig:
     ranker: str = "zero_shot"  # zero_shot | prototype
     train_select_k: int | None = None  # training: shorten the sequence to K+1 (targets always kept)
     cache_dir: str = ".cache/instruction-vit/prompts"
+    bank_file: str | None = None  # a bank saved by `ivit prompts build`, used instead of building one
 
 
 @dataclass
@@ -101,9 +103,11 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
-    data: dict[str, Any] = {}
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                base: dict[str, Any] | None = None) -> Config:
+    """Defaults, then ``base`` (a config as a dict) or the YAML file at ``path``, then ``section.key=value``
+    overrides."""
+    data: dict[str, Any] = copy.deepcopy(base) if base is not None else {}
     if path is not None:
         path = Path(path)
         if not path.is_file():

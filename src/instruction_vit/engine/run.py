@@ -54,6 +54,16 @@ def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None) -> 
     kind = kind or p.kind
     if kind == "none":
         return None
+    if p.bank_file is not None and kind == p.kind:
+        bank = PromptBank.load(p.bank_file)
+        if bank.class_names != train.class_names:
+            raise ValueError(
+                f"prompt bank {p.bank_file} was built for other classes ({bank.num_classes}: "
+                f"{bank.class_names[:4]}...) than the data ({train.num_classes}: {train.class_names[:4]}...); "
+                "rebuild it for these classes, in label order")
+        if bank.kind != kind:
+            raise ValueError(f"prompt bank {p.bank_file} holds {bank.kind} prompts but prompts.kind={kind}")
+        return bank
     return build_prompt_bank(
         kind, train.class_names, text_encoder=p.encoder, image_encoder=p.image_encoder or p.encoder,
         templates=template_set(p.templates), descriptions=_descriptions(p.descriptions), images=train,
