@@ -11,6 +11,7 @@ import socket  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from pytest_socket import SocketBlockedError  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
@@ -24,7 +25,7 @@ TINY_CLIP_CFG = {
 @pytest.fixture(autouse=True)
 def _no_network():
     """pytest-socket (addopts) blocks sockets; this asserts the guard is really on in every test."""
-    with pytest.raises(Exception):
+    with pytest.raises(SocketBlockedError):
         socket.create_connection(("127.0.0.1", 9), timeout=0.1)
     yield
 

@@ -74,12 +74,9 @@ def evaluate(
         help="data.key=value overrides, e.g. data.root=OTHER to evaluate on other images of the same classes.")] = None,
 ) -> None:
     """Evaluate a checkpoint on its data: head, score and combined routes, with or without selection."""
-    from timm.data import resolve_data_config
-    from torch.utils.data import DataLoader
-
-    from .data import TransformedImages, eval_transform, load_splits
+    from .data import load_splits
     from .engine import classification_metrics, predict
-    from .engine.run import ranker_scores, resolve_device
+    from .engine.run import eval_loader, ranker_scores, resolve_device
     from .report import plot_confusion
 
     ckpt = load_checkpoint(checkpoint)
@@ -94,10 +91,7 @@ def evaluate(
     _check_classes(ckpt.class_names, splits["train"].class_names, "the data")
     device = resolve_device(cfg.train.device)
     model = ckpt.build_model().to(device)
-    dc = resolve_data_config({}, model=model.backbone)
-    loader = DataLoader(TransformedImages(splits[split], eval_transform(cfg.data.img_size, dc["mean"], dc["std"],
-                                                                      dc["interpolation"])),
-                        batch_size=cfg.train.batch_size)
+    loader = eval_loader(cfg, model.backbone, splits[split])
     prompts = model.bank_prompts()
     with _progress() as progress:
         ranking = ranker_scores(cfg, splits["train"], splits[split], progress) if select_k and prompts is not None \
@@ -129,9 +123,8 @@ def predict(
 ) -> None:
     """Top-k classes per image; with --classes/--class-file, among new class names through the score head."""
     import torch
-    from timm.data import resolve_data_config
 
-    from .data import eval_transform
+    from .engine.run import transforms
 
     ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.config
@@ -145,8 +138,7 @@ def predict(
                                  templates=template_set(cfg.prompts.templates), cache_dir=cfg.prompts.cache_dir)
         names, prompts = new, bank.model_input()
     files = _image_files(images)
-    dc = resolve_data_config({}, model=model.backbone)
-    transform = eval_transform(cfg.data.img_size, dc["mean"], dc["std"], dc["interpolation"])
+    transform = transforms(cfg, model.backbone)[1]
     k = min(top_k, len(names))
     with torch.no_grad():
         for start in range(0, len(files), 64):

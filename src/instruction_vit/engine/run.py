@@ -11,8 +11,11 @@ import torch
 import yaml
 from torch import Tensor
 
+from timm.data import resolve_data_config
+from torch.utils.data import DataLoader
+
 from ..config import Config
-from ..data import LabelledImages, template_set
+from ..data import LabelledImages, TransformedImages, eval_transform, template_set, train_transform
 from ..prompts import PromptBank, build_prompt_bank
 from .rankers import image_features, prototype_scores, zero_shot_scores
 
@@ -34,6 +37,21 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def transforms(cfg: Config, backbone: torch.nn.Module):
+    """(train, eval) transforms at ``data.img_size`` with the backbone's own mean, std and interpolation."""
+    dc = resolve_data_config({}, model=backbone)
+    mean, std, interp = dc["mean"], dc["std"], dc["interpolation"]
+    d = cfg.data
+    return (train_transform(d.img_size, mean, std, interp, d.randaugment, d.hflip, (d.crop_min_scale, 1.0)),
+            eval_transform(d.img_size, mean, std, interp))
+
+
+def eval_loader(cfg: Config, backbone: torch.nn.Module, data: LabelledImages) -> DataLoader:
+    """Evaluation batches of ``data`` in order."""
+    return DataLoader(TransformedImages(data, transforms(cfg, backbone)[1]), batch_size=cfg.train.batch_size,
+                      num_workers=cfg.data.num_workers)
 
 
 def _descriptions(path: str | None) -> dict[str, list[str]] | None:

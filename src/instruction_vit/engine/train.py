@@ -20,19 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.data import Mixup, resolve_data_config
+from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
 from ..config import Config, load_config
-from ..data import TransformedImages, eval_transform, load_splits, train_transform
+from ..data import TransformedImages, load_splits
 from ..losses import InstructionLoss
 from ..model import apply_regime
 from ..prompts import forward_selected, target_mask
 from .checkpoint import CheckpointError, load_checkpoint, model_from_config, save_checkpoint
 from .evaluate import autocast, classification_metrics, predict
-from .run import prompt_bank, ranker_scores, resolve_device, seed_everything
+from .run import eval_loader, prompt_bank, ranker_scores, resolve_device, seed_everything, transforms
 
 
 class RunFolderError(ValueError):
@@ -85,13 +85,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     apply_regime(model, cfg.model.regime, cfg.model.train_prompt_features)
     model.to(device)
 
-    data_cfg = resolve_data_config({}, model=model.backbone)
-    mean, std, interp = data_cfg["mean"], data_cfg["std"], data_cfg["interpolation"]
-    train_set = TransformedImages(splits["train"], train_transform(
-        cfg.data.img_size, mean, std, interp, cfg.data.randaugment, cfg.data.hflip, (cfg.data.crop_min_scale, 1.0)))
-    evaluation = eval_transform(cfg.data.img_size, mean, std, interp)
-    val_loader = DataLoader(TransformedImages(splits["val"], evaluation), batch_size=t.batch_size,
-                            num_workers=cfg.data.num_workers)
+    train_set = TransformedImages(splits["train"], transforms(cfg, model.backbone)[0])
+    val_loader = eval_loader(cfg, model.backbone, splits["val"])
     batches = len(splits["train"]) // t.batch_size
     if batches < t.accum_steps:
         raise ValueError(f"{len(splits['train'])} training images make no full update of batch_size={t.batch_size} "
@@ -203,10 +198,7 @@ def test_results(cfg: Config, out: Path, splits, progress=None) -> dict[str, Any
     ckpt = load_checkpoint(out / "checkpoints" / "best.safetensors")
     device = resolve_device(cfg.train.device)
     model = ckpt.build_model().to(device)
-    data_cfg = resolve_data_config({}, model=model.backbone)
-    loader = DataLoader(TransformedImages(splits["test"], eval_transform(
-        cfg.data.img_size, data_cfg["mean"], data_cfg["std"], data_cfg["interpolation"])),
-        batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers)
+    loader = eval_loader(cfg, model.backbone, splits["test"])
     prompts = model.bank_prompts()
     results: dict[str, Any] = {"best_epoch": ckpt.meta["epoch"] + 1, "class_names": ckpt.class_names}
     pred = predict(model, loader, prompts, device, cfg.train.amp)
