@@ -70,3 +70,8 @@ def test_npz_goes_to_timms_jax_loader(tmp_path, tiny_vit_kwargs, monkeypatch):
     path.write_bytes(b"")
     build_model("vit_tiny_patch16_224", 10, 16, pretrained=path, **tiny_vit_kwargs)
     assert calls == [str(path)]
+
+
+def test_timm_weights_offline_fail_with_advice():
+    with pytest.raises(RuntimeError, match="pass pretrained=/path/to/weights.safetensors"):
+        build_model("vit_tiny_patch16_224", 10, 16, pretrained=True)

@@ -71,6 +71,8 @@ def test_prompts_build_and_inspect(setup, tiny_clip_dir):
     (["train", "--out", "{root}/x", "train.lrr=1"], "unknown config key 'train.lrr'"),
     (["train", "--out", "{root}/run", "--config", "{root}/run.yaml"], "already exists"),
     (["train", "--out", "{root}/nothing", "--resume"], "nothing to resume"),
+    (["train", "--out", "{root}/hub", "--config", "{root}/run.yaml", "model.pretrained=timm"],
+     "could not fetch pretrained weights"),
     (["eval", "{root}/missing.safetensors"], "checkpoint not found"),
     (["eval", "{root}/run.yaml"], "not a readable safetensors"),
     (["eval", "{root}/run", "data.root={root}/two"], "the checkpoint has 3 classes but the data has 2"),

@@ -16,6 +16,7 @@ from .config import ConfigError, load_config
 from .data import DataError, image_folder, read_image, template_set
 from .data.datasets import IMAGE_SUFFIXES
 from .engine import CheckpointError, NonFiniteLossError, RunFolderError, load_checkpoint
+from .errors import WeightsUnavailableError
 from .prompts import PromptBank, build_prompt_bank
 
 app = typer.Typer(help="Instruction-ViT: multi-modal prompts for instruction learning in ViT.", no_args_is_help=True,
@@ -23,8 +24,8 @@ app = typer.Typer(help="Instruction-ViT: multi-modal prompts for instruction lea
 prompts_app = typer.Typer(help="Build or inspect a prompt bank.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
 console = Console()
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RunFolderError, NonFiniteLossError, FileNotFoundError,
-               ValueError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RunFolderError, NonFiniteLossError, WeightsUnavailableError,
+               FileNotFoundError, ValueError)
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 

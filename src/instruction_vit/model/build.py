@@ -11,6 +11,7 @@ import timm
 import torch
 from safetensors import safe_open
 
+from ..errors import WeightsUnavailableError
 from .instruction_vit import InstructionViT
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
@@ -52,7 +53,15 @@ def build_model(
         prompt_dims = {str(k): int(v) for k, v in prompt_dim.items()}
     else:
         prompt_dims = {"prompts": int(prompt_dim)}
-    net = timm.create_model(backbone, num_classes=num_classes, **_weight_kwargs(pretrained), **backbone_kwargs)
+    try:
+        net = timm.create_model(backbone, num_classes=num_classes, **_weight_kwargs(pretrained), **backbone_kwargs)
+    except OSError as err:  # hub unreachable, nothing cached (huggingface_hub / urllib errors)
+        if pretrained is not True:
+            raise
+        raise WeightsUnavailableError(
+            f"could not fetch pretrained weights for {backbone!r} from timm's sources ({type(err).__name__}); "
+            "offline, download them elsewhere and pass pretrained=/path/to/weights.safetensors"
+        ) from err
     return InstructionViT(net, prompt_dims, score_scale=score_scale)
 
 

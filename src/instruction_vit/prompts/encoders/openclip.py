@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...errors import WeightsUnavailableError
 from .base import IMAGE, TEXT, ImagePreprocess, PromptEncoder
 
 
@@ -31,7 +32,7 @@ class OpenCLIPEncoder(PromptEncoder):
         try:
             model = open_clip.create_model(model_name, pretrained=pretrained or None, device=device)
         except RuntimeError as err:
-            raise RuntimeError(
+            raise WeightsUnavailableError(
                 f"could not create open_clip model {model_name!r} with weights {pretrained!r}: {err}. "
                 "Offline, pass a local checkpoint file as the pretrained part, or a 'local-dir:' folder."
             ) from err
