@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"  # fashion_mnist | folder | split_file
+    dataset: str = "fashion_mnist"  # fashion_mnist | folder | split_file | caltech101 | oxford_pets | ...
     root: str = "/usr/share/datasets/fashion-mnist"  # idx files, class folders, or images of a split file
     split_file: str | None = None  # CoOp split JSON (dataset=split_file)
     val_fraction: float = 0.1  # seeded train/val split when the data gives none
@@ -133,7 +133,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 
 CHOICES = {
-    "data.dataset": ("fashion_mnist", "folder", "split_file"),
+    "data.dataset": ("fashion_mnist", "folder", "split_file", "caltech101", "oxford_pets", "stanford_cars",
+                     "oxford_flowers"),
     "prompts.kind": ("none", "text", "image", "mixed"),
     "prompts.ranker": ("zero_shot", "prototype"),
     "model.regime": ("full", "prompt", "linear"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config import DataConfig
+from .benchmarks import BENCHMARKS, load_benchmark
 from .datasets import DataError, LabelledImages, balanced_limit, coop_split, fashion_mnist, image_folder, stratified_split
 
 
@@ -13,6 +14,8 @@ def load_splits(cfg: DataConfig) -> dict[str, LabelledImages]:
     """
     if cfg.dataset == "fashion_mnist":
         splits: dict[str, LabelledImages] = dict(fashion_mnist(cfg.root))
+    elif cfg.dataset in BENCHMARKS:
+        splits = dict(load_benchmark(cfg.dataset, cfg.root, cfg.val_fraction, cfg.split_seed))
     elif cfg.dataset == "folder":
         everything = image_folder(cfg.root)
         rest, test = stratified_split(everything, cfg.val_fraction, cfg.split_seed)

