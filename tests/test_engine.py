@@ -176,3 +176,19 @@ def test_a_saved_bank_must_match_the_classes(cfg, tmp_path, tiny_clip_dir):
     cfg.prompts.bank_file = str(bank.save(tmp_path / "bank"))
     with pytest.raises(ValueError, match="built for other classes"):
         train(cfg, tmp_path / "run", log=lambda _: None)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"model.backbone": "resnet18", "model.backbone_kwargs": {}, "prompts.kind": "none", "model.regime": "full"},
+    {"model.vpt_tokens": 2, "model.vpt_deep": True, "prompts.kind": "none", "model.regime": "prompt"},
+    {"prompts.kind": "none", "model.regime": "linear"},
+])
+def test_baselines_train_in_the_same_engine(cfg, tmp_path, overrides):
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, value)
+    cfg.train.epochs = 1
+    results = train(cfg, tmp_path / "run", log=lambda _: None)
+    assert set(results["all_prompts"]) == {"head"}
+    model = load_checkpoint(tmp_path / "run").build_model()
+    assert type(model).__name__ == ("PlainClassifier" if "resnet18" in str(overrides) else "InstructionViT")

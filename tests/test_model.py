@@ -104,3 +104,40 @@ def test_requires_a_vision_transformer():
 def test_no_weight_decay_names_exist(model):
     assert {"backbone.pos_embed", "backbone.cls_token"} <= model.no_weight_decay()
     assert "backbone.pos_embed" in dict(model.named_parameters())
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_vpt_tokens_are_read_but_not_pooled(tiny_vit_kwargs, deep):
+    torch.manual_seed(0)
+    model = build_model("vit_tiny_patch16_224", 5, 16, vpt_tokens=3, vpt_deep=deep, **tiny_vit_kwargs).eval()
+    assert model.visual_prompts.shape == (2 if deep else 1, 3, 32)
+    x, prompts = torch.randn(2, 3, 32, 32), torch.randn(4, 16)
+    assert model.forward_features(x, model.prompt_embed(prompts)).shape[1] == 1 + 16 + 3 + 4
+    out = model(x, prompts)
+    assert out.logits.shape == (2, 5) and out.scores.shape == (2, 4)
+    plain_vpt = model(x)  # VPT alone: the VPT baseline, no instruction prompts
+    assert plain_vpt.scores.shape == (2, 0)
+    with torch.no_grad():
+        model.visual_prompts.add_(torch.randn_like(model.visual_prompts))  # (a constant would vanish in LayerNorm)
+    assert not torch.allclose(model(x).logits, plain_vpt.logits, atol=1e-4)  # the tokens matter
+
+
+def test_vpt_deep_replaces_the_tokens_before_each_block(tiny_vit_kwargs):
+    torch.manual_seed(0)
+    model = build_model("vit_tiny_patch16_224", 5, None, vpt_tokens=2, vpt_deep=True, **tiny_vit_kwargs).eval()
+    x = torch.randn(1, 3, 32, 32)
+    before = model(x).logits
+    with torch.no_grad():
+        model.visual_prompts[1].add_(torch.randn_like(model.visual_prompts[1]))  # only the 2nd block's tokens
+    assert not torch.allclose(model(x).logits, before, atol=1e-4)
+
+
+def test_non_vit_backbones_are_plain_baselines():
+    from instruction_vit.model import PlainClassifier
+
+    model = build_model("resnet18", 4, None)
+    assert isinstance(model, PlainClassifier)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.logits.shape == (2, 4) and out.scores.shape == (2, 0)
+    with pytest.raises(ValueError, match="not a ViT: it cannot read prompts"):
+        model(torch.randn(2, 3, 32, 32), torch.randn(4, 8))

@@ -47,3 +47,15 @@ def test_linear_regime_trains_the_head_only(model):
 def test_unknown_regime(model):
     with pytest.raises(ValueError, match="unknown training regime 'vpt'"):
         apply_regime(model, "vpt")
+
+
+def test_vpt_regime_trains_visual_prompts_and_head(tiny_vit_kwargs):
+    model = build_model("vit_tiny_patch16_224", 5, None, vpt_tokens=2, vpt_deep=True, **tiny_vit_kwargs)
+    expected = HEAD | {"visual_prompts"}
+    assert set(apply_regime(model, "prompt")) == expected
+    assert _grads_after_step(model) == expected
+
+
+def test_linear_probe_of_a_cnn():
+    model = build_model("resnet18", 3, None)
+    assert set(apply_regime(model, "linear")) == {"backbone.fc.weight", "backbone.fc.bias"}

@@ -60,6 +60,8 @@ class ModelConfig:
     pretrained: str | None = None  # None: random init; "timm": timm's sources; else a weights file
     backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"patch_size": 4})
     score_scale: float = 10.0  # cosine x scale; see README (100 stalls learning with a proper CE)
+    vpt_tokens: int = 0  # VPT baseline (Jia et al. 2022): learnable visual prompt tokens; 0 for none
+    vpt_deep: bool = False  # VPT-deep (tokens before every block) instead of VPT-shallow
     regime: str = "full"  # full | prompt | linear
     train_prompt_features: bool = False
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import Config, from_dict
-from ..model import InstructionViT, build_model
+from ..model import InstructionViT, PlainClassifier, build_model
 
 FORMAT = "instruction-vit-checkpoint/1"
 
@@ -53,7 +54,7 @@ class Checkpoint:
     def model_state(self) -> dict[str, torch.Tensor]:
         return {k.removeprefix("model/"): v for k, v in self.tensors.items() if k.startswith("model/")}
 
-    def build_model(self) -> InstructionViT:
+    def build_model(self) -> InstructionViT | PlainClassifier:
         """The model, rebuilt from this file alone (architecture from the config, weights from the tensors)."""
         cfg, state = self.config, self.model_state()
         dims = {k.split(".")[2]: int(v.shape[1]) for k, v in state.items()
@@ -91,13 +92,17 @@ class Checkpoint:
         np.random.set_state((np_meta[0], self.tensors["rng/numpy"].numpy().astype(np.uint32), *np_meta[1:]))
 
 
-def model_from_config(cfg: Config, num_classes: int, prompt_dim, pretrained: Any = None) -> InstructionViT:
+def model_from_config(cfg: Config, num_classes: int, prompt_dim, pretrained: Any = None) -> InstructionViT | PlainClassifier:
     """The model a run config describes (``pretrained`` overrides ``cfg.model.pretrained``)."""
     source = cfg.model.pretrained if pretrained is None else pretrained
     source = True if source == "timm" else source
     kwargs = {"img_size": cfg.data.img_size, **cfg.model.backbone_kwargs}
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.model.backbone)
+    if pretrained_cfg is not None and not pretrained_cfg.fixed_input_size:
+        kwargs.pop("img_size")  # CNNs take any input size (and refuse the argument)
     return build_model(cfg.model.backbone, num_classes, prompt_dim, pretrained=source,
-                       score_scale=cfg.model.score_scale, **kwargs)
+                       score_scale=cfg.model.score_scale, vpt_tokens=cfg.model.vpt_tokens,
+                       vpt_deep=cfg.model.vpt_deep, **kwargs)
 
 
 def save_checkpoint(

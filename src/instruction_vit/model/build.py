@@ -9,10 +9,12 @@ from typing import Any, Union
 
 import timm
 import torch
+from timm.models import VisionTransformer
 from safetensors import safe_open
 
 from ..errors import WeightsUnavailableError
 from .instruction_vit import InstructionViT
+from .plain import PlainClassifier
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 
@@ -27,8 +29,10 @@ def build_model(
     prompt_dim: int | Mapping[str, int] | None,
     pretrained: Pretrained = False,
     score_scale: float = 10.0,
+    vpt_tokens: int = 0,
+    vpt_deep: bool = False,
     **backbone_kwargs: Any,
-) -> InstructionViT:
+) -> InstructionViT | PlainClassifier:
     """Create a timm ViT by name and wrap it as an Instruction-ViT.
 
     Args:
@@ -39,13 +43,14 @@ def build_model(
         pretrained: weight source, see :data:`Pretrained`. A head whose class count differs from
             ``num_classes`` is dropped (new random head), as timm does.
         score_scale: multiplier of the cosine scores.
+        vpt_tokens, vpt_deep: visual prompt tokens of the VPT baseline (shallow or deep); 0 for none.
         backbone_kwargs: passed to ``timm.create_model`` (``img_size``, ``drop_path_rate``, ...).
     """
     if num_classes <= 0:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     if not timm.is_model(backbone):
-        close = difflib.get_close_matches(backbone, timm.list_models("*vit*"), n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models('*vit*')"
+        close = difflib.get_close_matches(backbone, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         raise ValueError(f"unknown backbone {backbone!r}{hint}")
     if prompt_dim is None:
         prompt_dims: dict[str, int] = {}
@@ -62,7 +67,9 @@ def build_model(
             f"could not fetch pretrained weights for {backbone!r} from timm's sources ({type(err).__name__}); "
             "offline, download them elsewhere and pass pretrained=/path/to/weights.safetensors"
         ) from err
-    return InstructionViT(net, prompt_dims, score_scale=score_scale)
+    if not isinstance(net, VisionTransformer) and not prompt_dims and not vpt_tokens:
+        return PlainClassifier(net)  # a baseline backbone without prompts (ResNet, EfficientNet, CaiT, PiT, ...)
+    return InstructionViT(net, prompt_dims, score_scale=score_scale, vpt_tokens=vpt_tokens, vpt_deep=vpt_deep)
 
 
 def _weight_kwargs(pretrained: Pretrained) -> dict[str, Any]:

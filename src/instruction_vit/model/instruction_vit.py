@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple, Union
 
+import math
+
 import torch
 import torch.nn.functional as F
 from timm.models import VisionTransformer
@@ -96,9 +98,12 @@ class InstructionViT(nn.Module):
         backbone: any timm ViT; its ``head`` is the classification head.
         prompt_dims: feature dim of each prompt source, e.g. ``{"text": 512}``; empty for a plain ViT.
         score_scale: multiplier of the cosine scores (the reference code uses 100 under a double softmax).
+        vpt_tokens: learnable visual prompt tokens (VPT, Jia et al. 2022), the baseline of Table 2; 0 for none.
+        vpt_deep: VPT-deep (new tokens before every block) instead of VPT-shallow (input only).
     """
 
-    def __init__(self, backbone: VisionTransformer, prompt_dims: Mapping[str, int], score_scale: float = 10.0):
+    def __init__(self, backbone: VisionTransformer, prompt_dims: Mapping[str, int], score_scale: float = 10.0,
+                 vpt_tokens: int = 0, vpt_deep: bool = False):
         super().__init__()
         if not isinstance(backbone, VisionTransformer):
             raise TypeError(
@@ -110,6 +115,15 @@ class InstructionViT(nn.Module):
         self.score_scale = float(score_scale)
         # Optional stored prompt features (trainable in prompt tuning when asked); empty by default.
         self.prompt_bank = nn.ParameterDict()
+        self.vpt_tokens, self.vpt_deep = int(vpt_tokens), bool(vpt_deep)
+        self.visual_prompts = None
+        if self.vpt_tokens:
+            # VPT's init: uniform(-v, v), v = sqrt(6 / (3 * patch_area + width)).
+            patch = backbone.patch_embed.patch_size
+            bound = math.sqrt(6.0 / (3 * patch[0] * patch[1] + backbone.embed_dim))
+            layers = len(backbone.blocks) if vpt_deep else 1
+            self.visual_prompts = nn.Parameter(
+                torch.empty(layers, self.vpt_tokens, backbone.embed_dim).uniform_(-bound, bound))
 
     @property
     def num_classes(self) -> int:
@@ -140,21 +154,31 @@ class InstructionViT(nn.Module):
         return dict(self.prompt_bank.items())
 
     # -- forward -------------------------------------------------------------------------------
-    def forward_features(self, images: Tensor, prompt_tokens: Tensor) -> Tensor:
-        """Transformer output for ``[CLS; patches + pos; prompt_tokens]``, after the final norm."""
+    def forward_features(self, images: Tensor, prompt_tokens: Tensor | None) -> Tensor:
+        """Transformer output for ``[CLS; patches + pos; VPT tokens; prompt_tokens]``, after the final norm."""
         bb = self.backbone
         x = bb.patch_embed(images)
         x = bb._pos_embed(x)
         x = bb.patch_drop(x)
-        if prompt_tokens.dim() == 2:
-            prompt_tokens = prompt_tokens.unsqueeze(0).expand(x.shape[0], -1, -1)
-        elif prompt_tokens.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"per-sample prompts have batch size {prompt_tokens.shape[0]} but the images {x.shape[0]}"
-            )
-        x = torch.cat([x, prompt_tokens.to(x.dtype)], dim=1)
-        x = bb.norm_pre(x)
-        if bb.grad_checkpointing and not torch.jit.is_scripting():
+        batch, vpt_start = x.shape[0], x.shape[1]
+        extra = []
+        if self.visual_prompts is not None:
+            extra.append(self.visual_prompts[0].to(x.dtype).expand(batch, -1, -1))
+        if prompt_tokens is not None:
+            if prompt_tokens.dim() == 2:
+                prompt_tokens = prompt_tokens.unsqueeze(0).expand(batch, -1, -1)
+            elif prompt_tokens.shape[0] != batch:
+                raise ValueError(f"per-sample prompts have batch size {prompt_tokens.shape[0]} but the images {batch}")
+            extra.append(prompt_tokens.to(x.dtype))
+        x = bb.norm_pre(torch.cat([x, *extra], dim=1))
+        if self.vpt_deep:
+            vpt_end = vpt_start + self.vpt_tokens
+            for i, block in enumerate(bb.blocks):
+                if i > 0:  # VPT-deep: each block reads its own fresh visual prompts
+                    fresh = self.visual_prompts[i].to(x.dtype).expand(batch, -1, -1)
+                    x = torch.cat([x[:, :vpt_start], fresh, x[:, vpt_end:]], dim=1)
+                x = block(x)
+        elif bb.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(bb.blocks, x)
         else:
             x = bb.blocks(x)
@@ -162,16 +186,18 @@ class InstructionViT(nn.Module):
 
     def forward(self, images: Tensor, prompts: PromptInput | None = None) -> InstructionOutput:
         bb = self.backbone
-        if prompts is None:
+        if prompts is None and self.visual_prompts is None:
             logits = bb(images)
             return InstructionOutput(logits, logits.new_zeros(logits.shape[0], 0))
-        tokens = self.prompt_embed(prompts)
-        num_prompts = tokens.shape[-2]
+        tokens = self.prompt_embed(prompts) if prompts is not None else None
+        num_prompts = tokens.shape[-2] if tokens is not None else 0
         x = self.forward_features(images, tokens)
-        image_tokens, prompt_out = x[:, :-num_prompts], x[:, -num_prompts:]
-        pooled = bb.forward_head(image_tokens, pre_logits=True)
+        num_image = x.shape[1] - num_prompts - self.vpt_tokens
+        pooled = bb.forward_head(x[:, :num_image], pre_logits=True)  # VPT and prompt tokens are not pooled
         logits = bb.head(pooled)
+        if not num_prompts:
+            return InstructionOutput(logits, logits.new_zeros(logits.shape[0], 0))
         cls = F.normalize(pooled.float(), dim=-1)
-        prompt_out = F.normalize(prompt_out.float(), dim=-1)
+        prompt_out = F.normalize(x[:, -num_prompts:].float(), dim=-1)
         scores = self.score_scale * torch.einsum("bd,bpd->bp", cls, prompt_out)
         return InstructionOutput(logits, scores)

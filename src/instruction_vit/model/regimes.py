@@ -1,8 +1,8 @@
 """Training regimes: which parameters learn.
 
 * ``full``: everything (full fine-tuning, paper Table 1).
-* ``prompt``: the paper's prompt tuning (Table 2): backbone frozen; classification head and prompt
-  embedding layer trained. The reference code leaves the projection frozen at random init; the paper
+* ``prompt``: the paper's prompt tuning (Table 2): backbone frozen; classification head, prompt
+  embedding layer and VPT tokens (when the model has them: the VPT baseline) trained. The reference code leaves the projection frozen at random init; the paper
   says "head and prompt embedding layer", which is what this does.
 * ``linear``: the classification head only (linear probe).
 
@@ -11,12 +11,12 @@ Stored prompt features (``model.prompt_bank``) learn only when ``train_prompt_fe
 
 from __future__ import annotations
 
-from .instruction_vit import InstructionViT
+from torch import nn
 
 REGIMES = ("full", "prompt", "linear")
 
 
-def apply_regime(model: InstructionViT, regime: str, train_prompt_features: bool = False) -> list[str]:
+def apply_regime(model: nn.Module, regime: str, train_prompt_features: bool = False) -> list[str]:
     """Set ``requires_grad`` for ``regime``; returns the names of the trainable parameters."""
     if regime not in REGIMES:
         raise ValueError(f"unknown training regime {regime!r}; choose one of {', '.join(REGIMES)}")
@@ -24,5 +24,7 @@ def apply_regime(model: InstructionViT, regime: str, train_prompt_features: bool
     model.head.requires_grad_(True)
     if regime == "prompt":
         model.prompt_embed.requires_grad_(True)
+        if model.visual_prompts is not None:
+            model.visual_prompts.requires_grad_(True)
     model.prompt_bank.requires_grad_(train_prompt_features)
     return [name for name, p in model.named_parameters() if p.requires_grad]
