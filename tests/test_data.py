@@ -125,3 +125,30 @@ def test_transforms_and_dataset_view(tmp_path):
     assert image.shape == (3, 16, 16) and image.dtype == torch.float32 and label == 1
     evaluated = TransformedImages(data, eval_transform(16, mean, std))
     torch.testing.assert_close(evaluated[3][0], evaluated[3][0])  # deterministic
+
+
+def test_few_shot_is_coop_sampling(fmnist_root):
+    from instruction_vit.data import few_shot
+
+    train = fashion_mnist(fmnist_root)["train"]
+    a, b = few_shot(train, 2, seed=1), few_shot(train, 2, seed=1)
+    assert a.indices == b.indices and sorted(a.labels) == sorted(list(range(10)) * 2)
+    assert few_shot(train, 2, seed=2).indices != a.indices
+    assert len(few_shot(train, 99, seed=1)) == 50  # a class with fewer keeps all it has
+
+
+def test_base_and_novel_classes(fmnist_root):
+    from instruction_vit.data import class_subset
+
+    test = fashion_mnist(fmnist_root)["test"]
+    base, novel = class_subset(test, "base"), class_subset(test, "novel")
+    assert base.class_names == list(FASHION_MNIST_CLASSES[:5]) and novel.class_names == list(FASHION_MNIST_CLASSES[5:])
+    assert set(base.labels) == set(range(5)) and set(novel.labels) == set(range(5))
+    i = novel.labels.index(0)
+    assert test.labels[novel.indices[i]] == 5  # relabelled: sandal (5) is novel class 0
+    assert class_subset(test, "all") is test
+
+
+def test_load_splits_few_shot_and_novel(fmnist_root):
+    splits = load_splits(DataConfig(root=str(fmnist_root), val_fraction=0.2, shots=3, classes="novel"))
+    assert len(splits["train"]) == 15 and len(splits["val"]) == 5 and splits["test"].class_names[0] == "sandal"

@@ -192,3 +192,21 @@ def test_baselines_train_in_the_same_engine(cfg, tmp_path, overrides):
     assert set(results["all_prompts"]) == {"head"}
     model = load_checkpoint(tmp_path / "run").build_model()
     assert type(model).__name__ == ("PlainClassifier" if "resnet18" in str(overrides) else "InstructionViT")
+
+
+def test_base_to_novel_predicts_unseen_classes_through_the_score_head(cfg, tmp_path):
+    cfg.data.classes, cfg.train.epochs = "base", 2
+    results = train(cfg, tmp_path / "b2n", log=lambda _: None)
+    b2n = results["base_to_novel"]
+    assert results["class_names"] == ["blue", "green"] and b2n["novel_class_names"] == ["red"]
+    a, b = b2n["base_top1"], b2n["novel_top1"]
+    assert b == 100.0  # one novel class: the score head can only pick it
+    assert b2n["hm"] == pytest.approx(2 * a * b / (a + b))
+
+
+def test_zero_shot_baseline(cfg, tmp_path):
+    from instruction_vit.engine.protocols import zero_shot
+
+    results = zero_shot(cfg, tmp_path / "zs")
+    assert 0 <= results["top1"] <= 100 and len(results["zero_shot"]["confusion"]) == 3
+    assert json.loads((tmp_path / "zs" / "results.json").read_text())["top1"] == results["top1"]

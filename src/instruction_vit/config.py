@@ -31,6 +31,9 @@ class DataConfig:
     split_seed: int = 0
     train_limit: int | None = None  # keep this many training samples (seeded, class-balanced); None: all
     eval_limit: int | None = None  # likewise for val and test
+    shots: int | None = None  # few-shot (CoOp): this many training images per class, min(shots, 4) for val
+    shots_seed: int = 1  # CoOp's few-shot seeds are 1, 2, 3
+    classes: str = "all"  # all | base | novel: base-to-novel (CoOp): sorted labels, first ceil(N/2) are base
     img_size: int = 32
     randaugment: str | None = "rand-m9-mstd0.5"  # timm RandAugment config string; None: off
     hflip: float = 0.5
@@ -138,6 +141,7 @@ CHOICES = {
     "data.dataset": ("fashion_mnist", "folder", "split_file", "caltech101", "oxford_pets", "stanford_cars",
                      "oxford_flowers"),
     "prompts.kind": ("none", "text", "image", "mixed"),
+    "data.classes": ("all", "base", "novel"),
     "prompts.ranker": ("zero_shot", "prototype"),
     "model.regime": ("full", "prompt", "linear"),
     "train.optimizer": ("adam", "adamw"),

@@ -206,6 +206,31 @@ def stratified_split(data: LabelledImages, fraction: float, seed: int) -> tuple[
     return Subset(data, sorted(keep)), Subset(data, sorted(held))
 
 
+def few_shot(data: LabelledImages, shots: int, seed: int) -> Subset:
+    """CoOp's few-shot sampling: ``shots`` random samples of each class (all if it has fewer), seeded."""
+    rng = random.Random(seed)
+    chosen: list[int] = []
+    for c in range(data.num_classes):
+        idx = [i for i, y in enumerate(data.labels) if y == c]
+        chosen += rng.sample(idx, min(shots, len(idx)))
+    return Subset(data, sorted(chosen))
+
+
+def class_subset(data: LabelledImages, which: str) -> LabelledImages:
+    """Base-to-novel (CoOp): labels sorted, the first ceil(N/2) are ``base``, the rest ``novel``; kept samples
+    are relabelled 0..M-1 and the class names cut to match."""
+    if which == "all":
+        return data
+    n_base = (data.num_classes + 1) // 2
+    keep = range(n_base) if which == "base" else range(n_base, data.num_classes)
+    first = keep[0]
+    indices = [i for i, y in enumerate(data.labels) if y in keep]
+    view = Subset(data, indices)
+    view.labels = [y - first for y in view.labels]
+    view.class_names = data.class_names[first : first + len(keep)]
+    return view
+
+
 def balanced_limit(data: LabelledImages, limit: int | None, seed: int) -> LabelledImages:
     """At most ``limit`` samples, about equally many per class (seeded); the data itself if no limit."""
     if limit is None or limit >= len(data):

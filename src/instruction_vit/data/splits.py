@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from ..config import DataConfig
 from .benchmarks import BENCHMARKS, load_benchmark
-from .datasets import DataError, LabelledImages, balanced_limit, coop_split, fashion_mnist, image_folder, stratified_split
+from .datasets import (
+    DataError,
+    LabelledImages,
+    balanced_limit,
+    class_subset,
+    coop_split,
+    fashion_mnist,
+    few_shot,
+    image_folder,
+    stratified_split,
+)
 
 
 def load_splits(cfg: DataConfig) -> dict[str, LabelledImages]:
@@ -29,6 +39,10 @@ def load_splits(cfg: DataConfig) -> dict[str, LabelledImages]:
             splits["val"] = splits["test"]
         else:
             splits["train"], splits["val"] = stratified_split(splits["train"], cfg.val_fraction, cfg.split_seed)
+    splits = {name: class_subset(data, cfg.classes) for name, data in splits.items()}
+    if cfg.shots is not None:
+        splits["train"] = few_shot(splits["train"], cfg.shots, cfg.shots_seed)
+        splits["val"] = few_shot(splits["val"], min(cfg.shots, 4), cfg.shots_seed)
     splits["train"] = balanced_limit(splits["train"], cfg.train_limit, cfg.split_seed)
     for name in ("val", "test"):
         splits[name] = balanced_limit(splits[name], cfg.eval_limit, cfg.split_seed)

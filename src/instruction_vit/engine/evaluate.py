@@ -72,6 +72,10 @@ def classification_metrics(pred: Predictions, class_names: list[str]) -> dict[st
     """Per route: top-1, top-5 (%), per-class accuracy (%) and the confusion matrix (rows: true class)."""
     num_classes = len(class_names)
     results = {}
+    if num_classes == 1:  # torchmetrics needs two classes; with one, every prediction is that class
+        n = len(pred.labels)
+        return {route: {"top1": 100.0, "per_class": {class_names[0]: 100.0},
+                        "confusion": [[n]]} for route in pred.probabilities()}
     for route, probs in pred.probabilities().items():
         top5 = min(5, num_classes)
         results[route] = {

@@ -32,6 +32,7 @@ from ..model import apply_regime
 from ..prompts import forward_selected, target_mask
 from .checkpoint import CheckpointError, load_checkpoint, model_from_config, save_checkpoint
 from .evaluate import autocast, classification_metrics, predict
+from .protocols import novel_classes
 from .run import eval_loader, prompt_bank, ranker_scores, resolve_device, seed_everything, transforms
 
 
@@ -189,6 +190,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     if writer is not None:
         writer.close()
     results = test_results(cfg, out, splits, progress)
+    if cfg.data.classes == "base" and bank is not None:
+        results["base_to_novel"] = novel_classes(cfg, out, results["top1"])
     (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results
 
@@ -203,6 +206,8 @@ def test_results(cfg: Config, out: Path, splits, progress=None) -> dict[str, Any
     results: dict[str, Any] = {"best_epoch": ckpt.meta["epoch"] + 1, "class_names": ckpt.class_names}
     pred = predict(model, loader, prompts, device, cfg.train.amp)
     results["all_prompts"] = classification_metrics(pred, ckpt.class_names)
+    routes = results["all_prompts"]
+    results["top1"] = routes["combined" if "combined" in routes else "head"]["top1"]  # the headline number
     if prompts is not None and cfg.prompts.select_k:
         ranking = ranker_scores(cfg, splits["train"], splits["test"], progress)
         pred = predict(model, loader, prompts, device, cfg.train.amp, ranking, cfg.prompts.select_k)
