@@ -210,3 +210,15 @@ def test_zero_shot_baseline(cfg, tmp_path):
     results = zero_shot(cfg, tmp_path / "zs")
     assert 0 <= results["top1"] <= 100 and len(results["zero_shot"]["confusion"]) == 3
     assert json.loads((tmp_path / "zs" / "results.json").read_text())["top1"] == results["top1"]
+
+
+def test_a_run_can_start_from_another_runs_checkpoint(cfg, tmp_path):
+    cfg.prompts.kind, cfg.train.epochs = "none", 1
+    train(cfg, tmp_path / "first", log=lambda _: None)
+    first = _weights(tmp_path / "first" / "checkpoints" / "best.safetensors")
+    cfg.model.pretrained = str(tmp_path / "first" / "checkpoints" / "best.safetensors")
+    cfg.model.regime, cfg.train.lr = "linear", 0.0  # nothing moves: the backbone must equal the first run's
+    train(cfg, tmp_path / "second", log=lambda _: None)
+    second = _weights(tmp_path / "second" / "checkpoints" / "last.safetensors")
+    torch.testing.assert_close(second["backbone.pos_embed"], first["backbone.pos_embed"])
+    torch.testing.assert_close(second["backbone.blocks.0.attn.qkv.weight"], first["backbone.blocks.0.attn.qkv.weight"])

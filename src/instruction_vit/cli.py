@@ -230,6 +230,57 @@ def demo(
     console.print(f"plots: {out / 'accuracy.png'}, {out / 'confusion.png'}; numbers: {out / 'summary.json'}")
 
 
+@app.command()
+@user_errors
+def reproduce(
+    target: Annotated[str, typer.Argument(help="SPEC[/COLUMN[/ROW]]: table1, table2, offline, or a spec YAML path.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="section.key=value for every cell, e.g. "
+                                                                  "data.root=/data/torchvision.")] = None,
+    runs: Annotated[Path, typer.Option(help="Runs folder: cells go to RUNS/SPEC/COLUMN/ROW/seedK.")] = Path("runs"),
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds instead of the spec's.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="List the cells and their run folders; run nothing.")] = False,
+    force: Annotated[bool, typer.Option(help="Rerun cells that already have results.")] = False,
+) -> None:
+    """Run the cells of an experiment spec (skipping finished ones, resuming interrupted ones)."""
+    from .engine.experiments import cells, load_spec, run_cells
+
+    spec_name, _, select = target.partition("/") if not target.endswith(".yaml") else (target, "", "")
+    spec = load_spec(spec_name)
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    if dry_run:
+        for cell in cells(spec, runs, select, seed_list, overrides or []):
+            state = "done" if (cell.folder / "results.json").is_file() else "to run"
+            console.print(f"{cell.name}: {cell.folder} ({state})", highlight=False)
+        return
+    with _progress() as progress:
+        done = run_cells(spec, runs, select, seed_list, overrides or [], force, console.print, progress)
+    console.print(f"ran {len(done)} cell(s); summarise with: ivit report {spec_name} --runs {runs}")
+
+
+@app.command()
+@user_errors
+def report(
+    spec_name: Annotated[str, typer.Argument(help="table1, table2, offline, or a spec YAML path.")],
+    runs: Annotated[Path, typer.Option(help="The runs folder reproduce wrote to.")] = Path("runs"),
+    out: Annotated[Optional[Path], typer.Option(help="Folder for NAME.md and NAME.png (default: RUNS/SPEC).")] = None,
+) -> None:
+    """Markdown table of measured mean ± std over seeds beside the paper's numbers, and a bar chart."""
+    from .engine.experiments import collect, load_spec
+    from .report import bar_chart, markdown_report
+
+    spec = load_spec(spec_name)
+    records = collect(spec, runs)
+    if not any(r["values"] for r in records):
+        raise ValueError(f"no results under {runs / spec['name']}: run `ivit reproduce {spec_name}` first")
+    out = out or runs / spec["name"]
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown_report(spec, records, f"ivit reproduce {spec_name} && ivit report {spec_name}")
+    (out / f"{spec['name']}.md").write_text(text, encoding="utf-8")
+    bar_chart(records, out / f"{spec['name']}.png", spec["name"])
+    console.print(text, highlight=False, markup=False)
+    console.print(f"wrote {out / (spec['name'] + '.md')} and {out / (spec['name'] + '.png')}")
+
+
 def _class_list(classes: str | None, class_file: Path | None) -> list[str] | None:
     if classes and class_file:
         raise ValueError("give --classes or --class-file, not both")

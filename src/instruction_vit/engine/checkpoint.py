@@ -96,6 +96,9 @@ def model_from_config(cfg: Config, num_classes: int, prompt_dim, pretrained: Any
     """The model a run config describes (``pretrained`` overrides ``cfg.model.pretrained``)."""
     source = cfg.model.pretrained if pretrained is None else pretrained
     source = True if source == "timm" else source
+    if isinstance(source, str) and _is_checkpoint(source):  # start from another run's model
+        state = load_checkpoint(source).model_state()
+        source = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     kwargs = {"img_size": cfg.data.img_size, **cfg.model.backbone_kwargs}
     pretrained_cfg = timm.models.get_pretrained_cfg(cfg.model.backbone)
     if pretrained_cfg is not None and not pretrained_cfg.fixed_input_size:
@@ -166,6 +169,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
     train = json.loads(header["train"]) if "train" in header else None
     return Checkpoint(path, json.loads(header["meta"]), tensors, train)
+
+
+def _is_checkpoint(path: str) -> bool:
+    if not path.endswith(".safetensors") or not Path(path).is_file():
+        return False
+    with safe_open(path, framework="pt") as f:
+        return (f.metadata() or {}).get("format") == FORMAT
 
 
 def _plain(x: Any) -> Any:

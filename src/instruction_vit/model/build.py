@@ -19,8 +19,9 @@ from .plain import PlainClassifier
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 
 #: ``False``/``None``: random init; ``True``: timm's own sources (needs network or a warm cache);
-#: a path: a local ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` state dict or a JAX ``.npz``.
-Pretrained = Union[bool, str, Path, None]
+#: a path: a local ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` state dict or a JAX ``.npz``;
+#: a mapping: the backbone's state dict itself.
+Pretrained = Union[bool, str, Path, Mapping[str, torch.Tensor], None]
 
 
 def build_model(
@@ -60,6 +61,8 @@ def build_model(
         prompt_dims = {"prompts": int(prompt_dim)}
     try:
         net = timm.create_model(backbone, num_classes=num_classes, **_weight_kwargs(pretrained), **backbone_kwargs)
+        if isinstance(getattr(net, "pretrained_cfg", None), dict):
+            net.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights alive
     except OSError as err:  # hub unreachable, nothing cached (huggingface_hub / urllib errors)
         if pretrained is not True:
             raise
@@ -77,6 +80,10 @@ def _weight_kwargs(pretrained: Pretrained) -> dict[str, Any]:
         return {"pretrained": False}
     if pretrained is True:
         return {"pretrained": True}
+    if isinstance(pretrained, Mapping):
+        head = pretrained.get("head.weight")
+        return {"pretrained": True, "pretrained_cfg_overlay": {
+            "state_dict": dict(pretrained), "num_classes": int(head.shape[0]) if head is not None else -1}}
     path = Path(pretrained).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
