@@ -38,6 +38,7 @@ class DataConfig:
     randaugment: str | None = "rand-m9-mstd0.5"  # timm RandAugment config string; None: off
     hflip: float = 0.5
     crop_min_scale: float = 0.08  # RandomResizedCrop scale range (crop_min_scale, 1)
+    color_jitter: float = 0.4  # timm's ColorJitter strength when RandAugment is off (timm's default); 0: none
     num_workers: int = 0
 
 
@@ -74,7 +75,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 256
     accum_steps: int = 1
-    optimizer: str = "adamw"  # adam | adamw
+    optimizer: str = "adamw"  # adam | adamw | sgd (momentum 0.9, nesterov; timm)
     lr: float = 1e-4
     min_lr: float = 1e-5
     warmup_epochs: float = 5.0
@@ -89,6 +90,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    compile: bool = False  # torch.compile the training forward
+    log_every: int = 50  # optimizer steps between reads of the loss (the only host syncs of the step)
     deterministic: bool = False
     eval_every: int = 1
     tensorboard: bool = True  # when installed
@@ -144,9 +147,10 @@ CHOICES = {
     "data.classes": ("all", "base", "novel"),
     "prompts.ranker": ("zero_shot", "prototype"),
     "model.regime": ("full", "prompt", "linear"),
-    "train.optimizer": ("adam", "adamw"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
 }
-POSITIVE = ("data.img_size", "train.epochs", "train.batch_size", "train.accum_steps", "prompts.per_class")
+POSITIVE = ("data.img_size", "train.epochs", "train.batch_size", "train.accum_steps", "prompts.per_class",
+            "train.log_every")
 
 
 def from_dict(data: dict[str, Any]) -> Config:

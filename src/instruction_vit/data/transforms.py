@@ -12,10 +12,12 @@ from .datasets import LabelledImages
 
 
 def train_transform(img_size: int, mean, std, interpolation: str = "bicubic", randaugment: str | None = None,
-                    hflip: float = 0.5, crop_scale: tuple[float, float] = (0.08, 1.0)) -> Callable:
-    """timm's training transform: RandomResizedCrop, flip, RandAugment by its config string, normalise."""
+                    hflip: float = 0.5, crop_scale: tuple[float, float] = (0.08, 1.0),
+                    color_jitter: float = 0.4) -> Callable:
+    """timm's training transform: RandomResizedCrop, flip, RandAugment by its config string (else ColorJitter),
+    normalise."""
     return create_transform(img_size, is_training=True, auto_augment=randaugment, hflip=hflip, mean=mean, std=std,
-                            interpolation=interpolation, scale=crop_scale)
+                            interpolation=interpolation, scale=crop_scale, color_jitter=color_jitter or None)
 
 
 def eval_transform(img_size: int, mean, std, interpolation: str = "bicubic", crop_pct: float = 1.0) -> Callable:

@@ -44,7 +44,8 @@ def transforms(cfg: Config, backbone: torch.nn.Module):
     dc = resolve_data_config({}, model=backbone)
     mean, std, interp = dc["mean"], dc["std"], dc["interpolation"]
     d = cfg.data
-    return (train_transform(d.img_size, mean, std, interp, d.randaugment, d.hflip, (d.crop_min_scale, 1.0)),
+    return (train_transform(d.img_size, mean, std, interp, d.randaugment, d.hflip, (d.crop_min_scale, 1.0),
+                            d.color_jitter),
             eval_transform(d.img_size, mean, std, interp))
 
 

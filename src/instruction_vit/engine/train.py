@@ -31,6 +31,7 @@ from ..losses import InstructionLoss
 from ..model import apply_regime
 from ..prompts import forward_selected, target_mask
 from .checkpoint import CheckpointError, load_checkpoint, model_from_config, save_checkpoint
+from .distributed import close_world, init_world
 from .evaluate import autocast, classification_metrics, predict
 from .protocols import novel_classes
 from .run import eval_loader, prompt_bank, ranker_scores, resolve_device, seed_everything, transforms
@@ -66,18 +67,28 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
 
     With ``resume``, the folder's own ``config.yaml`` is used and training continues after the last epoch
     that was checkpointed; the metrics end equal to those of a run never interrupted (CPU, deterministic).
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains with DDP; rank 0 writes, logs and evaluates.
     """
     out = Path(out)
-    prepare_run_folder(out, resume, force)
+    world, dist_device = init_world(cfg.train.device)
+    if world.is_main:
+        prepare_run_folder(out, resume, force)
+        if not resume:
+            (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    world.barrier()
     if resume:
         cfg = load_config(out / "config.yaml")
-    else:
-        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    if not world.is_main:
+        log, progress = (lambda _: None), None
     t = cfg.train
-    device = resolve_device(t.device)
+    device = dist_device or resolve_device(t.device)
     splits = load_splits(cfg.data)
     class_names = splits["train"].class_names
+    if not world.is_main:
+        world.barrier()  # rank 0 builds (and caches) the prompt bank first; the others read the cache
     bank = prompt_bank(cfg, splits["train"])
+    if world.is_main:
+        world.barrier()
     # Seed after everything that may or may not touch the RNG (encoders load only on cache misses).
     seed_everything(t.seed, t.deterministic)
     model = model_from_config(cfg, len(class_names), bank.prompt_dim if bank else None)
@@ -93,15 +104,17 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         raise ValueError(f"{len(splits['train'])} training images make no full update of batch_size={t.batch_size} "
                          f"x accum_steps={t.accum_steps}; lower train.batch_size")
     updates_per_epoch = batches // t.accum_steps
+    local_batch = t.batch_size // world.size
 
     mixup = None
     if t.mixup > 0 or t.cutmix > 0:
-        if t.batch_size % 2:
-            raise ValueError("Mixup/CutMix need an even train.batch_size")
+        if local_batch % 2:
+            raise ValueError("Mixup/CutMix need an even batch per process (train.batch_size / processes)")
         mixup = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob,
                       label_smoothing=t.label_smoothing, num_classes=len(class_names))
     criterion = InstructionLoss(t.head_weight, t.score_weight, 0.0 if mixup else t.label_smoothing)
-    optimizer = create_optimizer_v2(model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = create_optimizer_v2(model, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay, **fused)
     scheduler = CosineLRScheduler(optimizer, t_initial=t.epochs * updates_per_epoch, lr_min=t.min_lr,
                                   warmup_t=int(t.warmup_epochs * updates_per_epoch), warmup_lr_init=t.min_lr,
                                   t_in_epochs=False)
@@ -114,47 +127,52 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         ckpt.restore_rng()
         start_epoch, step = ckpt.meta["epoch"] + 1, ckpt.meta["step"]
         best, history = ckpt.meta["best"], ckpt.meta["history"]
-        _rewrite_metrics(out, history)
+        if world.is_main:
+            _rewrite_metrics(out, history)
         log(f"resuming {out} after epoch {start_epoch} (step {step})")
     scheduler.step_update(step)
 
-    prompts = model.bank_prompts()  # None without prompts; else the stored (maybe trainable) features
+    train_model: torch.nn.Module = model
+    if world.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if t.compile:
+        train_model = torch.compile(train_model)
+    prompts_on = model.bank_prompts() is not None
     meta_base = {"config": cfg.to_dict(), "class_names": class_names, "bank_key": bank.key if bank else None,
                  "bank_kind": bank.kind if bank else "none"}
-    writer = _tensorboard(out) if t.tensorboard else None
+    writer = _tensorboard(out) if t.tensorboard and world.is_main else None
 
     for epoch in range(start_epoch, t.epochs):
         model.train()
         started = time.time()
+        if world.distributed:  # per-rank augmentation streams, a function of (seed, epoch, rank): resumable
+            seed_everything(t.seed * 1_000_003 + epoch * 1_009 + world.rank)
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-        loader = DataLoader(train_set, batch_size=t.batch_size, sampler=order.tolist(), drop_last=True,
-                            num_workers=cfg.data.num_workers)
-        sums: dict[str, float] = {}
+        indices = world.shard(order, t.batch_size, updates_per_epoch * t.accum_steps)
+        loader = DataLoader(train_set, batch_size=local_batch, sampler=indices, drop_last=True,
+                            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+        sums: dict[str, torch.Tensor] = {}
+        bad = torch.zeros((), dtype=torch.bool, device=device)
         task = progress.add_task(f"epoch {epoch + 1}/{t.epochs}", total=updates_per_epoch) if progress else None
         optimizer.zero_grad(set_to_none=True)
         for i, (images, labels) in enumerate(loader):
-            if i >= updates_per_epoch * t.accum_steps:
-                break
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             images, target = mixup(images, labels) if mixup else (images, labels)
             with autocast(device, t.amp):
-                if prompts is None:
-                    out_ = model(images)
+                if not prompts_on:
+                    out_ = train_model(images)
                 elif cfg.prompts.train_select_k:
                     ranking = torch.rand(images.shape[0], len(class_names), device=device)
-                    out_ = forward_selected(model, images, model.bank_prompts(), ranking,
+                    out_ = forward_selected(train_model, images, model.bank_prompts(), ranking,
                                             cfg.prompts.train_select_k, keep=target_mask(target, len(class_names)))
                 else:
-                    out_ = model(images, model.bank_prompts())
+                    out_ = train_model(images, model.bank_prompts())
                 parts = criterion(out_, target)
-            loss = parts["loss"]
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step}; the last good checkpoint "
-                    f"is {out / 'checkpoints' / 'last.safetensors'}. Lower train.lr or set train.grad_clip")
-            (loss / t.accum_steps).backward()
-            for name, value in parts.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
+            (parts["loss"] / t.accum_steps).backward()
+            bad |= ~torch.isfinite(parts["loss"].detach())
+            for name, value in parts.items():  # stays on the device: no host sync in the step
+                sums[name] = sums.get(name, 0) + value.detach()
             if (i + 1) % t.accum_steps == 0:
                 if t.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -162,38 +180,54 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 scheduler.step_update(step)
-                if progress:
-                    progress.update(task, advance=1, description=f"epoch {epoch + 1}/{t.epochs} "
-                                    f"loss {sums['loss'] / (i + 1):.3f}")
+                if step % t.log_every == 0 or i + 1 == len(loader):
+                    _stop_if_non_finite(bad, epoch, step, out)
+                    if progress:
+                        progress.update(task, completed=(i + 1) // t.accum_steps, description=(
+                            f"epoch {epoch + 1}/{t.epochs} loss {sums['loss'].item() / (i + 1):.3f}"))
+        _stop_if_non_finite(bad, epoch, step, out)
         if progress:
             progress.remove_task(task)
         n = updates_per_epoch * t.accum_steps
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                               **{f"train_{k}": v / n for k, v in sums.items()}}
-        if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-            # Validation reads all N prompts: model selection must not depend on the ranker's quality.
-            pred = predict(model, val_loader, model.bank_prompts(), device, t.amp)
-            for route, m in classification_metrics(pred, class_names).items():
-                row[f"val_top1_{route}"] = m["top1"]
-        row["epoch_seconds"] = time.time() - started
-        history.append(row)
-        _append_metrics(out, row, writer)
-        score = row.get("val_top1_combined", row.get("val_top1_head", -1.0))
-        meta = {**meta_base, "epoch": epoch, "step": step, "history": history,
-                "best": max(best, score), "metrics": row}
-        if score > best:
-            best = score
-            save_checkpoint(out / "checkpoints" / "best.safetensors", model, meta)
-        save_checkpoint(out / "checkpoints" / "last.safetensors", model, meta, optimizer)
-        log(_epoch_line(row))
+                               **{f"train_{k}": world.all_reduce_mean(v).item() / n for k, v in sums.items()}}
+        if world.is_main:
+            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                # Validation reads all N prompts: model selection must not depend on the ranker's quality.
+                pred = predict(model, val_loader, model.bank_prompts(), device, t.amp)
+                for route, m in classification_metrics(pred, class_names).items():
+                    row[f"val_top1_{route}"] = m["top1"]
+            row["epoch_seconds"] = time.time() - started
+            history.append(row)
+            _append_metrics(out, row, writer)
+            score = row.get("val_top1_combined", row.get("val_top1_head", -1.0))
+            meta = {**meta_base, "epoch": epoch, "step": step, "history": history,
+                    "best": max(best, score), "metrics": row}
+            if score > best:
+                best = score
+                save_checkpoint(out / "checkpoints" / "best.safetensors", model, meta)
+            save_checkpoint(out / "checkpoints" / "last.safetensors", model, meta, optimizer)
+            log(_epoch_line(row))
+        world.barrier()
 
-    if writer is not None:
-        writer.close()
-    results = test_results(cfg, out, splits, progress)
-    if cfg.data.classes == "base" and bank is not None:
-        results["base_to_novel"] = novel_classes(cfg, out, results["top1"])
-    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    results: dict[str, Any] = {}
+    if world.is_main:
+        if writer is not None:
+            writer.close()
+        results = test_results(cfg, out, splits, progress)
+        if cfg.data.classes == "base" and bank is not None:
+            results["base_to_novel"] = novel_classes(cfg, out, results["top1"])
+        (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    world.barrier()
+    close_world(world)
     return results
+
+
+def _stop_if_non_finite(bad: torch.Tensor, epoch: int, step: int, out: Path) -> None:
+    if bool(bad):
+        raise NonFiniteLossError(
+            f"the loss became non-finite (nan or inf) in epoch {epoch + 1}, by step {step}; the last good "
+            f"checkpoint is {out / 'checkpoints' / 'last.safetensors'}. Lower train.lr or set train.grad_clip")
 
 
 def test_results(cfg: Config, out: Path, splits, progress=None) -> dict[str, Any]:

@@ -1,0 +1,51 @@
+"""DDP through torchrun on the CPU (gloo, 2 processes): the same run as one process, rank 0 writing."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from instruction_vit.config import load_config
+from instruction_vit.engine import load_checkpoint, train
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_clip_dir):
+    rng = np.random.default_rng(0)
+    for name, colour in {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}.items():
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(16):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    # Augmentation off (whole-image crops, no flip) so that one process and two must agree; SGD, because
+    # Adam turns float-summation noise on near-zero gradients into full +-lr steps.
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+data: {{dataset: folder, root: {tmp_path / 'images'}, val_fraction: 0.25, img_size: 16, randaugment: null,
+       hflip: 0.0, crop_min_scale: 1.0, color_jitter: 0.0}}
+prompts: {{kind: text, encoder: "open_clip:local-dir:{tiny_clip_dir}", templates: photo,
+          cache_dir: {tmp_path / 'cache'}}}
+model: {{backbone_kwargs: {{patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}}}}
+train: {{epochs: 2, batch_size: 8, lr: 0.05, warmup_epochs: 0.5, mixup: 0, cutmix: 0, device: cpu, optimizer: sgd}}
+""")
+    return tmp_path, config
+
+
+def test_two_processes_train_like_one(setup):
+    tmp_path, config = setup
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "instruction_vit", "train", "--out", str(tmp_path / "ddp"), "--config", str(config)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("epoch 1:") == 1  # rank 0 alone logs
+    assert len((tmp_path / "ddp" / "metrics.csv").read_text().strip().splitlines()) == 3
+
+    train(load_config(config), tmp_path / "single", log=lambda _: None)
+    a = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.safetensors").model_state()
+    b = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.safetensors").model_state()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
