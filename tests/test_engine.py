@@ -222,3 +222,11 @@ def test_a_run_can_start_from_another_runs_checkpoint(cfg, tmp_path):
     second = _weights(tmp_path / "second" / "checkpoints" / "last.safetensors")
     torch.testing.assert_close(second["backbone.pos_embed"], first["backbone.pos_embed"])
     torch.testing.assert_close(second["backbone.blocks.0.attn.qkv.weight"], first["backbone.blocks.0.attn.qkv.weight"])
+
+
+def test_training_from_the_store_with_device_augmentation(cfg, tmp_path):
+    cfg.data.gpu_augment, cfg.data.store_dir, cfg.data.randaugment = True, str(tmp_path / "stores"), "rand-m9-mstd0.5"
+    cfg.train.epochs = 2
+    results = train(cfg, tmp_path / "run", log=lambda _: None)
+    assert len(list((tmp_path / "stores").glob("store-18px-*/images.npy"))) == 1  # 16 / 0.875 -> 18 px
+    assert results["top1"] > 50  # the colours survive the augmentation

@@ -39,6 +39,9 @@ class DataConfig:
     hflip: float = 0.5
     crop_min_scale: float = 0.08  # RandomResizedCrop scale range (crop_min_scale, 1)
     color_jitter: float = 0.4  # timm's ColorJitter strength when RandAugment is off (timm's default); 0: none
+    gpu_augment: bool = False  # decode once into a uint8 store; crop/flip/RandAugment batch-wise on the device
+    store_size: int | None = None  # side of the stored images; None: img_size / 0.875 (256 for 224)
+    store_dir: str = ".cache/instruction-vit/stores"
     num_workers: int = 0
 
 

@@ -49,6 +49,15 @@ def transforms(cfg: Config, backbone: torch.nn.Module):
             eval_transform(d.img_size, mean, std, interp))
 
 
+def device_augment(cfg: Config, backbone: torch.nn.Module):
+    """The batch-wise device augmentation matching :func:`transforms` (``data.gpu_augment``)."""
+    from ..data.gpu_augment import GpuAugment
+
+    dc, d = resolve_data_config({}, model=backbone), cfg.data
+    return GpuAugment(d.img_size, tuple(dc["mean"]), tuple(dc["std"]), scale=(d.crop_min_scale, 1.0),
+                      hflip=d.hflip, randaugment=d.randaugment)
+
+
 def eval_loader(cfg: Config, backbone: torch.nn.Module, data: LabelledImages) -> DataLoader:
     """Evaluation batches of ``data`` in order."""
     return DataLoader(TransformedImages(data, transforms(cfg, backbone)[1]), batch_size=cfg.train.batch_size,

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, load_config
 from ..data import TransformedImages, load_splits
+from ..data.store import StoreDataset, build_store
 from ..losses import InstructionLoss
 from ..model import apply_regime
 from ..prompts import forward_selected, target_mask
@@ -34,7 +35,7 @@ from .checkpoint import CheckpointError, load_checkpoint, model_from_config, sav
 from .distributed import close_world, init_world
 from .evaluate import autocast, classification_metrics, predict
 from .protocols import novel_classes
-from .run import eval_loader, prompt_bank, ranker_scores, resolve_device, seed_everything, transforms
+from .run import device_augment, eval_loader, prompt_bank, ranker_scores, resolve_device, seed_everything, transforms
 
 
 class RunFolderError(ValueError):
@@ -97,7 +98,16 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     apply_regime(model, cfg.model.regime, cfg.model.train_prompt_features)
     model.to(device)
 
-    train_set = TransformedImages(splits["train"], transforms(cfg, model.backbone)[0])
+    augment = None
+    if cfg.data.gpu_augment:  # decode once (rank 0 writes the store), augment batch-wise on the device
+        size = cfg.data.store_size or round(cfg.data.img_size / 0.875)
+        if world.is_main:
+            build_store(splits["train"], size, cfg.data.store_dir, cfg.data.num_workers, progress)
+        world.barrier()
+        train_set = StoreDataset(build_store(splits["train"], size, cfg.data.store_dir))
+        augment = device_augment(cfg, model.backbone)
+    else:
+        train_set = TransformedImages(splits["train"], transforms(cfg, model.backbone)[0])
     val_loader = eval_loader(cfg, model.backbone, splits["val"])
     batches = len(splits["train"]) // t.batch_size
     if batches < t.accum_steps:
@@ -158,6 +168,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         optimizer.zero_grad(set_to_none=True)
         for i, (images, labels) in enumerate(loader):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if augment is not None:
+                images = augment(images)
             images, target = mixup(images, labels) if mixup else (images, labels)
             with autocast(device, t.amp):
                 if not prompts_on:
