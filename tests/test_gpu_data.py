@@ -63,3 +63,18 @@ def test_randaugment_strings():
     assert parse_randaugment(None) == (0, 0.0, 0.0)
     with pytest.raises(ValueError, match="RandAugment strings"):
         parse_randaugment("augmix-m5")
+
+
+def test_masked_and_subset_colour_paths_agree():
+    from instruction_vit.data.gpu_augment import COLOUR, COLOUR_OPS
+
+    assert tuple(COLOUR_OPS) == COLOUR
+    torch.manual_seed(0)
+    x, mag = torch.rand(6, 3, 8, 8), torch.rand(6)
+    chosen = {name: torch.zeros(6) for name in COLOUR}
+    for i, name in enumerate(("solarize", "posterize", "autocontrast", "invert")):  # the deterministic ops
+        chosen[name][i] = chosen[name][i + 2] = 1.0
+    masked = GpuAugment._colour(x.clone(), chosen, mag, masked=True)
+    subset = GpuAugment._colour(x.clone(), chosen, mag, masked=False)  # (writes into its input)
+    torch.testing.assert_close(masked, subset)
+    assert not torch.allclose(masked, x)

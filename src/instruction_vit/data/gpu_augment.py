@@ -81,7 +81,7 @@ class GpuAugment:
         x = self._colour(x, chosen, mag)
         mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        return (x.clamp(0, 1) - mean) / std
+        return x.clamp_(0, 1).sub_(mean).div_(std)
 
     def _choose_ops(self, b: int, num_ops: int, device) -> dict[str, Tensor]:
         """Per sample, ``num_ops`` ops drawn uniformly (with replacement, as timm), each kept with p = 0.5."""
@@ -93,23 +93,55 @@ class GpuAugment:
         return {op: (counts[:, i] > 0).float() for i, op in enumerate(OPS)}
 
     @staticmethod
-    def _colour(x: Tensor, chosen: dict[str, Tensor], mag: Tensor) -> Tensor:
-        def apply(name: str, out: Tensor) -> Tensor:
-            return torch.where(chosen[name].view(-1, 1, 1, 1) > 0, out, x)
+    def _colour(x: Tensor, chosen: dict[str, Tensor], mag: Tensor, masked: bool | None = None) -> Tensor:
+        """Colour ops, each on the samples that drew it. On CUDA every op runs on the whole batch and is masked
+        (no host sync); elsewhere it runs on the chosen samples only (much less work on a CPU) and writes into
+        ``x``, which must be the caller's own tensor."""
+        masked = x.is_cuda if masked is None else masked
+        for name, op in COLOUR_OPS.items():
+            if masked:
+                x = torch.where(chosen[name].view(-1, 1, 1, 1) > 0, op(x, mag.view(-1, 1, 1, 1)), x)
+            else:
+                idx = torch.nonzero(chosen[name]).flatten()
+                if idx.numel():
+                    x[idx] = op(x[idx], mag[idx].view(-1, 1, 1, 1))  # in place: x is this call's own tensor
+        return x
 
-        m = mag.view(-1, 1, 1, 1)
-        grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-        factor = 1 + m * 0.9 * torch.where(torch.rand_like(m) < 0.5, -1.0, 1.0)
-        x = apply("brightness", x * factor)
-        x = apply("contrast", grey.mean((2, 3), keepdim=True) + (x - grey.mean((2, 3), keepdim=True)) * factor)
-        x = apply("color", grey + (x - grey) * factor)
-        blurred = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-        x = apply("sharpness", blurred + (x - blurred) * factor)
-        x = apply("solarize", torch.where(x >= 1 - m, 1 - x, x))
-        x = apply("solarize_add", torch.where(x < 0.5, (x + m * 110 / 255).clamp(max=1), x))
-        bits = (8 - (m * 4).round()).clamp(4, 8)
-        levels = 2 ** bits
-        x = apply("posterize", torch.floor(x * 255 / (256 / levels)) * (256 / levels) / 255)
-        low, high = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
-        x = apply("autocontrast", torch.where(high > low, (x - low) / (high - low).clamp_min(1e-6), x))
-        return apply("invert", 1 - x)
+
+def _factor(m: Tensor) -> Tensor:
+    return 1 + m * 0.9 * torch.where(torch.rand_like(m) < 0.5, -1.0, 1.0)
+
+
+def _grey(x: Tensor) -> Tensor:
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+def _blend(base: Tensor, x: Tensor, factor: Tensor) -> Tensor:
+    return base + (x - base) * factor
+
+
+def _sharpness(x: Tensor, m: Tensor) -> Tensor:
+    return _blend(F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1), x, _factor(m))
+
+
+def _posterize(x: Tensor, m: Tensor) -> Tensor:
+    step = 256 / 2 ** (8 - (m * 4).round()).clamp(4, 8)
+    return torch.floor(x * 255 / step) * step / 255
+
+
+def _autocontrast(x: Tensor, m: Tensor) -> Tensor:
+    low, high = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
+    return torch.where(high > low, (x - low) / (high - low).clamp_min(1e-6), x)
+
+
+COLOUR_OPS = {  # name -> f(images [b, 3, h, w] in [0, 1], magnitude [b, 1, 1, 1] in [0, 1])
+    "brightness": lambda x, m: x * _factor(m),
+    "contrast": lambda x, m: _blend(_grey(x).mean((2, 3), keepdim=True), x, _factor(m)),
+    "color": lambda x, m: _blend(_grey(x), x, _factor(m)),
+    "sharpness": _sharpness,
+    "solarize": lambda x, m: torch.where(x >= 1 - m, 1 - x, x),
+    "solarize_add": lambda x, m: torch.where(x < 0.5, (x + m * 110 / 255).clamp(max=1), x),
+    "posterize": _posterize,
+    "autocontrast": _autocontrast,
+    "invert": lambda x, m: 1 - x,
+}
