@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+from helpers import colour_folder
 from typer.testing import CliRunner
 
 from instruction_vit.cli import app
@@ -13,12 +14,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_clip_dir):
     root = tmp_path_factory.mktemp("cli")
-    rng = np.random.default_rng(0)
-    for name, colour in {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}.items():
-        (root / "images" / name).mkdir(parents=True)
-        for i in range(12):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / "images" / name / f"{i}.png")
+    colour_folder(root / "images", per_class=12)
     for name in ("red", "green"):  # other data: two of the three classes
         (root / "two" / name).mkdir(parents=True)
         for i in range(4):

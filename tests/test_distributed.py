@@ -3,10 +3,9 @@
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import colour_folder
 
 from instruction_vit.config import load_config
 from instruction_vit.engine import load_checkpoint, train
@@ -14,12 +13,7 @@ from instruction_vit.engine import load_checkpoint, train
 
 @pytest.fixture
 def setup(tmp_path, tiny_clip_dir):
-    rng = np.random.default_rng(0)
-    for name, colour in {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}.items():
-        (tmp_path / "images" / name).mkdir(parents=True)
-        for i in range(16):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    colour_folder(tmp_path / "images")
     # Augmentation off (whole-image crops, no flip) so that one process and two must agree; SGD, because
     # Adam turns float-summation noise on near-zero gradients into full +-lr steps.
     config = tmp_path / "run.yaml"

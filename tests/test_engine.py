@@ -2,29 +2,20 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import colour_folder
 
 import instruction_vit.engine.checkpoint as checkpoint_module
 from instruction_vit.config import load_config
 from instruction_vit.engine import NonFiniteLossError, RunFolderError, load_checkpoint, train
 from instruction_vit.losses import InstructionLoss
 
-COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
 
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir()
-        for i in range(16):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
+    return colour_folder(tmp_path_factory.mktemp("data") / "images")
 
 
 @pytest.fixture

@@ -2,10 +2,9 @@
 
 import json
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from helpers import COLOURS, colour_folder
 from typer.testing import CliRunner
 
 from instruction_vit.cli import app
@@ -47,13 +46,7 @@ def test_unknown_cells_are_named(tmp_path):
 
 @pytest.fixture
 def tiny_spec(tmp_path, tiny_clip_dir):
-    root = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    for name, colour in {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "grey": (90, 90, 90)}.items():
-        (root / name).mkdir(parents=True)
-        for i in range(12):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (16, 16, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    root = colour_folder(tmp_path / "images", per_class=12, colours={**COLOURS, "grey": (90, 90, 90)})
     spec = {
         "name": "tiny", "seeds": [1, 2],
         "base": {"data": {"dataset": "folder", "root": str(root), "val_fraction": 0.25, "img_size": 16,

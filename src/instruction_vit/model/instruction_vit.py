@@ -91,7 +91,26 @@ class PromptEmbed(nn.Module):
         return layer(feats.to(layer.weight.dtype))
 
 
-class InstructionViT(nn.Module):
+class WrapsBackbone:
+    """What every model of this package exposes about the timm model it wraps (``self.backbone``)."""
+
+    backbone: nn.Module
+
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.num_classes
+
+    @property
+    def head(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        names = getattr(self.backbone, "no_weight_decay", lambda: set())()
+        return {f"backbone.{name}" for name in names}
+
+
+class InstructionViT(WrapsBackbone, nn.Module):
     """Wraps a timm :class:`~timm.models.VisionTransformer` (kept as ``self.backbone``).
 
     Args:
@@ -124,18 +143,6 @@ class InstructionViT(nn.Module):
             layers = len(backbone.blocks) if vpt_deep else 1
             self.visual_prompts = nn.Parameter(
                 torch.empty(layers, self.vpt_tokens, backbone.embed_dim).uniform_(-bound, bound))
-
-    @property
-    def num_classes(self) -> int:
-        return self.backbone.num_classes
-
-    @property
-    def head(self) -> nn.Module:
-        return self.backbone.get_classifier()
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
 
     # -- stored prompts ------------------------------------------------------------------------
     def set_prompt_bank(self, prompts: PromptInput, trainable: bool = False) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from .instruction_vit import InstructionOutput, PromptEmbed
+from .instruction_vit import InstructionOutput, PromptEmbed, WrapsBackbone
 
 
-class PlainClassifier(nn.Module):
+class PlainClassifier(WrapsBackbone, nn.Module):
     """A timm model with the :class:`InstructionViT` interface and no prompts (``scores`` is ``[B, 0]``)."""
 
     vpt_tokens = 0
@@ -19,19 +18,6 @@ class PlainClassifier(nn.Module):
         self.backbone = backbone
         self.prompt_embed = PromptEmbed({}, 1)
         self.prompt_bank = nn.ParameterDict()
-
-    @property
-    def num_classes(self) -> int:
-        return self.backbone.num_classes
-
-    @property
-    def head(self) -> nn.Module:
-        return self.backbone.get_classifier()
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        names = getattr(self.backbone, "no_weight_decay", lambda: set())()
-        return {f"backbone.{n}" for n in names}
 
     def bank_prompts(self) -> None:
         return None
