@@ -55,7 +55,11 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Start over in a non-empty OUT.")] = False,
 ) -> None:
-    """Train a model; the resolved config is written to OUT before training starts."""
+    """Train a model; the resolved config is written to OUT before training starts.
+
+    Every config key and its default: src/instruction_vit/config.py. Under torchrun
+    (torchrun --nproc_per_node N -m instruction_vit train ...) it trains with DDP.
+    """
     from .engine import train as run_train
 
     cfg = load_config(config, overrides or [])
