@@ -23,23 +23,40 @@ data: {{dataset: folder, root: {tmp_path / 'images'}, val_fraction: 0.25, img_si
 prompts: {{kind: text, encoder: "open_clip:local-dir:{tiny_clip_dir}", templates: photo,
           cache_dir: {tmp_path / 'cache'}}}
 model: {{backbone_kwargs: {{patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}}}}
-train: {{epochs: 2, batch_size: 8, lr: 0.05, warmup_epochs: 0.5, mixup: 0, cutmix: 0, device: cpu, optimizer: sgd}}
+train: {{epochs: 3, batch_size: 8, lr: 0.05, warmup_epochs: 0.5, mixup: 0, cutmix: 0, device: cpu, optimizer: sgd}}
 """)
     return tmp_path, config
 
 
-def test_two_processes_train_like_one(setup):
-    tmp_path, config = setup
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "instruction_vit", "train", "--out", str(tmp_path / "ddp"), "--config", str(config)]
+               "-m", "instruction_vit", "train", *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("epoch 1:") == 1  # rank 0 alone logs
-    assert len((tmp_path / "ddp" / "metrics.csv").read_text().strip().splitlines()) == 3
+    return done
 
-    train(load_config(config), tmp_path / "single", log=lambda _: None)
-    a = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.safetensors").model_state()
-    b = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.safetensors").model_state()
+
+def _same_weights(a_path, b_path):
+    a, b = load_checkpoint(a_path).model_state(), load_checkpoint(b_path).model_state()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_two_processes_train_like_one_and_resume_like_one(setup):
+    tmp_path, config = setup
+    done = _torchrun("--out", str(tmp_path / "ddp"), "--config", str(config))
+    assert done.stdout.count("epoch 1:") == 1  # rank 0 alone logs
+    assert len((tmp_path / "ddp" / "metrics.csv").read_text().strip().splitlines()) == 4
+    train(load_config(config), tmp_path / "single", log=lambda _: None)
+    _same_weights(tmp_path / "ddp" / "checkpoints" / "last.safetensors",
+                  tmp_path / "single" / "checkpoints" / "last.safetensors")
+
+    # Stopped after one epoch, resumed by a new torchrun: the same run.
+    stopped = _torchrun("--out", str(tmp_path / "ddp2"), "--config", str(config), "--stop-after-epochs", "1")
+    assert "stopped after epoch 1" in stopped.stdout
+    assert not (tmp_path / "ddp2" / "results.json").exists()
+    _torchrun("--out", str(tmp_path / "ddp2"), "--resume")
+    _same_weights(tmp_path / "ddp2" / "checkpoints" / "last.safetensors",
+                  tmp_path / "single" / "checkpoints" / "last.safetensors")
+    assert (tmp_path / "ddp2" / "metrics.csv").read_text() .count("\n") == 4

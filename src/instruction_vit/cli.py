@@ -54,6 +54,8 @@ def train(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="section.key=value overrides.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Start over in a non-empty OUT.")] = False,
+    stop_after_epochs: Annotated[Optional[int], typer.Option(
+        help="End this invocation after N epochs, resumable with --resume (time-limited jobs).")] = None,
 ) -> None:
     """Train a model; the resolved config is written to OUT before training starts.
 
@@ -64,7 +66,8 @@ def train(
 
     cfg = load_config(config, overrides or [])
     with _progress() as progress:
-        results = run_train(cfg, out, resume=resume, force=force, log=console.print, progress=progress)
+        results = run_train(cfg, out, resume=resume, force=force, log=console.print, progress=progress,
+                            stop_after_epochs=stop_after_epochs)
     _print_results(results)
 
 
@@ -318,6 +321,8 @@ def _check_classes(expected: list[str], found: list[str], where: str) -> None:
 
 
 def _print_results(results: dict) -> None:
+    if "all_prompts" not in results:  # stopped early (--stop-after-epochs): nothing tested yet
+        return
     table = Table(title="test top-1 % (best validation epoch)")
     table.add_column("prompts")
     routes = ("head", "score", "combined")

@@ -63,8 +63,11 @@ def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = False,
-          log: Callable[[str], None] = print, progress=None) -> dict[str, Any]:
+          log: Callable[[str], None] = print, progress=None, stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into run folder ``out``; returns the final results (also in ``results.json``).
+
+    ``stop_after_epochs`` ends this invocation after that many epochs, checkpointed and resumable (for
+    time-limited jobs); it then returns ``{"stopped_after_epoch": E}``.
 
     With ``resume``, the folder's own ``config.yaml`` is used and training continues after the last epoch
     that was checkpointed; the metrics end equal to those of a run never interrupted (CPU, deterministic).
@@ -221,6 +224,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             save_checkpoint(out / "checkpoints" / "last.safetensors", model, meta, optimizer)
             log(_epoch_line(row))
         world.barrier()
+        if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs and epoch + 1 < t.epochs:
+            log(f"stopped after epoch {epoch + 1} as asked; continue with --resume")
+            close_world(world)
+            return {"stopped_after_epoch": epoch + 1}
 
     results: dict[str, Any] = {}
     if world.is_main:
