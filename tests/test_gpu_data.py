@@ -78,3 +78,16 @@ def test_masked_and_subset_colour_paths_agree():
     subset = GpuAugment._colour(x.clone(), chosen, mag, masked=False)  # (writes into its input)
     torch.testing.assert_close(masked, subset)
     assert not torch.allclose(masked, x)
+
+
+def test_equalize_matches_pil():
+    from PIL import ImageOps
+
+    from instruction_vit.data.gpu_augment import equalize
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(40, 160, (12, 10, 3), dtype=np.uint8), np.full((12, 10, 3), 77, np.uint8)]
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    out = (equalize(batch) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    for got, image in zip(out, images):
+        assert np.array_equal(got, np.asarray(ImageOps.equalize(Image.fromarray(image))))

@@ -4,8 +4,8 @@ Each sample gets its own RandomResizedCrop, horizontal flip and RandAugment-styl
 ``rand-mM-nN-mstdS``: N ops per sample, each applied with probability 0.5, magnitude M/10 with Gaussian noise
 S). The crop, the flip and the geometric ops (rotate, shear, translate) compose into one affine map per sample,
 so a single ``grid_sample`` does them all; the colour ops (brightness, contrast, colour, sharpness, solarize,
-solarize-add, posterize, auto-contrast, invert) follow, masked per sample. Differences from timm's PIL
-RandAugment: ops are applied in a fixed order rather than the sampled one, and Equalize is not implemented.
+solarize-add, posterize, auto-contrast, equalize, invert) follow, per sample: timm's 15 RandAugment ops. One
+difference from timm's PIL RandAugment: the ops are applied in a fixed order rather than the sampled one.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import Tensor
 
 GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
 COLOUR = ("brightness", "contrast", "color", "sharpness", "solarize", "solarize_add", "posterize", "autocontrast",
-          "invert")
+          "equalize", "invert")
 OPS = GEOMETRIC + COLOUR
 
 
@@ -134,6 +134,19 @@ def _autocontrast(x: Tensor, m: Tensor) -> Tensor:
     return torch.where(high > low, (x - low) / (high - low).clamp_min(1e-6), x)
 
 
+def equalize(x: Tensor, m: Tensor | None = None) -> Tensor:
+    """PIL's ``ImageOps.equalize`` per image and channel, batch-wise (x in [0, 1], quantised to 8 bits)."""
+    b, c, h, w = x.shape
+    levels = (x * 255).round().clamp(0, 255).long().reshape(b * c, h * w)
+    hist = torch.zeros(b * c, 256, device=x.device).scatter_add_(1, levels, torch.ones_like(levels, dtype=torch.float))
+    last = (hist > 0).float() * torch.arange(256, device=x.device)  # the highest occupied level's count is left out
+    step = torch.div(hist.sum(1) - hist.gather(1, last.argmax(1, keepdim=True)).squeeze(1), 255, rounding_mode="floor")
+    safe = step.clamp_min(1).unsqueeze(1)
+    lut = torch.div(hist.cumsum(1) - hist + torch.div(safe, 2, rounding_mode="floor"), safe, rounding_mode="floor")
+    lut = torch.where(step.unsqueeze(1) > 0, lut.clamp(max=255), torch.arange(256, device=x.device).float())
+    return (lut.gather(1, levels) / 255).view(b, c, h, w)
+
+
 COLOUR_OPS = {  # name -> f(images [b, 3, h, w] in [0, 1], magnitude [b, 1, 1, 1] in [0, 1])
     "brightness": lambda x, m: x * _factor(m),
     "contrast": lambda x, m: _blend(_grey(x).mean((2, 3), keepdim=True), x, _factor(m)),
@@ -143,5 +156,6 @@ COLOUR_OPS = {  # name -> f(images [b, 3, h, w] in [0, 1], magnitude [b, 1, 1, 1
     "solarize_add": lambda x, m: torch.where(x < 0.5, (x + m * 110 / 255).clamp(max=1), x),
     "posterize": _posterize,
     "autocontrast": _autocontrast,
+    "equalize": equalize,
     "invert": lambda x, m: 1 - x,
 }
