@@ -82,3 +82,10 @@ def test_bad_input_is_one_clear_line_and_exit_2(setup, args, message):
     result = runner.invoke(app, [a.format(root=setup) for a in args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_demo_refuses_a_folder_that_is_not_an_earlier_demo(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "holds no earlier demo" in " ".join(result.output.split())
+    assert (tmp_path / "mine.txt").read_text() == "keep me"

@@ -219,7 +219,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Demo folder (one run per variant, summary, plots).")] = Path("runs/demo"),
     config: Annotated[Path, typer.Option(help="The demo's config.")] = DEFAULT_DEMO_CONFIG,
     overrides: Annotated[Optional[list[str]], typer.Argument(help="section.key=value overrides.")] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an earlier demo in OUT.")] = True,
+    force: Annotated[bool, typer.Option(help="Use OUT even if it holds something other than an earlier demo.")] = False,
 ) -> None:
     """Offline Fashion-MNIST: plain ViT vs Instruction-ViT with text, image and mixed prompts."""
     from .engine.demo import run_demo

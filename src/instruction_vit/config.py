@@ -34,7 +34,7 @@ class DataConfig:
     shots: int | None = None  # few-shot (CoOp): this many training images per class, min(shots, 4) for val
     shots_seed: int = 1  # CoOp's few-shot seeds are 1, 2, 3
     classes: str = "all"  # all | base | novel: base-to-novel (CoOp): sorted labels, first ceil(N/2) are base
-    img_size: int = 32
+    img_size: int = 224
     randaugment: str | None = "rand-m9-mstd0.5"  # timm RandAugment config string; None: off
     hflip: float = 0.5
     crop_min_scale: float = 0.08  # RandomResizedCrop scale range (crop_min_scale, 1)
@@ -65,7 +65,7 @@ class PromptConfig:
 class ModelConfig:
     backbone: str = "vit_tiny_patch16_224"
     pretrained: str | None = None  # None: random init; "timm": timm's sources; else a weights file
-    backbone_kwargs: dict[str, Any] = field(default_factory=lambda: {"patch_size": 4})
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model kwargs, e.g. patch_size
     score_scale: float = 10.0  # cosine x scale; see README (100 stalls learning with a proper CE)
     vpt_tokens: int = 0  # VPT baseline (Jia et al. 2022): learnable visual prompt tokens; 0 for none
     vpt_deep: bool = False  # VPT-deep (tokens before every block) instead of VPT-shallow

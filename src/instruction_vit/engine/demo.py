@@ -19,13 +19,18 @@ def run_demo(config: str | Path, out: str | Path, overrides: Sequence[str] = (),
              log: Callable[[str], None] = print, progress=None) -> list[dict[str, Any]]:
     """Train and test every variant into ``out/<variant>``; write ``summary.json`` and two PNG plots."""
     out = Path(out)
+    demo_entries = {n.replace(" ", "_") for n in VARIANTS} | {"summary.json", "accuracy.png", "confusion.png"}
+    foreign = [p.name for p in out.iterdir() if p.name not in demo_entries] if out.exists() else []
+    if foreign and not force:
+        raise ValueError(f"{out} exists and holds no earlier demo ({', '.join(sorted(foreign)[:3])}...); "
+                         "choose another --out or pass --force")
     rows, runs = [], {}
     for name, kind in VARIANTS.items():
         cfg = load_config(config, [*overrides, f"prompts.kind={kind}"])
         folder = out / name.replace(" ", "_")
         log(f"== {name} ==")
         started = time.time()
-        results = train(cfg, folder, force=force, log=log, progress=progress)
+        results = train(cfg, folder, force=True, log=log, progress=progress)  # an earlier demo's run is replaced
         runs[name] = folder
         select = f"select_k{cfg.prompts.select_k}"
         row = {
