@@ -14,7 +14,7 @@ from instruction_vit.engine.experiments import cells, collect, load_spec
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("name", ["table1", "table2", "offline"])
+@pytest.mark.parametrize("name", ["table1", "table2", "offline", "fewshot", "base2novel"])
 def test_shipped_specs_resolve_to_valid_configs(name, tmp_path):
     spec = load_spec(name)
     all_cells = list(cells(spec, tmp_path))
