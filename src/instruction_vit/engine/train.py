@@ -16,6 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if t.compile:
         train_model = torch.compile(train_model)
-    prompts_on = model.bank_prompts() is not None
+    stepper = _Stepper(cfg, model, train_model, device, len(class_names), mixup, augment, criterion, optimizer,
+                       scheduler, out)
     meta_base = {"config": cfg.to_dict(), "class_names": class_names, "bank_key": bank.key if bank else None,
                  "bank_kind": bank.kind if bank else "none"}
     writer = _tensorboard(out) if t.tensorboard and world.is_main else None
@@ -165,44 +167,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         indices = world.shard(order, t.batch_size, updates_per_epoch * t.accum_steps)
         loader = DataLoader(train_set, batch_size=local_batch, sampler=indices, drop_last=True,
                             num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-        sums: dict[str, torch.Tensor] = {}
-        bad = torch.zeros((), dtype=torch.bool, device=device)
-        task = progress.add_task(f"epoch {epoch + 1}/{t.epochs}", total=updates_per_epoch) if progress else None
-        optimizer.zero_grad(set_to_none=True)
-        for i, (images, labels) in enumerate(loader):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if augment is not None:
-                images = augment(images)
-            images, target = mixup(images, labels) if mixup else (images, labels)
-            with autocast(device, t.amp):
-                if not prompts_on:
-                    out_ = train_model(images)
-                elif cfg.prompts.train_select_k:
-                    ranking = torch.rand(images.shape[0], len(class_names), device=device)
-                    out_ = forward_selected(train_model, images, model.bank_prompts(), ranking,
-                                            cfg.prompts.train_select_k, keep=target_mask(target, len(class_names)))
-                else:
-                    out_ = train_model(images, model.bank_prompts())
-                parts = criterion(out_, target)
-            (parts["loss"] / t.accum_steps).backward()
-            bad |= ~torch.isfinite(parts["loss"].detach())
-            for name, value in parts.items():  # stays on the device: no host sync in the step
-                sums[name] = sums.get(name, 0) + value.detach()
-            if (i + 1) % t.accum_steps == 0:
-                if t.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                scheduler.step_update(step)
-                if step % t.log_every == 0 or i + 1 == len(loader):
-                    _stop_if_non_finite(bad, epoch, step, out)
-                    if progress:
-                        progress.update(task, completed=(i + 1) // t.accum_steps, description=(
-                            f"epoch {epoch + 1}/{t.epochs} loss {sums['loss'].item() / (i + 1):.3f}"))
-        _stop_if_non_finite(bad, epoch, step, out)
-        if progress:
-            progress.remove_task(task)
+        sums, step = stepper.run_epoch(loader, epoch, step, progress)
         n = updates_per_epoch * t.accum_steps
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                                **{f"train_{k}": world.all_reduce_mean(v).item() / n for k, v in sums.items()}}
@@ -240,6 +205,70 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     world.barrier()
     close_world(world)
     return results
+
+
+@dataclass
+class _Stepper:
+    """One epoch of optimizer steps. Loss sums and the non-finite flag stay on the device; they are read (the
+    only host syncs) every ``train.log_every`` steps and at the epoch's end, before anything is saved."""
+
+    cfg: Config
+    model: torch.nn.Module  # the module itself (prompts, parameters)
+    train_model: torch.nn.Module  # what runs the forward: the model, DDP-wrapped and/or compiled
+    device: torch.device
+    num_classes: int
+    mixup: Any
+    augment: Any
+    criterion: InstructionLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    out: Path
+
+    def forward(self, images: torch.Tensor, target: torch.Tensor):
+        prompts, select_k = self.model.bank_prompts(), self.cfg.prompts.train_select_k
+        if prompts is None:
+            return self.train_model(images)
+        if select_k:  # K+1 prompts per sample: the targets, then random others, then the averaged rest
+            ranking = torch.rand(images.shape[0], self.num_classes, device=self.device)
+            keep = target_mask(target, self.num_classes)
+            return forward_selected(self.train_model, images, prompts, ranking, select_k, keep=keep)
+        return self.train_model(images, prompts)
+
+    def run_epoch(self, loader: DataLoader, epoch: int, step: int, progress) -> tuple[dict[str, torch.Tensor], int]:
+        t = self.cfg.train
+        sums: dict[str, torch.Tensor] = {}
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        task = progress.add_task(f"epoch {epoch + 1}/{t.epochs}", total=len(loader) // t.accum_steps) \
+            if progress else None
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (images, labels) in enumerate(loader):
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            if self.augment is not None:
+                images = self.augment(images)
+            images, target = self.mixup(images, labels) if self.mixup else (images, labels)
+            with autocast(self.device, t.amp):
+                parts = self.criterion(self.forward(images, target), target)
+            (parts["loss"] / t.accum_steps).backward()
+            bad |= ~torch.isfinite(parts["loss"].detach())
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0) + value.detach()
+            if (i + 1) % t.accum_steps:
+                continue
+            if t.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            self.scheduler.step_update(step)
+            if step % t.log_every == 0 or i + 1 == len(loader):
+                _stop_if_non_finite(bad, epoch, step, self.out)
+                if progress:
+                    progress.update(task, completed=(i + 1) // t.accum_steps, description=(
+                        f"epoch {epoch + 1}/{t.epochs} loss {sums['loss'].item() / (i + 1):.3f}"))
+        _stop_if_non_finite(bad, epoch, step, self.out)
+        if progress:
+            progress.remove_task(task)
+        return sums, step
 
 
 def _stop_if_non_finite(bad: torch.Tensor, epoch: int, step: int, out: Path) -> None:
