@@ -53,3 +53,12 @@ def test_offline_default_encoders():
     p, i = logits.softmax(-1).topk(10)
     expected = torch.einsum("bt,btd->bd", p / p.sum(-1, keepdim=True), conse.label_embeddings[i])
     torch.testing.assert_close(conse.encode_images(images), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_joint_space_is_known_from_the_spec():
+    from instruction_vit.prompts.encoders import joint_space
+
+    assert joint_space("conse@64") and joint_space("open_clip:ViT-B-16@openai")
+    assert not joint_space("minilm") and not joint_space("efficientnet-lite0")
+    with pytest.raises(ValueError, match="unknown prompt encoder"):
+        joint_space("clip")

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..data import LabelledImages, TransformedImages, eval_transform, template_set, train_transform
 from ..prompts import PromptBank, build_prompt_bank
+from ..prompts.encoders import joint_space
 from .rankers import image_features, prototype_scores, zero_shot_scores
 
 
@@ -103,7 +104,7 @@ def ranker_scores(cfg: Config, train: LabelledImages, data: LabelledImages, prog
     """``[M, N]`` ranker scores of every image of ``data`` for the top-K selection."""
     p = cfg.prompts
     if p.ranker == "zero_shot":
-        if not p.encoder.startswith(("conse", "open_clip:")):
+        if not joint_space(p.encoder):
             raise ValueError(f"the zero-shot ranker needs a joint image-text encoder; {p.encoder!r} has none "
                              "(use prompts.encoder=conse or an open_clip model, or prompts.ranker=prototype)")
         text = prompt_bank(cfg, train, kind="text")

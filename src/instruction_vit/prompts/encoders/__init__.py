@@ -42,6 +42,14 @@ def load_encoder(spec: str, device: str | torch.device = "cpu") -> PromptEncoder
     raise ValueError(f"unknown prompt encoder {spec!r}; use one of: {', '.join(ENCODER_SPECS)}")
 
 
+def joint_space(spec: str) -> bool:
+    """Whether the encoder ``spec`` names embeds images and texts in one space (without loading it)."""
+    kind = spec.partition(":")[0].partition("@")[0]
+    if kind not in ("minilm", "efficientnet-lite0", "conse", "open_clip"):
+        raise ValueError(f"unknown prompt encoder {spec!r}; use one of: {', '.join(ENCODER_SPECS)}")
+    return kind in ("conse", "open_clip")
+
+
 def _int_option(spec: str, option: str, default: int) -> int:
     if not option:
         return default
@@ -50,4 +58,4 @@ def _int_option(spec: str, option: str, default: int) -> int:
     return int(option)
 
 
-__all__ = ["ENCODER_SPECS", "IMAGE", "TEXT", "ImagePreprocess", "PromptEncoder", "file_sha256", "load_encoder", "weights_id"]
+__all__ = ["ENCODER_SPECS", "IMAGE", "TEXT", "ImagePreprocess", "PromptEncoder", "file_sha256", "joint_space", "load_encoder", "weights_id"]
