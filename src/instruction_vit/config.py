@@ -63,6 +63,9 @@ class PromptConfig:
 
 @dataclass
 class ModelConfig:
+    method: str = "instruction_vit"  # instruction_vit (also plain ViT, VPT, linear, CNNs) | coop (CLIP + context)
+    coop_context: int = 16  # CoOp: learned context vectors (ignored when coop_init sets them)
+    coop_init: str | None = "a photo of a"  # CoOp: initial context phrase; None: random, coop_context long
     backbone: str = "vit_tiny_patch16_224"
     pretrained: str | None = None  # None: random init; "timm": timm's sources; else a weights file
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model kwargs, e.g. patch_size
@@ -150,6 +153,7 @@ CHOICES = {
     "data.classes": ("all", "base", "novel"),
     "prompts.ranker": ("zero_shot", "prototype"),
     "model.regime": ("full", "prompt", "linear"),
+    "model.method": ("instruction_vit", "coop"),
     "train.optimizer": ("adam", "adamw", "sgd"),
 }
 POSITIVE = ("data.img_size", "train.epochs", "train.batch_size", "train.accum_steps", "prompts.per_class",
@@ -169,6 +173,8 @@ def from_dict(data: dict[str, Any]) -> Config:
             raise ConfigError(f"config key {key!r} must be >= 1")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError("config key 'data.val_fraction' must be in [0, 1)")
+    if cfg.model.method == "coop" and cfg.prompts.kind != "none":
+        raise ConfigError("model.method=coop learns its own text context: set prompts.kind=none")
     if cfg.data.dataset == "split_file" and not cfg.data.split_file:
         raise ConfigError("data.dataset=split_file needs data.split_file (a CoOp split JSON)")
     return cfg

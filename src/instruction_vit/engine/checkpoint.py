@@ -27,7 +27,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import Config, from_dict
-from ..model import InstructionViT, PlainClassifier, build_model
+from ..model import build_model
+from ..prompts import load_encoder
+from ..prompts.coop import CoOpClassifier
+from ..prompts.encoders.openclip import OpenCLIPEncoder
 
 FORMAT = "instruction-vit-checkpoint/1"
 
@@ -54,13 +57,13 @@ class Checkpoint:
     def model_state(self) -> dict[str, torch.Tensor]:
         return {k.removeprefix("model/"): v for k, v in self.tensors.items() if k.startswith("model/")}
 
-    def build_model(self) -> InstructionViT | PlainClassifier:
+    def build_model(self) -> torch.nn.Module:
         """The model, rebuilt from this file alone (architecture from the config, weights from the tensors)."""
         cfg, state = self.config, self.model_state()
         dims = {k.split(".")[2]: int(v.shape[1]) for k, v in state.items()
                 if k.startswith("prompt_embed.proj.") and k.endswith(".weight")}
         prompt_dim = dims["prompts"] if list(dims) == ["prompts"] else (dims or None)
-        model = model_from_config(cfg, len(self.class_names), prompt_dim, pretrained=False)
+        model = model_from_config(cfg, self.class_names, prompt_dim, pretrained=False)
         bank = {k.removeprefix("prompt_bank."): v for k, v in state.items() if k.startswith("prompt_bank.")}
         if bank:
             model.set_prompt_bank(bank["prompts"] if list(bank) == ["prompts"] else bank)
@@ -92,8 +95,19 @@ class Checkpoint:
         np.random.set_state((np_meta[0], self.tensors["rng/numpy"].numpy().astype(np.uint32), *np_meta[1:]))
 
 
-def model_from_config(cfg: Config, num_classes: int, prompt_dim, pretrained: Any = None) -> InstructionViT | PlainClassifier:
-    """The model a run config describes (``pretrained`` overrides ``cfg.model.pretrained``)."""
+def model_from_config(cfg: Config, class_names: list[str], prompt_dim, pretrained: Any = None) -> torch.nn.Module:
+    """The model a run config describes (``pretrained`` overrides ``cfg.model.pretrained``): an InstructionViT,
+    a PlainClassifier for non-ViT backbones, or a CoOpClassifier (``model.method=coop``)."""
+    if cfg.model.method == "coop":
+        encoder = load_encoder(cfg.prompts.encoder)
+        if not isinstance(encoder, OpenCLIPEncoder):
+            raise ValueError(f"model.method=coop needs an open_clip encoder (prompts.encoder=open_clip:...), "
+                             f"not {cfg.prompts.encoder!r}")
+        if cfg.data.img_size != encoder.preprocess.size:
+            raise ValueError(f"CLIP {cfg.prompts.encoder!r} reads {encoder.preprocess.size} px images: "
+                             f"set data.img_size={encoder.preprocess.size}")
+        return CoOpClassifier(encoder, class_names, cfg.model.coop_context, cfg.model.coop_init)
+    num_classes = len(class_names)
     source = cfg.model.pretrained if pretrained is None else pretrained
     source = True if source == "timm" else source
     if isinstance(source, str) and _is_checkpoint(source):  # start from another run's model

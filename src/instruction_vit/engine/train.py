@@ -96,7 +96,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         world.barrier()
     # Seed after everything that may or may not touch the RNG (encoders load only on cache misses).
     seed_everything(t.seed, t.deterministic)
-    model = model_from_config(cfg, len(class_names), bank.prompt_dim if bank else None)
+    model = model_from_config(cfg, class_names, bank.prompt_dim if bank else None)
     if bank is not None:
         model.set_prompt_bank(bank.model_input(), trainable=cfg.model.train_prompt_features)
     apply_regime(model, cfg.model.regime, cfg.model.train_prompt_features)

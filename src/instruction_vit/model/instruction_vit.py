@@ -16,7 +16,7 @@ With no prompts the forward pass is exactly the wrapped timm model (the plain-Vi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple, Union
+from typing import Union
 
 import math
 
@@ -26,17 +26,12 @@ from timm.models import VisionTransformer
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
+from ..outputs import InstructionOutput
+
 #: Prompt features: one tensor ``[P, D]`` shared by the batch or ``[B, P, D]`` per sample, or a mapping
 #: ``{modality: tensor}`` when text and image features live in different spaces (mixed prompts
 #: without a joint encoder): each modality is projected by its own layer and the tokens are averaged.
 PromptInput = Union[Tensor, Mapping[str, Tensor]]
-
-
-class InstructionOutput(NamedTuple):
-    """The one output type of :class:`InstructionViT`."""
-
-    logits: Tensor  # [B, num_classes]: classification head on the pooled [CLS] output
-    scores: Tensor  # [B, P]: scaled cosine between the [CLS] output and each prompt output
 
 
 class PromptEmbed(nn.Module):

@@ -27,4 +27,7 @@ def apply_regime(model: nn.Module, regime: str, train_prompt_features: bool = Fa
         if model.visual_prompts is not None:
             model.visual_prompts.requires_grad_(True)
     model.prompt_bank.requires_grad_(train_prompt_features)
-    return [name for name, p in model.named_parameters() if p.requires_grad]
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"regime {regime!r} leaves {type(model).__name__} nothing to train; choose another regime")
+    return trainable

@@ -1,0 +1,102 @@
+"""CoOp (Zhou et al., 2022): learned text context before each class name, CLIP frozen.
+
+The prompt-learning baseline users compare Instruction-ViT with. Each class's text is
+``[SOS] v_1 ... v_M <class name>. [EOS]`` where the M context vectors are learned (shared by all classes,
+CoOp's unified context, class token at the end) and everything else is CLIP's frozen text and image towers;
+the logits are CLIP's scaled cosine between image and class-text features. Initialised from a phrase
+(default "a photo of a"), it starts exactly at CLIP's zero-shot classifier for that template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..outputs import InstructionOutput
+from .encoders.openclip import OpenCLIPEncoder
+
+
+class CoOpContext(nn.Module):
+    """The learned context vectors (what CoOp trains): ``[M, text width]``."""
+
+    def __init__(self, init: Tensor):
+        super().__init__()
+        self.context = nn.Parameter(init.detach().clone().float())
+
+
+class CoOpClassifier(nn.Module):
+    """The :class:`~instruction_vit.model.InstructionViT` interface over CLIP + CoOp (``scores`` is ``[B, 0]``)."""
+
+    vpt_tokens = 0
+    visual_prompts = None
+
+    def __init__(self, encoder: OpenCLIPEncoder, class_names: Sequence[str], context_length: int = 16,
+                 init: str | None = "a photo of a"):
+        super().__init__()
+        clip = encoder.model
+        if not hasattr(clip, "token_embedding"):
+            raise ValueError(f"CoOp needs an open_clip CLIP with its own text transformer; {encoder.name!r} has a "
+                             "different text tower")
+        tokenizer = encoder.tokenizer
+        if init:
+            init_tokens = tokenizer([init])
+            context_length = int((init_tokens[0] > 0).sum()) - 2  # without [SOS] and [EOS]
+        placeholder = " ".join(["X"] * context_length)
+        tokens = tokenizer([f"{placeholder} {name}." for name in class_names])
+        with torch.no_grad():
+            embedded = clip.token_embedding(tokens)
+            start = clip.token_embedding(init_tokens)[0, 1:1 + context_length] if init else \
+                torch.randn(context_length, embedded.shape[-1]) * 0.02
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)
+        self.register_buffer("suffix", embedded[:, 1 + context_length:].clone(), persistent=False)
+        self.prompt_embed = CoOpContext(start)  # named like Instruction-ViT's trainable prompt part
+        self.prompt_bank = nn.ParameterDict()
+        self.clip = clip.requires_grad_(False)
+        cfg = encoder.preprocess
+        # What timm's resolve_data_config reads, so the engine's transforms use CLIP's own preprocessing.
+        clip.visual.pretrained_cfg = {"mean": cfg.mean, "std": cfg.std, "interpolation": cfg.interpolation,
+                                        "input_size": (3, cfg.size, cfg.size), "crop_pct": 1.0}
+        self.num_classes = len(class_names)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.clip.visual  # not a second registered copy: the weights are saved once, under clip.*
+
+    @property
+    def head(self) -> nn.Module:
+        return nn.Identity()  # CoOp has no classification head: its classifier is the class texts
+
+    def no_weight_decay(self) -> set[str]:
+        return {"prompt_embed.context"}
+
+    def bank_prompts(self) -> None:
+        return None
+
+    def text_features(self) -> Tensor:
+        """``[N, D]`` CLIP text features of the N class prompts with the learned context (open_clip's encode_text,
+        from embeddings instead of token ids)."""
+        clip = self.clip
+        cast = clip.transformer.get_cast_dtype()
+        n = self.prefix.shape[0]
+        context = self.prompt_embed.context.unsqueeze(0).expand(n, -1, -1)
+        x = torch.cat([self.prefix, context.to(self.prefix.dtype), self.suffix], dim=1).to(cast)
+        x = clip.transformer(x + clip.positional_embedding.to(cast), attn_mask=clip.attn_mask)
+        x = clip.ln_final(x)
+        from open_clip.transformer import text_global_pool
+
+        x = text_global_pool(x, self.tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+        projection = clip.text_projection
+        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+    def forward(self, images: Tensor, prompts=None) -> InstructionOutput:
+        if prompts is not None:
+            raise ValueError("CoOp reads no instruction prompts (its prompts are learned text context); "
+                             "use prompts.kind=none with model.method=coop")
+        image = F.normalize(self.clip.encode_image(images).float(), dim=-1)
+        text = F.normalize(self.text_features().float(), dim=-1)
+        logits = self.clip.logit_scale.exp() * image @ text.T
+        return InstructionOutput(logits, logits.new_zeros(logits.shape[0], 0))
