@@ -1,4 +1,6 @@
-"""The decode-once store and the batch-wise device augmentation (run here on the CPU)."""
+"""The decode-once store and the batch-wise device augmentation (run here on the CPU), op by op against timm."""
+
+import math
 
 import numpy as np
 import pytest
@@ -6,7 +8,7 @@ import torch
 from PIL import Image
 
 from instruction_vit.data import image_folder
-from instruction_vit.data.gpu_augment import GpuAugment, parse_randaugment
+from instruction_vit.data.gpu_augment import GEOMETRIC, OPS, GpuAugment, apply_layers, parse_randaugment
 from instruction_vit.data.store import StoreDataset, build_store
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -57,27 +59,111 @@ def test_per_sample_randomness_shapes_and_range():
     torch.testing.assert_close(out, again)  # seeded
 
 
-def test_randaugment_strings():
-    assert parse_randaugment("rand-m9-mstd0.5") == (2, 0.9, 0.05)
-    assert parse_randaugment("rand-m7-n3") == (3, 0.7, 0.0)
-    assert parse_randaugment(None) == (0, 0.0, 0.0)
+def test_randaugment_strings_read_as_timm_reads_them():
+    spec = parse_randaugment("rand-m9-mstd0.5")
+    assert (spec.num_ops, spec.magnitude, spec.magnitude_std, spec.prob, spec.increasing) == (2, 9, 0.5, 0.5, False)
+    spec = parse_randaugment("rand-n3-inc1-p0.7-mmax12-mstd101")
+    assert (spec.num_ops, spec.magnitude, spec.magnitude_max, spec.prob, spec.increasing) == (3, 10, 12, 0.7, True)
+    assert spec.magnitude_std == math.inf  # timm: mstd > 100 samples uniformly in [0, m]
+    assert parse_randaugment(None) is None
     with pytest.raises(ValueError, match="RandAugment strings"):
         parse_randaugment("augmix-m5")
+    with pytest.raises(ValueError, match="'tweights'.*gpu_augment=false"):
+        GpuAugment(8, MEAN, STD, randaugment="rand-m9-tweights")
 
 
-def test_masked_and_subset_colour_paths_agree():
-    from instruction_vit.data.gpu_augment import COLOUR, COLOUR_OPS
+# timm's names of our ops (_RAND_TRANSFORMS; with inc1 the ones that differ take timm's "Increasing" variant)
+TIMM = dict(autocontrast="AutoContrast", equalize="Equalize", invert="Invert", rotate="Rotate",
+            posterize="Posterize", solarize="Solarize", solarize_add="SolarizeAdd", color="Color", contrast="Contrast",
+            brightness="Brightness", sharpness="Sharpness", shear_x="ShearX", shear_y="ShearY",
+            translate_x="TranslateXRel", translate_y="TranslateYRel")
+INCREASING = ("posterize", "solarize", "color", "contrast", "brightness", "sharpness")
+FILL = (124, 116, 104)  # timm's img_mean for ImageNet's mean
 
-    assert tuple(COLOUR_OPS) == COLOUR
+
+def _images():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(noise[:8, :8]).resize((64, 64), Image.BILINEAR))  # for the warps
+    return noise, smooth
+
+
+def _timm(image, ops, monkeypatch, increasing=False):
+    """timm's PIL RandAugment ops applied in order: [(name, level, sign)], bilinear, filling with FILL."""
+    from timm.data import auto_augment as aa
+
+    out = Image.fromarray(image)
+    for name, level, sign in ops:
+        timm_name = TIMM[name].replace(name.capitalize(), name.capitalize() + "Increasing") \
+            if increasing and name in INCREASING else TIMM[name]
+        monkeypatch.setattr(aa, "_randomly_negate", lambda v, s=sign: v * s)
+        level_fn = aa.LEVEL_TO_ARG[timm_name]
+        args = level_fn(level, {}) if level_fn else ()
+        out = aa.NAME_TO_OP[timm_name](out, *args, fillcolor=FILL, resample=Image.BILINEAR)
+    return np.asarray(out).astype(float)
+
+
+def _ours(image, ops, increasing=False, masked=False):
+    x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255
+    picks = torch.tensor([[OPS.index(name) for name, _, _ in ops]])
+    level, sign = torch.tensor([[op[1] for op in ops]]), torch.tensor([[op[2] for op in ops]])
+    fill = torch.tensor(FILL).view(1, 3, 1, 1) / 255
+    out = apply_layers(x, picks, torch.ones_like(picks, dtype=torch.bool), level, sign, increasing, fill, masked)
+    return (out[0].permute(1, 2, 0) * 255).round().numpy()
+
+
+@pytest.mark.parametrize("increasing", [False, True])
+@pytest.mark.parametrize("name", OPS)
+def test_each_op_matches_timm(name, increasing, monkeypatch):
+    if increasing and name not in INCREASING:
+        pytest.skip("the same op in both sets")
+    noise, smooth = _images()
+    for level, sign in ((3.0, 1.0), (9.0, -1.0), (9.0, 1.0)):
+        if name in GEOMETRIC:  # bilinear either way; the one-pixel edge to the fill is soft here, hard in PIL
+            diff = np.abs(_ours(smooth, [(name, level, sign)]) - _timm(smooth, [(name, level, sign)], monkeypatch))
+            assert diff.mean() < 1.5 and (diff > 3).mean() < 0.04, (name, level, sign)
+        else:  # PIL rounds to 8 bits after each op
+            ours = _ours(noise, [(name, level, sign)], increasing)
+            assert np.abs(ours - _timm(noise, [(name, level, sign)], monkeypatch, increasing)).max() <= 1
+    if name not in ("invert", "equalize", "autocontrast"):  # the level matters (not an identity by mistake)
+        image = smooth if name in GEOMETRIC else noise
+        assert not np.array_equal(_ours(image, [(name, 3.0, 1.0)], increasing), _ours(image, [(name, 9.0, 1.0)],
+                                                                                          increasing))
+
+
+@pytest.mark.parametrize("first, second", [("invert", "translate_x"), ("translate_x", "invert"),
+                                           ("rotate", "shear_x"), ("solarize", "brightness")])
+def test_layers_run_in_the_order_drawn(first, second, monkeypatch):
+    _, smooth = _images()
+    ops = [(first, 9.0, 1.0), (second, 9.0, 1.0)]
+    expected, swapped = _timm(smooth, ops, monkeypatch), _timm(smooth, ops[::-1], monkeypatch)
+    assert np.abs(expected - swapped).mean() > 5  # the order matters for this pair
+    diff = np.abs(_ours(smooth, ops) - expected)
+    assert diff.mean() < 1.5 and (diff > 3).mean() < 0.05
+
+
+def test_masked_and_subset_paths_agree():
     torch.manual_seed(0)
-    x, mag = torch.rand(6, 3, 8, 8), torch.rand(6)
-    chosen = {name: torch.zeros(6) for name in COLOUR}
-    for i, name in enumerate(("solarize", "posterize", "autocontrast", "invert")):  # the deterministic ops
-        chosen[name][i] = chosen[name][i + 2] = 1.0
-    masked = GpuAugment._colour(x.clone(), chosen, mag, masked=True)
-    subset = GpuAugment._colour(x.clone(), chosen, mag, masked=False)  # (writes into its input)
+    x = torch.rand(12, 3, 8, 8)
+    picks = torch.arange(24).view(12, 2) % len(OPS)
+    applied = torch.rand(12, 2) < 0.7
+    level, sign = torch.rand(12, 2) * 10, torch.where(torch.rand(12, 2) < 0.5, -1.0, 1.0)
+    fill = torch.full((1, 3, 1, 1), 0.5)
+    masked = apply_layers(x, picks, applied, level, sign, False, fill, masked=True)
+    subset = apply_layers(x, picks, applied, level, sign, False, fill, masked=False)
     torch.testing.assert_close(masked, subset)
     assert not torch.allclose(masked, x)
+
+
+def test_color_jitter_when_randaugment_is_off():
+    images = torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8)
+    plain = GpuAugment(16, MEAN, STD, scale=(1, 1), ratio=(1, 1), hflip=0.0, randaugment=None)(images)
+    torch.manual_seed(0)
+    jittered = GpuAugment(16, MEAN, STD, scale=(1, 1), ratio=(1, 1), hflip=0.0, randaugment=None,
+                          color_jitter=0.4)(images)
+    assert not torch.allclose(plain, jittered)
+    brightness = (jittered.mean((1, 2, 3)) + 1) / (plain.mean((1, 2, 3)) + 1)  # about the brightness factor
+    assert ((brightness > 0.4) & (brightness < 1.6)).all()
 
 
 def test_equalize_matches_pil():

@@ -1,11 +1,20 @@
 """Training augmentation on the device, batch-wise and per sample, from uint8 store batches ``[B, S, S, 3]``.
 
-Each sample gets its own RandomResizedCrop, horizontal flip and RandAugment-style ops (timm's config string
-``rand-mM-nN-mstdS``: N ops per sample, each applied with probability 0.5, magnitude M/10 with Gaussian noise
-S). The crop, the flip and the geometric ops (rotate, shear, translate) compose into one affine map per sample,
-so a single ``grid_sample`` does them all; the colour ops (brightness, contrast, colour, sharpness, solarize,
-solarize-add, posterize, auto-contrast, equalize, invert) follow, per sample: timm's 15 RandAugment ops. One
-difference from timm's PIL RandAugment: the ops are applied in a fixed order rather than the sampled one.
+Each sample gets its own RandomResizedCrop and horizontal flip (one affine warp), then timm's RandAugment as timm
+defines it for a config string such as ``rand-m9-mstd0.5``: ``n`` layers (default 2), each drawing one of timm's
+15 ops uniformly (with replacement), applied with probability ``p`` (default 0.5), with its own magnitude (Gaussian
+noise ``mstd`` around ``m``, clipped to [0, ``mmax``]) and its own sign; the layers run in the order drawn. Every
+op's argument is timm's own level-to-argument map (``inc1`` selects timm's "increasing" set), and each op matches
+timm's PIL implementation to within interpolation and 8-bit rounding (tested op by op against timm). With
+RandAugment off, ``color_jitter`` gives torchvision's ColorJitter (brightness, contrast, saturation, in a random
+order per sample), as timm's transform does.
+
+Differences from the PIL pipeline, all small: warps interpolate bilinearly (timm's RandAugment picks bilinear or
+bicubic; the crop's resize is bicubic with antialiasing in PIL), and images stay in float between ops instead of
+being rounded to 8 bits after each.
+
+On CUDA each op runs on the whole batch and is kept where drawn (``torch.where``: no host synchronisation); on a CPU
+it runs on the samples that drew it only (much less work), the two paths giving the same images.
 """
 
 from __future__ import annotations
@@ -18,20 +27,45 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# timm's RandAugment ops, in the order of timm's _RAND_TRANSFORMS.
+OPS = ("autocontrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color",
+       "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
 GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
-COLOUR = ("brightness", "contrast", "color", "sharpness", "solarize", "solarize_add", "posterize", "autocontrast",
-          "equalize", "invert")
-OPS = GEOMETRIC + COLOUR
+LEVELS = 10.0  # timm's _LEVEL_DENOM: magnitudes are levels in [0, 10]
 
 
-def parse_randaugment(spec: str | None) -> tuple[int, float, float]:
-    """``(num_ops, magnitude in [0, 1], magnitude std in [0, 1])`` from timm's ``rand-m9-n2-mstd0.5``."""
+@dataclass(frozen=True)
+class RandAugmentSpec:
+    """A timm RandAugment config string, parsed: ``rand-m9-n2-mstd0.5-p0.5-mmax10-inc0``."""
+
+    num_ops: int = 2
+    magnitude: float = 10.0  # timm's default when the string names no m
+    magnitude_std: float = 0.0  # math.inf: uniform in [0, magnitude] (timm: mstd > 100)
+    magnitude_max: float = LEVELS
+    prob: float = 0.5
+    increasing: bool = False
+
+
+def parse_randaugment(spec: str | None) -> RandAugmentSpec | None:
+    """The :class:`RandAugmentSpec` of a timm config string, read as timm reads it; ``None`` for no RandAugment."""
     if not spec:
-        return 0, 0.0, 0.0
-    if not spec.startswith("rand"):
-        raise ValueError(f"GPU augmentation reads RandAugment strings 'rand-m9-n2-mstd0.5', not {spec!r}")
-    fields = dict(re.findall(r"-(mstd|m|n|inc)([\d.]+)", spec))
-    return int(fields.get("n", 2)), float(fields.get("m", 9)) / 10, float(fields.get("mstd", 0)) / 10
+        return None
+    parts = spec.split("-")
+    if parts[0] != "rand":
+        raise ValueError(f"device augmentation reads timm RandAugment strings such as 'rand-m9-mstd0.5', not {spec!r}")
+    fields: dict = {}
+    for part in parts[1:]:
+        match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)(\d+(?:\.\d*)?)", part)
+        if match is None:
+            raise ValueError(f"RandAugment string {spec!r}: section {part!r} is not one of m, n, p, mstd, mmax, inc "
+                             "with a number (named transform sets 't...' are not supported by the device path; "
+                             "use data.gpu_augment=false)")
+        fields[match[1]] = float(match[2])
+    mstd = fields.get("mstd", 0.0)
+    return RandAugmentSpec(num_ops=int(fields.get("n", 2)), magnitude=int(fields.get("m", LEVELS)),
+                           magnitude_std=math.inf if mstd > 100 else mstd,
+                           magnitude_max=int(fields.get("mmax", LEVELS)), prob=fields.get("p", 0.5),
+                           increasing=bool(int(fields.get("inc", 0))))
 
 
 @dataclass(frozen=True)
@@ -43,17 +77,29 @@ class GpuAugment:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
     randaugment: str | None = "rand-m9-mstd0.5"
+    color_jitter: float = 0.0  # used only with RandAugment off (as timm's create_transform)
+
+    def __post_init__(self):
+        parse_randaugment(self.randaugment)  # a bad string fails here, not in the first training step
 
     def __call__(self, images: Tensor) -> Tensor:
         """uint8 ``[B, S, S, 3]`` on any device -> normalised float ``[B, 3, size, size]`` on that device."""
         x = images.permute(0, 3, 1, 2).float() / 255
         b, device = x.shape[0], x.device
-        num_ops, magnitude, mstd = parse_randaugment(self.randaugment)
-        chosen = self._choose_ops(b, num_ops, device)
-        mag = (magnitude + mstd * torch.randn(b, device=device)).clamp(0, 1)
-        sign = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0)
+        fill = torch.tensor([round(255 * m) / 255 for m in self.mean], device=device).view(1, 3, 1, 1)
+        x = warp(x, self._crop(b, device), self.size, fill)
+        spec = parse_randaugment(self.randaugment)
+        if spec is not None and spec.num_ops:
+            picks, applied, level, sign = sample_layers(spec, b, device)
+            x = apply_layers(x, picks, applied, level, sign, spec.increasing, fill)
+        elif self.color_jitter:
+            x = color_jitter(x, self.color_jitter)
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return x.clamp_(0, 1).sub_(mean).div_(std)
 
-        # Crop (area fraction, aspect ratio, centre) and flip, as an affine map of output coords to input coords.
+    def _crop(self, b: int, device) -> Tensor:
+        """RandomResizedCrop (area fraction, aspect ratio, position) and flip: ``[b, 2, 3]`` output -> input."""
         area = torch.empty(b, device=device).uniform_(*self.scale)
         log_ratio = torch.empty(b, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
         w = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
@@ -61,55 +107,120 @@ class GpuAugment:
         cx = (torch.rand(b, device=device) * (1 - w) + w / 2) * 2 - 1
         cy = (torch.rand(b, device=device) * (1 - h) + h / 2) * 2 - 1
         flip = torch.where(torch.rand(b, device=device) < self.hflip, -1.0, 1.0)
-        crop = torch.zeros(b, 2, 3, device=device)
-        crop[:, 0, 0], crop[:, 0, 2], crop[:, 1, 1], crop[:, 1, 2] = w * flip, cx, h, cy
+        theta = torch.zeros(b, 2, 3, device=device)
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
+        return theta
 
-        # Geometric RandAugment ops, applied to the output coordinates before the crop.
-        angle = chosen["rotate"] * sign * mag * math.radians(30)
-        shear_x, shear_y = chosen["shear_x"] * sign * mag * 0.3, chosen["shear_y"] * sign * mag * 0.3
-        shift_x = chosen["translate_x"] * sign * mag * 0.45 * 2
-        shift_y = chosen["translate_y"] * sign * mag * 0.45 * 2
-        cos, sin = angle.cos(), angle.sin()
-        geo = torch.zeros(b, 3, 3, device=device)
-        geo[:, 0, 0], geo[:, 0, 1], geo[:, 0, 2] = cos + shear_x * sin, -sin + shear_x * cos, shift_x
-        geo[:, 1, 0], geo[:, 1, 1], geo[:, 1, 2] = sin + shear_y * cos, cos - shear_y * sin, shift_y
-        geo[:, 2, 2] = 1
-        theta = crop @ geo
-        grid = F.affine_grid(theta, (b, 3, self.size, self.size), align_corners=False)
-        x = F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 0.5  # grey fill
 
-        x = self._colour(x, chosen, mag)
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        return x.clamp_(0, 1).sub_(mean).div_(std)
+def warp(x: Tensor, theta: Tensor, size: int, fill: Tensor) -> Tensor:
+    """Bilinear affine warp (``theta``: output -> input, normalised coordinates); ``fill`` outside the image."""
+    grid = F.affine_grid(theta, (x.shape[0], x.shape[1], size, size), align_corners=False)
+    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
-    def _choose_ops(self, b: int, num_ops: int, device) -> dict[str, Tensor]:
-        """Per sample, ``num_ops`` ops drawn uniformly (with replacement, as timm), each kept with p = 0.5."""
-        counts = torch.zeros(b, len(OPS), device=device)
-        if num_ops:
-            picks = torch.randint(0, len(OPS), (b, num_ops), device=device)
-            keep = (torch.rand(b, num_ops, device=device) < 0.5).float()
-            counts.scatter_add_(1, picks, keep)
-        return {op: (counts[:, i] > 0).float() for i, op in enumerate(OPS)}
 
-    @staticmethod
-    def _colour(x: Tensor, chosen: dict[str, Tensor], mag: Tensor, masked: bool | None = None) -> Tensor:
-        """Colour ops, each on the samples that drew it. On CUDA every op runs on the whole batch and is masked
-        (no host sync); elsewhere it runs on the chosen samples only (much less work on a CPU) and writes into
-        ``x``, which must be the caller's own tensor."""
-        masked = x.is_cuda if masked is None else masked
-        for name, op in COLOUR_OPS.items():
-            if masked:
-                x = torch.where(chosen[name].view(-1, 1, 1, 1) > 0, op(x, mag.view(-1, 1, 1, 1)), x)
+def sample_layers(spec: RandAugmentSpec, b: int, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per sample and layer: the op drawn, whether it applies, its level in [0, mmax] and its sign."""
+    shape = (b, spec.num_ops)
+    picks = torch.randint(0, len(OPS), shape, device=device)
+    applied = torch.rand(shape, device=device) < spec.prob
+    if math.isinf(spec.magnitude_std):
+        level = torch.rand(shape, device=device) * spec.magnitude
+    else:
+        level = spec.magnitude + spec.magnitude_std * torch.randn(shape, device=device)
+    level = level.clamp(0, spec.magnitude_max)
+    sign = torch.where(torch.rand(shape, device=device) < 0.5, -1.0, 1.0)
+    return picks, applied, level, sign
+
+
+def apply_layers(x: Tensor, picks: Tensor, applied: Tensor, level: Tensor, sign: Tensor, increasing: bool,
+                 fill: Tensor, masked: bool | None = None) -> Tensor:
+    """RandAugment layers ``[b, n]`` in order; each sample runs the op it drew with its own level and sign."""
+    masked = x.is_cuda if masked is None else masked
+    if not masked:
+        x = x.clone()  # the subset path writes into its tensor
+    for j in range(picks.shape[1]):
+        geometric = torch.zeros_like(applied[:, j])
+        theta = torch.eye(2, 3, device=x.device).repeat(x.shape[0], 1, 1)
+        for i, name in enumerate(OPS):
+            drew = applied[:, j] & (picks[:, j] == i)
+            arg = op_argument(name, level[:, j], sign[:, j], increasing)
+            if name in GEOMETRIC:
+                theta = torch.where(drew.view(-1, 1, 1), op_matrix(name, arg), theta)
+                geometric |= drew
             else:
-                idx = torch.nonzero(chosen[name]).flatten()
-                if idx.numel():
-                    x[idx] = op(x[idx], mag[idx].view(-1, 1, 1, 1))  # in place: x is this call's own tensor
-        return x
+                x = _where(x, drew, lambda v, a, op=COLOUR_OPS[name]: op(v, a).clamp(0, 1), arg, masked)
+        x = _where(x, geometric, lambda v, t: warp(v, t, v.shape[-1], fill), theta, masked)
+    return x
 
 
-def _factor(m: Tensor) -> Tensor:
-    return 1 + m * 0.9 * torch.where(torch.rand_like(m) < 0.5, -1.0, 1.0)
+def _where(x: Tensor, mask: Tensor, fn, arg: Tensor, masked: bool) -> Tensor:
+    """``fn(x, arg)`` on the samples of ``mask``, ``x`` elsewhere."""
+    if masked:
+        return torch.where(mask.view(-1, 1, 1, 1), fn(x, arg), x)
+    idx = torch.nonzero(mask).flatten()
+    if idx.numel():
+        x[idx] = fn(x[idx], arg[idx])
+    return x
+
+
+def op_argument(name: str, level: Tensor, sign: Tensor, increasing: bool = False) -> Tensor:
+    """timm's level-to-argument map of op ``name`` (``_RAND_TRANSFORMS``, or ``_RAND_INCREASING_TRANSFORMS``)."""
+    f = level / LEVELS
+    if name == "rotate":
+        return sign * f * 30  # degrees
+    if name in ("shear_x", "shear_y"):
+        return sign * f * 0.3
+    if name in ("translate_x", "translate_y"):
+        return sign * f * 0.45  # fraction of the side (timm's translate_pct)
+    if name == "posterize":  # bits kept
+        return 4 - torch.floor(f * 4) if increasing else torch.floor(f * 4)
+    if name == "solarize":  # threshold (0..256)
+        return 256 - torch.floor(f * 256) if increasing else torch.floor(f * 256)
+    if name == "solarize_add":
+        return torch.floor(f * 110)
+    if name in ("color", "contrast", "brightness", "sharpness"):  # enhancement factor
+        return (1 + sign * f * 0.9).clamp_min(0.1) if increasing else f * 1.8 + 0.1
+    return torch.zeros_like(f)  # autocontrast, equalize, invert: no argument
+
+
+def op_matrix(name: str, arg: Tensor) -> Tensor:
+    """``[b, 2, 3]`` output -> input maps in normalised coordinates (square images) equal to timm's PIL ops:
+    rotation about the centre (counter-clockwise), shears about the top-left corner, translations."""
+    b = arg.shape[0]
+    theta = torch.eye(2, 3, device=arg.device).repeat(b, 1, 1)
+    if name == "rotate":
+        angle = torch.deg2rad(arg)
+        theta[:, 0, 0], theta[:, 0, 1] = angle.cos(), -angle.sin()
+        theta[:, 1, 0], theta[:, 1, 1] = angle.sin(), angle.cos()
+    elif name == "shear_x":  # PIL: x_in = x + f * y, with y from the top edge
+        theta[:, 0, 1], theta[:, 0, 2] = arg, arg
+    elif name == "shear_y":
+        theta[:, 1, 0], theta[:, 1, 2] = arg, arg
+    elif name == "translate_x":  # PIL: x_in = x + pct * width
+        theta[:, 0, 2] = 2 * arg
+    elif name == "translate_y":
+        theta[:, 1, 2] = 2 * arg
+    else:
+        raise ValueError(f"{name} is not a geometric op")
+    return theta
+
+
+def color_jitter(x: Tensor, strength: float) -> Tensor:
+    """torchvision's ColorJitter(brightness, contrast, saturation = ``strength``): factors uniform in
+    [1 - s, 1 + s], the three in a random order per sample (timm's transform when RandAugment is off)."""
+    b, device = x.shape[0], x.device
+    order = torch.rand(b, 3, device=device).argsort(1)
+    factors = torch.empty(b, 3, device=device).uniform_(max(0.0, 1 - strength), 1 + strength)
+    ops = ("brightness", "contrast", "color")
+    for j in range(3):
+        for i, name in enumerate(ops):
+            drew = order[:, j] == i
+            x = torch.where(drew.view(-1, 1, 1, 1), COLOUR_OPS[name](x, factors[:, i]).clamp(0, 1), x)
+    return x
+
+
+def _view(arg: Tensor) -> Tensor:
+    return arg.view(-1, 1, 1, 1)
 
 
 def _grey(x: Tensor) -> Tensor:
@@ -117,24 +228,30 @@ def _grey(x: Tensor) -> Tensor:
 
 
 def _blend(base: Tensor, x: Tensor, factor: Tensor) -> Tensor:
-    return base + (x - base) * factor
+    return base + (x - base) * _view(factor)
 
 
-def _sharpness(x: Tensor, m: Tensor) -> Tensor:
-    return _blend(F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1), x, _factor(m))
+def _smooth(x: Tensor) -> Tensor:
+    """PIL's ImageFilter.SMOOTH (3x3, centre 5, others 1, /13); the one-pixel border is left as it is, as PIL."""
+    kernel = torch.ones(3, 3, device=x.device, dtype=x.dtype)
+    kernel[1, 1] = 5
+    kernel = (kernel / 13).expand(x.shape[1], 1, 3, 3)
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=x.shape[1])
+    return out
 
 
-def _posterize(x: Tensor, m: Tensor) -> Tensor:
-    step = 256 / 2 ** (8 - (m * 4).round()).clamp(4, 8)
-    return torch.floor(x * 255 / step) * step / 255
+def _posterize(x: Tensor, bits: Tensor) -> Tensor:
+    step = _view(2 ** (8 - bits.clamp(0, 8)))
+    return torch.floor((x * 255).round() / step) * step / 255
 
 
-def _autocontrast(x: Tensor, m: Tensor) -> Tensor:
+def _autocontrast(x: Tensor, _: Tensor) -> Tensor:
     low, high = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
     return torch.where(high > low, (x - low) / (high - low).clamp_min(1e-6), x)
 
 
-def equalize(x: Tensor, m: Tensor | None = None) -> Tensor:
+def equalize(x: Tensor, _: Tensor | None = None) -> Tensor:
     """PIL's ``ImageOps.equalize`` per image and channel, batch-wise (x in [0, 1], quantised to 8 bits)."""
     b, c, h, w = x.shape
     levels = (x * 255).round().clamp(0, 255).long().reshape(b * c, h * w)
@@ -147,15 +264,15 @@ def equalize(x: Tensor, m: Tensor | None = None) -> Tensor:
     return (lut.gather(1, levels) / 255).view(b, c, h, w)
 
 
-COLOUR_OPS = {  # name -> f(images [b, 3, h, w] in [0, 1], magnitude [b, 1, 1, 1] in [0, 1])
-    "brightness": lambda x, m: x * _factor(m),
-    "contrast": lambda x, m: _blend(_grey(x).mean((2, 3), keepdim=True), x, _factor(m)),
-    "color": lambda x, m: _blend(_grey(x), x, _factor(m)),
-    "sharpness": _sharpness,
-    "solarize": lambda x, m: torch.where(x >= 1 - m, 1 - x, x),
-    "solarize_add": lambda x, m: torch.where(x < 0.5, (x + m * 110 / 255).clamp(max=1), x),
-    "posterize": _posterize,
+COLOUR_OPS = {  # name -> f(images [b, 3, h, w] in [0, 1], argument [b] from op_argument)
     "autocontrast": _autocontrast,
     "equalize": equalize,
-    "invert": lambda x, m: 1 - x,
+    "invert": lambda x, _: 1 - x,
+    "posterize": _posterize,
+    "solarize": lambda x, t: torch.where(x * 255 >= _view(t) - 0.5, 1 - x, x),
+    "solarize_add": lambda x, a: torch.where(x * 255 < 127.5, (x + _view(a) / 255).clamp(max=1), x),
+    "color": lambda x, f: _blend(_grey(x), x, f),
+    "contrast": lambda x, f: _blend((_grey(x).mean((2, 3), keepdim=True) * 255).round() / 255, x, f),
+    "brightness": lambda x, f: x * _view(f),
+    "sharpness": lambda x, f: _blend(_smooth(x), x, f),
 }

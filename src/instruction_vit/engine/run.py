@@ -56,7 +56,7 @@ def device_augment(cfg: Config, backbone: torch.nn.Module):
 
     dc, d = resolve_data_config({}, model=backbone), cfg.data
     return GpuAugment(d.img_size, tuple(dc["mean"]), tuple(dc["std"]), scale=(d.crop_min_scale, 1.0),
-                      hflip=d.hflip, randaugment=d.randaugment)
+                      hflip=d.hflip, randaugment=d.randaugment, color_jitter=d.color_jitter)
 
 
 def eval_loader(cfg: Config, backbone: torch.nn.Module, data: LabelledImages) -> DataLoader:

@@ -104,12 +104,12 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
 
     augment = None
     if cfg.data.gpu_augment:  # decode once (rank 0 writes the store), augment batch-wise on the device
+        augment = device_augment(cfg, model.backbone)  # (a bad RandAugment string fails before the decoding)
         size = cfg.data.store_size or round(cfg.data.img_size / 0.875)
         if world.is_main:
             build_store(splits["train"], size, cfg.data.store_dir, cfg.data.num_workers, progress)
         world.barrier()
         train_set = StoreDataset(build_store(splits["train"], size, cfg.data.store_dir))
-        augment = device_augment(cfg, model.backbone)
     else:
         train_set = TransformedImages(splits["train"], transforms(cfg, model.backbone)[0])
     val_loader = eval_loader(cfg, model.backbone, splits["val"])
