@@ -19,6 +19,8 @@ import time
 MODES = {
     "cpu": dict(backbone="vit_tiny_patch16_224", kwargs=dict(img_size=28, patch_size=7, embed_dim=128, depth=4,
                 num_heads=4), img=28, batch=128, classes=10, k=3, prompt_dim=384, steps=20, warmup=3),
+    "tiny": dict(backbone="vit_tiny_patch16_224", kwargs=dict(img_size=16, patch_size=4, embed_dim=32, depth=1,
+                 num_heads=2), img=16, batch=8, classes=4, k=1, prompt_dim=8, steps=2, warmup=1),  # smoke run
     "gpu": dict(backbone="vit_base_patch16_224", kwargs={}, img=224, batch=256, classes=102, k=10, prompt_dim=512,
                 steps=30, warmup=10),
 }

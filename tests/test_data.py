@@ -115,6 +115,8 @@ def test_seeded_stratified_split_and_limit(fmnist_root):
 def test_load_splits_carves_val(fmnist_root):
     splits = load_splits(DataConfig(root=str(fmnist_root), val_fraction=0.2, eval_limit=10))
     assert len(splits["train"]) == 40 and len(splits["val"]) == 10 and len(splits["test"]) == 10
+    with pytest.raises(DataError, match="val split of fashion_mnist .* no images; raise data.val_fraction"):
+        load_splits(DataConfig(root=str(fmnist_root), val_fraction=0.01))  # 5 per class: none held out
 
 
 def test_transforms_and_dataset_view(tmp_path):

@@ -39,6 +39,8 @@ def test_train_eval_predict_end_to_end(cfg, tmp_path):
     results = train(cfg, out, log=lambda _: None)
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("epoch,step,lr,")
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < last["train_seconds"] <= last["epoch_seconds"] and last["train_images_per_second"] > 0
     assert (out / "config.yaml").is_file() and load_config(out / "config.yaml") == cfg
     assert json.loads((out / "results.json").read_text()) == results
     assert set(results["all_prompts"]) == {"head", "score", "combined"} and "select_k1" in results
@@ -75,8 +77,9 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(cfg, tmp_path, monke
 
     straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     resumed = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
-    strip = [{k: v for k, v in json.loads(r).items() if k != "epoch_seconds"} for r in straight]
-    assert strip == [{k: v for k, v in json.loads(r).items() if k != "epoch_seconds"} for r in resumed]
+    timing = ("epoch_seconds", "train_seconds", "train_images_per_second")
+    strip = [{k: v for k, v in json.loads(r).items() if k not in timing} for r in straight]
+    assert strip == [{k: v for k, v in json.loads(r).items() if k not in timing} for r in resumed]
     a = _weights(tmp_path / "straight" / "checkpoints" / "last.safetensors")
     b = _weights(tmp_path / "killed" / "checkpoints" / "last.safetensors")
     for name in a:
@@ -221,3 +224,21 @@ def test_training_from_the_store_with_device_augmentation(cfg, tmp_path):
     results = train(cfg, tmp_path / "run", log=lambda _: None)
     assert len(list((tmp_path / "stores").glob("store-18px-*/images.npy"))) == 1  # 16 / 0.875 -> 18 px
     assert results["top1"] > 50  # the colours survive the augmentation
+
+
+def test_store_workers_persist_across_epochs_and_change_nothing(cfg, tmp_path):
+    """With the store the loader workers do no random work: persistent workers give the weights of none, also
+    when the run is stopped and resumed."""
+    cfg.data.gpu_augment, cfg.data.store_dir, cfg.data.randaugment = True, str(tmp_path / "stores"), "rand-m9-mstd0.5"
+    cfg.train.epochs, cfg.prompts.select_k = 2, None
+    train(cfg, tmp_path / "inline", log=lambda _: None)
+    cfg.data.num_workers = 2
+    train(cfg, tmp_path / "workers", log=lambda _: None)
+    assert train(cfg, tmp_path / "resumed", log=lambda _: None, stop_after_epochs=1) == {"stopped_after_epoch": 1}
+    train(cfg, tmp_path / "resumed", resume=True, log=lambda _: None)
+    inline = _weights(tmp_path / "inline" / "checkpoints" / "last.safetensors")
+    for run in ("workers", "resumed"):
+        other = _weights(tmp_path / run / "checkpoints" / "last.safetensors")
+        assert inline.keys() == other.keys()
+        for name in inline:
+            torch.testing.assert_close(other[name], inline[name], rtol=0, atol=0)

@@ -46,4 +46,10 @@ def load_splits(cfg: DataConfig) -> dict[str, LabelledImages]:
     splits["train"] = balanced_limit(splits["train"], cfg.train_limit, cfg.split_seed)
     for name in ("val", "test"):
         splits[name] = balanced_limit(splits[name], cfg.eval_limit, cfg.split_seed)
+    for name, data in splits.items():
+        if len(data) == 0:
+            fix = {"train": "check data.root, data.classes and data.shots",
+                   "val": "raise data.val_fraction (held out per class, rounded) or data.eval_limit",
+                   "test": "raise data.val_fraction (image folders) or data.eval_limit, or check the split file"}[name]
+            raise DataError(f"the {name} split of {cfg.dataset} at {cfg.root} has no images; {fix}")
     return splits

@@ -3,7 +3,7 @@
 Run folder::
 
     config.yaml            resolved config, written before training
-    metrics.csv / .jsonl   one row per epoch
+    metrics.csv / .jsonl   one row per epoch (losses, validation top-1, lr, seconds, training img/s)
     checkpoints/last.safetensors   weights + optimizer + RNG state (resume)
     checkpoints/best.safetensors   weights of the best validation epoch (eval, predict)
     results.json           test metrics of the best checkpoint, with and without prompt selection
@@ -158,16 +158,23 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
                  "bank_kind": bank.kind if bank else "none"}
     writer = _tensorboard(out) if t.tensorboard and world.is_main else None
 
+    sampler, loader = _EpochOrder(), None
     for epoch in range(start_epoch, t.epochs):
         model.train()
         started = time.time()
         if world.distributed:  # per-rank augmentation streams, a function of (seed, epoch, rank): resumable
             seed_everything(t.seed * 1_000_003 + epoch * 1_009 + world.rank)
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
-        indices = world.shard(order, t.batch_size, updates_per_epoch * t.accum_steps)
-        loader = DataLoader(train_set, batch_size=local_batch, sampler=indices, drop_last=True,
-                            num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+        sampler.indices = world.shard(order, t.batch_size, updates_per_epoch * t.accum_steps)
+        if augment is None:  # PIL path: new workers each epoch, seeded from the (checkpointed) global RNG
+            loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, drop_last=True,
+                                num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
+        elif loader is None:  # store: workers only copy uint8 arrays; they persist and draw nothing from the RNG
+            loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, drop_last=True,
+                                num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                                persistent_workers=cfg.data.num_workers > 0, generator=torch.Generator())
         sums, step = stepper.run_epoch(loader, epoch, step, progress)
+        train_seconds = time.time() - started  # (run_epoch ends by reading the device: the work is done)
         n = updates_per_epoch * t.accum_steps
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                                **{f"train_{k}": world.all_reduce_mean(v).item() / n for k, v in sums.items()}}
@@ -177,6 +184,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
                 pred = predict(model, val_loader, model.bank_prompts(), device, t.amp)
                 for route, m in classification_metrics(pred, class_names).items():
                     row[f"val_top1_{route}"] = m["top1"]
+            row["train_seconds"] = train_seconds
+            row["train_images_per_second"] = n * local_batch * world.size / train_seconds
             row["epoch_seconds"] = time.time() - started
             history.append(row)
             _append_metrics(out, row, writer)
@@ -205,6 +214,19 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     world.barrier()
     close_world(world)
     return results
+
+
+class _EpochOrder(torch.utils.data.Sampler):
+    """This rank's sample order for the current epoch (replaced before each epoch)."""
+
+    def __init__(self):
+        self.indices: list[int] = []
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 @dataclass
@@ -302,7 +324,7 @@ def test_results(cfg: Config, out: Path, splits, progress=None) -> dict[str, Any
 def _epoch_line(row: dict[str, Any]) -> str:
     val = " ".join(f"{k.removeprefix('val_top1_')} {v:.1f}%" for k, v in row.items() if k.startswith("val_top1_"))
     return f"epoch {row['epoch']}: loss {row.get('train_loss', math.nan):.3f}  val top-1 {val} " \
-           f"({row['epoch_seconds']:.1f}s)"
+           f"({row['epoch_seconds']:.1f}s, training {row['train_images_per_second']:.0f} img/s)"
 
 
 def _append_metrics(out: Path, row: dict[str, Any], writer) -> None:
