@@ -33,6 +33,7 @@ def test_int_is_accepted_where_float_is_expected():
         ("train.amp=3", r"'train.amp' must be bool"),
         ("prompts.kind=audio", r"'prompts.kind' is 'audio'; choose one of none, text, image, mixed"),
         ("model.regime=vpt", r"choose one of full, prompt, linear"),
+        ("train.mixup_mode=sample", r"'train.mixup_mode' is 'sample'; choose one of batch, pair, elem"),
         ("train.batch_size=0", r"'train.batch_size' must be >= 1"),
         ("lr", r"must look like section.key=value"),
     ],

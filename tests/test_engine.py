@@ -231,6 +231,7 @@ def test_store_workers_persist_across_epochs_and_change_nothing(cfg, tmp_path):
     when the run is stopped and resumed."""
     cfg.data.gpu_augment, cfg.data.store_dir, cfg.data.randaugment = True, str(tmp_path / "stores"), "rand-m9-mstd0.5"
     cfg.train.epochs, cfg.prompts.select_k = 2, None
+    cfg.train.mixup, cfg.train.cutmix, cfg.train.mixup_prob, cfg.train.mixup_mode = 0.8, 1.0, 1.0, "elem"  # per sample
     train(cfg, tmp_path / "inline", log=lambda _: None)
     cfg.data.num_workers = 2
     train(cfg, tmp_path / "workers", log=lambda _: None)

@@ -141,3 +141,18 @@ def test_non_vit_backbones_are_plain_baselines():
     assert out.logits.shape == (2, 4) and out.scores.shape == (2, 0)
     with pytest.raises(ValueError, match="not a ViT: it cannot read prompts"):
         model(torch.randn(2, 3, 32, 32), torch.randn(4, 8))
+
+
+def test_attention_runs_through_scaled_dot_product_attention(model, monkeypatch):
+    """Prompt tokens keep timm's fused path: one SDPA call per block (flash attention on a GPU), no mask."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(q, k, v, *args, **kwargs):
+        calls.append((q.shape, kwargs.get("attn_mask", args[0] if args else None)))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    model(torch.randn(2, 3, 32, 32), torch.randn(6, 16))
+    assert len(calls) == len(model.backbone.blocks)
+    assert all(shape[-2] == 1 + 16 + 6 and mask is None for shape, mask in calls)

@@ -90,6 +90,7 @@ class TrainConfig:
     mixup: float = 0.8
     cutmix: float = 1.0
     mixup_prob: float = 0.1
+    mixup_mode: str = "batch"  # timm's Mixup mode: batch (one draw per batch) | pair | elem (one per sample)
     label_smoothing: float = 0.1
     head_weight: float = 1.0
     score_weight: float = 1.0
@@ -155,6 +156,7 @@ CHOICES = {
     "model.regime": ("full", "prompt", "linear"),
     "model.method": ("instruction_vit", "coop"),
     "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.mixup_mode": ("batch", "pair", "elem"),
 }
 POSITIVE = ("data.img_size", "train.epochs", "train.batch_size", "train.accum_steps", "prompts.per_class",
             "train.log_every")

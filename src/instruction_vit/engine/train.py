@@ -124,7 +124,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     if t.mixup > 0 or t.cutmix > 0:
         if local_batch % 2:
             raise ValueError("Mixup/CutMix need an even batch per process (train.batch_size / processes)")
-        mixup = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob,
+        mixup = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob, mode=t.mixup_mode,
                       label_smoothing=t.label_smoothing, num_classes=len(class_names))
     criterion = InstructionLoss(t.head_weight, t.score_weight, 0.0 if mixup else t.label_smoothing)
     fused = {"fused": True} if device.type == "cuda" else {}
