@@ -60,3 +60,20 @@ def test_two_processes_train_like_one_and_resume_like_one(setup):
     _same_weights(tmp_path / "ddp2" / "checkpoints" / "last.safetensors",
                   tmp_path / "single" / "checkpoints" / "last.safetensors")
     assert (tmp_path / "ddp2" / "metrics.csv").read_text() .count("\n") == 4
+
+
+def test_caches_are_written_in_turns(monkeypatch):
+    """rank 0 first, then the first process of each other node, then the rest: never two writers at once."""
+    from instruction_vit.engine import distributed
+
+    barriers = []
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: barriers.append(1))
+    turns = {}
+    for rank, local_rank in ((0, 0), (1, 1), (2, 0), (3, 1)):  # two nodes of two processes
+        barriers.clear()
+        world = distributed.World(rank=rank, size=4, local_rank=local_rank)
+        calls = []
+        assert world.in_turn(lambda: calls.append(len(barriers)) or f"made by {rank}") == f"made by {rank}"
+        assert len(calls) == 1 and len(barriers) == 2  # once each, and every process meets both barriers
+        turns[rank] = calls[0]
+    assert turns == {0: 0, 2: 1, 1: 2, 3: 2}

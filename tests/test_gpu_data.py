@@ -177,3 +177,17 @@ def test_equalize_matches_pil():
     out = (equalize(batch) * 255).round().byte().permute(0, 2, 3, 1).numpy()
     for got, image in zip(out, images):
         assert np.array_equal(got, np.asarray(ImageOps.equalize(Image.fromarray(image))))
+
+
+def test_random_resized_crop_draws_as_torchvision():
+    """Draws that do not fit are redrawn (up to 10 times), not clipped: every crop keeps an area in the range."""
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    theta = GpuAugment(8, MEAN, STD, scale=(0.8, 1.0))._crop(4000, "cpu")
+    area = theta[:, 0, 0].abs() * theta[:, 1, 1]
+    assert area.min() >= 0.8 - 1e-6 and area.max() <= 1 + 1e-6
+    side = 200
+    params = [RandomResizedCrop.get_params(torch.zeros(1, side, side), (0.8, 1.0), (3 / 4, 4 / 3)) for _ in range(4000)]
+    reference = np.mean([h * w / side**2 for _, _, h, w in params])
+    assert abs(area.mean().item() - reference) < 0.01

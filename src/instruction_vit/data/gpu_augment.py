@@ -99,11 +99,17 @@ class GpuAugment:
         return x.clamp_(0, 1).sub_(mean).div_(std)
 
     def _crop(self, b: int, device) -> Tensor:
-        """RandomResizedCrop (area fraction, aspect ratio, position) and flip: ``[b, 2, 3]`` output -> input."""
-        area = torch.empty(b, device=device).uniform_(*self.scale)
-        log_ratio = torch.empty(b, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
-        w = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
-        h = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+        """RandomResizedCrop and flip: ``[b, 2, 3]`` output -> input. As timm (and torchvision): up to 10 draws of
+        (area fraction, log aspect ratio), the first that fits the image is taken, else the whole (square) image."""
+        tries = (b, 10)
+        area = torch.empty(tries, device=device).uniform_(*self.scale)
+        log_ratio = torch.empty(tries, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        w_all, h_all = (area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt()
+        fits = (w_all <= 1) & (h_all <= 1)
+        first = fits.float().argmax(1, keepdim=True)  # the first draw that fits (0 when none does)
+        anyfit = fits.any(1)
+        w = torch.where(anyfit, w_all.gather(1, first).squeeze(1), 1.0)
+        h = torch.where(anyfit, h_all.gather(1, first).squeeze(1), 1.0)
         cx = (torch.rand(b, device=device) * (1 - w) + w / 2) * 2 - 1
         cy = (torch.rand(b, device=device) * (1 - h) + h / 2) * 2 - 1
         flip = torch.where(torch.rand(b, device=device) < self.hflip, -1.0, 1.0)

@@ -8,10 +8,14 @@ Rank 0 alone writes the run folder, logs, evaluates and saves checkpoints; the o
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,17 @@ class World:
             dist.all_reduce(tensor)
             tensor /= self.size
         return tensor
+
+    def in_turn(self, make: Callable[[], T]) -> T:
+        """``make()`` in every process, in three turns: rank 0 first (it writes caches: prompt bank, image store),
+        then the first process of every other node (which finds rank 0's files on a shared filesystem, or writes
+        its node's own), then all the others (which find them). No two processes write the same file at once."""
+        result = make() if self.is_main else None
+        self.barrier()
+        if self.local_rank == 0 and not self.is_main:
+            result = make()
+        self.barrier()
+        return make() if self.local_rank != 0 else result
 
     def shard(self, order: torch.Tensor, global_batch: int, batches: int) -> list[int]:
         """This rank's sample indices: its slice of each of the first ``batches`` global batches of ``order``."""

@@ -89,11 +89,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     device = dist_device or resolve_device(t.device)
     splits = load_splits(cfg.data)
     class_names = splits["train"].class_names
-    if not world.is_main:
-        world.barrier()  # rank 0 builds (and caches) the prompt bank first; the others read the cache
-    bank = prompt_bank(cfg, splits["train"])
-    if world.is_main:
-        world.barrier()
+    bank = world.in_turn(lambda: prompt_bank(cfg, splits["train"]))  # rank 0 builds and caches it first
     # Seed after everything that may or may not touch the RNG (encoders load only on cache misses).
     seed_everything(t.seed, t.deterministic)
     model = model_from_config(cfg, class_names, bank.prompt_dim if bank else None)
@@ -106,10 +102,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     if cfg.data.gpu_augment:  # decode once (rank 0 writes the store), augment batch-wise on the device
         augment = device_augment(cfg, model.backbone)  # (a bad RandAugment string fails before the decoding)
         size = cfg.data.store_size or round(cfg.data.img_size / 0.875)
-        if world.is_main:
-            build_store(splits["train"], size, cfg.data.store_dir, cfg.data.num_workers, progress)
-        world.barrier()
-        train_set = StoreDataset(build_store(splits["train"], size, cfg.data.store_dir))
+        train_set = StoreDataset(world.in_turn(
+            lambda: build_store(splits["train"], size, cfg.data.store_dir, cfg.data.num_workers, progress)))
     else:
         train_set = TransformedImages(splits["train"], transforms(cfg, model.backbone)[0])
     val_loader = eval_loader(cfg, model.backbone, splits["val"])
