@@ -1,12 +1,14 @@
 """CoOp baseline: learned context over a frozen CLIP (a tiny one saved in open_clip's real format)."""
 
+import json
+
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 
 from instruction_vit.config import ConfigError, load_config
-from instruction_vit.engine import load_checkpoint, train
+from instruction_vit.engine import CheckpointError, load_checkpoint, train
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
 from instruction_vit.prompts.coop import CoOpClassifier
@@ -56,6 +58,17 @@ def test_coop_trains_in_the_engine(tmp_path, tiny_clip_dir):
     start = CoOpClassifier(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), ["blue", "green", "red"])
     assert not torch.allclose(model.prompt_embed.context, start.prompt_embed.context)  # it learned
     torch.testing.assert_close(model.clip.visual.conv1.weight, start.clip.visual.conv1.weight)  # CLIP frozen
+
+    # CLIP's frozen weights are saved by reference: the context alone, checked against the encoder's weights.
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert not [k for k in ckpt.tensors if k.startswith("model/clip.")] and "model/prompt_embed.context" in ckpt.tensors
+    assert train(cfg, tmp_path / "resumed", log=lambda _: None, stop_after_epochs=1) == {"stopped_after_epoch": 1}
+    train(cfg, tmp_path / "resumed", resume=True, log=lambda _: None)
+    resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
+    torch.testing.assert_close(resumed.tensors["model/prompt_embed.context"], ckpt.tensors["model/prompt_embed.context"])
+    ckpt.header["external"] = json.dumps({**json.loads(ckpt.header["external"]), "weights_id": "sha256:other"})
+    with pytest.raises(CheckpointError, match="trained over encoder weights 'sha256:other'"):
+        ckpt.build_model()
     with pytest.raises(ConfigError, match="set prompts.kind=none"):
         load_config(None, ["model.method=coop", "prompts.kind=text"])
     cfg.data.img_size = 48

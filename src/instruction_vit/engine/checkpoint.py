@@ -1,6 +1,8 @@
 """Checkpoints: one ``.safetensors`` file, self-describing, written atomically, read without pickle.
 
-Tensors: ``model/*`` (the model's state dict, prompt bank features included), and for training state
+Tensors: ``model/*`` (the model's state dict, prompt bank features included; weights a model marks as
+``external_state``, such as CoOp's frozen CLIP, are saved by reference: ``external`` in the header names them
+and the weights they must be rebuilt from), and for training state
 ``optim/<param>/<name>`` (optimizer moments) and ``rng/*`` (torch, CUDA and NumPy generator states).
 Header metadata (JSON strings): ``meta`` (resolved config, class names, prompt bank key, epoch, step,
 metrics) and ``train`` (optimizer hyper-parameters, Python RNG state, ...). The LR schedule is a pure
@@ -45,6 +47,7 @@ class Checkpoint:
     meta: dict[str, Any]
     tensors: dict[str, torch.Tensor]
     train: dict[str, Any] | None
+    header: dict[str, str]
 
     @property
     def config(self) -> Config:
@@ -67,8 +70,27 @@ class Checkpoint:
         bank = {k.removeprefix("prompt_bank."): v for k, v in state.items() if k.startswith("prompt_bank.")}
         if bank:
             model.set_prompt_bank(bank["prompts"] if list(bank) == ["prompts"] else bank)
-        model.load_state_dict(state, strict=True)
+        self.load_into(model)
         return model
+
+    def load_into(self, model: torch.nn.Module) -> None:
+        """Load the weights into ``model``. Parts saved by reference (a CoOp model's frozen CLIP) come from the
+        model as built, after checking that it was built from the same weights."""
+        state = self.model_state()
+        external = json.loads(self.header["external"]) if "external" in self.header else None
+        if external is None:
+            model.load_state_dict({k: v.to(_device_of(model)) for k, v in state.items()}, strict=True)
+            return
+        if getattr(model, "external_weights_id", None) != external["weights_id"]:
+            raise CheckpointError(
+                f"{self.path} was trained over encoder weights {external['weights_id']!r}, but prompts.encoder "
+                f"now gives {getattr(model, 'external_weights_id', None)!r}; point prompts.encoder at those weights")
+        missing, unexpected = model.load_state_dict({k: v.to(_device_of(model)) for k, v in state.items()},
+                                                    strict=False)
+        prefixes = tuple(external["prefixes"])
+        if unexpected or any(not k.startswith(prefixes) for k in missing):
+            raise CheckpointError(f"{self.path} does not fit the model: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
 
     def restore_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         if self.train is None:
@@ -131,8 +153,12 @@ def save_checkpoint(
     """Write a checkpoint atomically; with ``optimizer``, also the optimizer and RNG states for resuming."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    external = tuple(getattr(model, "external_state", ()))  # frozen weights rebuilt from the config, by reference
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+               if not (external and k.startswith(external))}
     header = {"format": FORMAT, "meta": json.dumps(meta)}
+    if external:
+        header["external"] = json.dumps({"prefixes": list(external), "weights_id": model.external_weights_id})
     if optimizer is not None:
         opt = optimizer.state_dict()
         extra: dict[str, dict[str, Any]] = {}
@@ -182,7 +208,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except SafetensorError as err:
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
     train = json.loads(header["train"]) if "train" in header else None
-    return Checkpoint(path, json.loads(header["meta"]), tensors, train)
+    return Checkpoint(path, json.loads(header["meta"]), tensors, train, header)
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def _is_checkpoint(path: str) -> bool:

@@ -130,7 +130,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     start_epoch, step, best, history = 0, 0, -1.0, []
     if resume:
         ckpt = load_checkpoint(out / "checkpoints" / "last.safetensors")
-        model.load_state_dict({k: v.to(device) for k, v in ckpt.model_state().items()})
+        ckpt.load_into(model)
         ckpt.restore_optimizer(optimizer)
         ckpt.restore_rng()
         start_epoch, step = ckpt.meta["epoch"] + 1, ckpt.meta["step"]

@@ -32,6 +32,7 @@ class CoOpClassifier(nn.Module):
 
     vpt_tokens = 0
     visual_prompts = None
+    external_state = ("clip.",)  # CLIP's frozen weights: rebuilt from prompts.encoder, left out of checkpoints
 
     def __init__(self, encoder: OpenCLIPEncoder, class_names: Sequence[str], context_length: int = 16,
                  init: str | None = "a photo of a"):
@@ -61,6 +62,7 @@ class CoOpClassifier(nn.Module):
         clip.visual.pretrained_cfg = {"mean": cfg.mean, "std": cfg.std, "interpolation": cfg.interpolation,
                                         "input_size": (3, cfg.size, cfg.size), "crop_pct": 1.0}
         self.num_classes = len(class_names)
+        self.external_weights_id = encoder.weights_id()  # checked when a checkpoint is loaded into this model
 
     @property
     def backbone(self) -> nn.Module:
