@@ -82,6 +82,8 @@ def test_bad_input_is_one_clear_line_and_exit_2(setup, args, message):
     result = runner.invoke(app, [a.format(root=setup) for a in args])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")  # one line, however long the paths in it
 
 
 def test_demo_refuses_a_folder_that_is_not_an_earlier_demo(tmp_path):

@@ -23,7 +23,7 @@ app = typer.Typer(help="Instruction-ViT: multi-modal prompts for instruction lea
                   pretty_exceptions_enable=False)
 prompts_app = typer.Typer(help="Build or inspect a prompt bank.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
-console = Console()
+console = Console(soft_wrap=True)  # messages and log lines stay one line each (tables still fit the width)
 USER_ERRORS = (ConfigError, DataError, CheckpointError, RunFolderError, NonFiniteLossError, WeightsUnavailableError,
                FileNotFoundError, ValueError)
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
