@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
+
+from cells import device_name, run_cell
 
 MODES = {
     "cpu": dict(backbone="vit_tiny_patch16_224", kwargs=dict(img_size=28, patch_size=7, embed_dim=128, depth=4,
@@ -107,19 +107,11 @@ def main() -> None:
         return
     import torch
 
-    rows = []
-    for compiled in (False,) if args.no_compile else (False, True):
-        for variant in VARIANTS:
-            done = subprocess.run([sys.executable, __file__, "--mode", args.mode, "--one", f"{variant}|{int(compiled)}"],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                print(done.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(f"benchmark of {variant} (compiled={compiled}) failed")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = [run_cell(__file__, "--mode", args.mode, "--one", f"{variant}|{int(compiled)}")
+            for compiled in ((False,) if args.no_compile else (False, True)) for variant in VARIANTS]
     m = MODES[args.mode]
-    device = torch.cuda.get_device_name() if args.mode == "gpu" else f"CPU, {torch.get_num_threads()} threads"
     print(f"mode {args.mode}: {m['backbone']} {m['img']} px, batch {m['batch']}, N={m['classes']} prompts, "
-          f"K={m['k']}; {device}; torch {torch.__version__}")
+          f"K={m['k']}; {device_name(args.mode == 'gpu')}; torch {torch.__version__}")
     print("| variant | compiled | tokens | train img/s | eval img/s | peak memory (GiB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:

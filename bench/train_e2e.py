@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from cells import device_name, run_cell
 
 MODES = {
     "cpu": dict(backbone="vit_tiny_patch16_224", kwargs=dict(patch_size=7, embed_dim=128, depth=4, num_heads=4),
@@ -67,7 +68,8 @@ def config(mode: str, folder: Path, work: Path, store: bool, select: bool):
     m = MODES[mode]
     overrides = {
         "data.dataset": "folder", "data.root": str(folder), "data.img_size": m["img"],
-        "data.val_fraction": max(0.02, 1 / m["per_class"]), "data.eval_limit": 2 * m["classes"], "data.randaugment": m["randaugment"],
+        "data.val_fraction": max(0.02, 1 / m["per_class"]), "data.eval_limit": 2 * m["classes"],
+        "data.randaugment": m["randaugment"],
         "data.gpu_augment": store, "data.store_dir": str(work / "stores"), "data.num_workers": m["workers"],
         "prompts.bank_file": str(work / "bank.safetensors"), "prompts.select_k": None,
         "prompts.train_select_k": m["k"] if select else None,
@@ -116,7 +118,8 @@ def measure(mode: str, work: Path, cell: str) -> dict:
     rates = [r["train_images_per_second"] for r in rows[1:]] or [rows[0]["train_images_per_second"]]
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
     return {"cell": cell, "data": "store + device augmentation" if store else "PIL per image (loader workers)",
-            "prompts": f"K+1 = {MODES[mode]['k'] + 1}" if select else f"all N = {MODES[mode]['classes']}", "img_s": sum(rates) / len(rates), "first_epoch_img_s": rows[0]["train_images_per_second"],
+            "prompts": f"K+1 = {MODES[mode]['k'] + 1}" if select else f"all N = {MODES[mode]['classes']}",
+            "img_s": sum(rates) / len(rates), "first_epoch_img_s": rows[0]["train_images_per_second"],
             "peak_gib": peak}
 
 
@@ -138,22 +141,14 @@ def main() -> None:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         prep = prepare(args.mode, work)
-        rows = []
-        for cell in cells:
-            done = subprocess.run([sys.executable, __file__, "--mode", args.mode, "--work", str(work), "--one", cell],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                print(done.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"cell {cell!r} failed")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows = [run_cell(__file__, "--mode", args.mode, "--work", str(work), "--one", cell) for cell in cells]
     import torch
 
     m = MODES[args.mode]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     print(f"mode {args.mode}: {m['backbone']} {m['img']} px, batch {m['batch']}, N={m['classes']} prompts, "
           f"K={m['k']}, {prep['images']} training images, RandAugment {m['randaugment']}, Mixup/CutMix, "
-          f"{m['workers']} loader workers, compiled {m['compile']}, {m['epochs']} epochs; {device}; "
-          f"torch {torch.__version__}")
+          f"{m['workers']} loader workers, compiled {m['compile']}, {m['epochs']} epochs; "
+          f"{device_name(torch.cuda.is_available())}; torch {torch.__version__}")
     print(f"(synthetic JPEGs written in {prep['jpeg_seconds']:.1f} s; store decoded once in "
           f"{prep['store_seconds']:.1f} s)")
     print("| cell | data path | prompts in training | training img/s (epochs 2+) | first epoch img/s | "

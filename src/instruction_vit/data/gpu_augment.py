@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,11 @@ class GpuAugment:
     color_jitter: float = 0.0  # used only with RandAugment off (as timm's create_transform)
 
     def __post_init__(self):
-        parse_randaugment(self.randaugment)  # a bad string fails here, not in the first training step
+        _ = self.spec  # a bad string fails here, not in the first training step
+
+    @cached_property
+    def spec(self) -> RandAugmentSpec | None:
+        return parse_randaugment(self.randaugment)
 
     def __call__(self, images: Tensor) -> Tensor:
         """uint8 ``[B, S, S, 3]`` on any device -> normalised float ``[B, 3, size, size]`` on that device."""
@@ -88,7 +93,7 @@ class GpuAugment:
         b, device = x.shape[0], x.device
         fill = torch.tensor([round(255 * m) / 255 for m in self.mean], device=device).view(1, 3, 1, 1)
         x = warp(x, self._crop(b, device), self.size, fill)
-        spec = parse_randaugment(self.randaugment)
+        spec = self.spec
         if spec is not None and spec.num_ops:
             picks, applied, level, sign = sample_layers(spec, b, device)
             x = apply_layers(x, picks, applied, level, sign, spec.increasing, fill)

@@ -47,7 +47,7 @@ class Checkpoint:
     meta: dict[str, Any]
     tensors: dict[str, torch.Tensor]
     train: dict[str, Any] | None
-    header: dict[str, str]
+    external: dict[str, Any] | None = None  # {"prefixes", "weights_id"}: weights saved by reference
 
     @property
     def config(self) -> Config:
@@ -76,19 +76,15 @@ class Checkpoint:
     def load_into(self, model: torch.nn.Module) -> None:
         """Load the weights into ``model``. Parts saved by reference (a CoOp model's frozen CLIP) come from the
         model as built, after checking that it was built from the same weights."""
-        state = self.model_state()
-        external = json.loads(self.header["external"]) if "external" in self.header else None
-        if external is None:
-            model.load_state_dict({k: v.to(_device_of(model)) for k, v in state.items()}, strict=True)
-            return
-        if getattr(model, "external_weights_id", None) != external["weights_id"]:
+        prefixes = tuple(self.external["prefixes"]) if self.external else ()
+        if prefixes and getattr(model, "external_weights_id", None) != self.external["weights_id"]:
             raise CheckpointError(
-                f"{self.path} was trained over encoder weights {external['weights_id']!r}, but prompts.encoder "
+                f"{self.path} was trained over encoder weights {self.external['weights_id']!r}, but prompts.encoder "
                 f"now gives {getattr(model, 'external_weights_id', None)!r}; point prompts.encoder at those weights")
-        missing, unexpected = model.load_state_dict({k: v.to(_device_of(model)) for k, v in state.items()},
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in self.model_state().items()},
                                                     strict=False)
-        prefixes = tuple(external["prefixes"])
-        if unexpected or any(not k.startswith(prefixes) for k in missing):
+        if unexpected or any(not (prefixes and k.startswith(prefixes)) for k in missing):
             raise CheckpointError(f"{self.path} does not fit the model: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}")
 
@@ -208,11 +204,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except SafetensorError as err:
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
     train = json.loads(header["train"]) if "train" in header else None
-    return Checkpoint(path, json.loads(header["meta"]), tensors, train, header)
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(iter(model.parameters()), torch.empty(0)).device
+    external = json.loads(header["external"]) if "external" in header else None
+    return Checkpoint(path, json.loads(header["meta"]), tensors, train, external)
 
 
 def _is_checkpoint(path: str) -> bool:

@@ -160,13 +160,14 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             seed_everything(t.seed * 1_000_003 + epoch * 1_009 + world.rank)
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
         sampler.indices = world.shard(order, t.batch_size, updates_per_epoch * t.accum_steps)
-        if augment is None:  # PIL path: new workers each epoch, seeded from the (checkpointed) global RNG
-            loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, drop_last=True,
-                                num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
-        elif loader is None:  # store: workers only copy uint8 arrays; they persist and draw nothing from the RNG
+        # PIL path: new workers each epoch, seeded from the (checkpointed) global RNG. Store: the workers only copy
+        # uint8 arrays, so they persist and draw nothing from the global RNG (a generator of their own).
+        if loader is None or augment is None:
+            store = augment is not None
             loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, drop_last=True,
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                                persistent_workers=cfg.data.num_workers > 0, generator=torch.Generator())
+                                persistent_workers=store and cfg.data.num_workers > 0,
+                                generator=torch.Generator() if store else None)
         sums, step = stepper.run_epoch(loader, epoch, step, progress)
         train_seconds = time.time() - started  # (run_epoch ends by reading the device: the work is done)
         n = updates_per_epoch * t.accum_steps
