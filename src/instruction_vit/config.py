@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ class DataConfig:
     gpu_augment: bool = False  # decode once into a uint8 store; crop/flip/RandAugment batch-wise on the device
     store_size: int | None = None  # side of the stored images; None: img_size / 0.875 (256 for 224)
     store_dir: str = ".cache/instruction-vit/stores"
-    num_workers: int = 0
+    num_workers: int | None = None  # loader processes; None: min(8, CPU count)
+    bad_images: str = "error"  # error: an unreadable image stops the run | skip: logged once each, counted in results
 
 
 @dataclass
@@ -152,6 +154,7 @@ CHOICES = {
                      "oxford_flowers"),
     "prompts.kind": ("none", "text", "image", "mixed"),
     "data.classes": ("all", "base", "novel"),
+    "data.bad_images": ("error", "skip"),
     "prompts.ranker": ("zero_shot", "prototype"),
     "model.regime": ("full", "prompt", "linear"),
     "model.method": ("instruction_vit", "coop"),
@@ -160,6 +163,13 @@ CHOICES = {
 }
 POSITIVE = ("data.img_size", "train.epochs", "train.batch_size", "train.accum_steps", "prompts.per_class",
             "train.log_every")
+
+
+def resolved_workers(cfg: DataConfig) -> int:
+    """``data.num_workers``, with ``None`` resolved to what the machine has (at most 8)."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -173,6 +183,8 @@ def from_dict(data: dict[str, Any]) -> Config:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1")
+    if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
+        raise ConfigError("config key 'data.num_workers' must be >= 0 (or null: min(8, CPU count))")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError("config key 'data.val_fraction' must be in [0, 1)")
     if cfg.model.method == "coop" and cfg.prompts.kind != "none":

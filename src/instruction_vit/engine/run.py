@@ -14,7 +14,7 @@ from torch import Tensor
 from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 
-from ..config import Config
+from ..config import Config, resolved_workers
 from ..data import LabelledImages, TransformedImages, eval_transform, template_set, train_transform
 from ..prompts import PromptBank, build_prompt_bank
 from ..prompts.encoders import joint_space
@@ -62,7 +62,7 @@ def device_augment(cfg: Config, backbone: torch.nn.Module):
 def eval_loader(cfg: Config, backbone: torch.nn.Module, data: LabelledImages) -> DataLoader:
     """Evaluation batches of ``data`` in order."""
     return DataLoader(TransformedImages(data, transforms(cfg, backbone)[1]), batch_size=cfg.train.batch_size,
-                      num_workers=cfg.data.num_workers)
+                      num_workers=resolved_workers(cfg.data))
 
 
 def _descriptions(path: str | None) -> dict[str, list[str]] | None:

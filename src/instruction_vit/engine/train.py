@@ -26,7 +26,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
-from ..config import Config, load_config
+from ..config import Config, load_config, resolved_workers
 from ..data import TransformedImages, load_splits
 from ..data.store import StoreDataset, build_store
 from ..losses import InstructionLoss
@@ -98,12 +98,12 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     apply_regime(model, cfg.model.regime, cfg.model.train_prompt_features)
     model.to(device)
 
-    augment = None
+    augment, workers = None, resolved_workers(cfg.data)
     if cfg.data.gpu_augment:  # decode once (rank 0 writes the store), augment batch-wise on the device
         augment = device_augment(cfg, model.backbone)  # (a bad RandAugment string fails before the decoding)
         size = cfg.data.store_size or round(cfg.data.img_size / 0.875)
         train_set = StoreDataset(world.in_turn(
-            lambda: build_store(splits["train"], size, cfg.data.store_dir, cfg.data.num_workers, progress)))
+            lambda: build_store(splits["train"], size, cfg.data.store_dir, workers, progress)))
     else:
         train_set = TransformedImages(splits["train"], transforms(cfg, model.backbone)[0])
     val_loader = eval_loader(cfg, model.backbone, splits["val"])
@@ -165,8 +165,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         if loader is None or augment is None:
             store = augment is not None
             loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler, drop_last=True,
-                                num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
-                                persistent_workers=store and cfg.data.num_workers > 0,
+                                num_workers=workers, pin_memory=device.type == "cuda",
+                                persistent_workers=store and workers > 0,
                                 generator=torch.Generator() if store else None)
         sums, step = stepper.run_epoch(loader, epoch, step, progress)
         train_seconds = time.time() - started  # (run_epoch ends by reading the device: the work is done)
