@@ -61,14 +61,18 @@ def test_random_init_by_default(tiny_vit_kwargs):
 
 
 def test_npz_goes_to_timms_jax_loader(tmp_path, tiny_vit_kwargs, monkeypatch):
-    """timm converts big_vision/JAX .npz checkpoints itself; we must route the file to it."""
+    """timm converts big_vision/JAX .npz checkpoints itself; we must route the file to it (and then check
+    what it loaded: a loader that writes nothing is refused)."""
     from timm.models.vision_transformer import VisionTransformer
+
+    from instruction_vit.errors import WeightsError
 
     calls = []
     monkeypatch.setattr(VisionTransformer, "load_pretrained", lambda self, path, prefix="": calls.append(path))
     path = tmp_path / "ViT-B_16.npz"
     path.write_bytes(b"")
-    build_model("vit_tiny_patch16_224", 10, 16, pretrained=path, **tiny_vit_kwargs)
+    with pytest.raises(WeightsError, match="0 matched"):
+        build_model("vit_tiny_patch16_224", 10, 16, pretrained=path, **tiny_vit_kwargs)
     assert calls == [str(path)]
 
 

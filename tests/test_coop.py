@@ -45,7 +45,7 @@ def test_coop_trains_in_the_engine(tmp_path, tiny_clip_dir):
 
     cfg = load_config(None, [
         "data.dataset=folder", f"data.root={colour_folder(tmp_path / 'images')}", "data.val_fraction=0.25",
-        "data.img_size=32", "data.randaugment=null", "prompts.kind=none", "model.method=coop",
+        "data.img_size=32", "data.randaugment=null", "data.num_workers=0", "prompts.kind=none", "model.method=coop",
         f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", f"prompts.cache_dir={tmp_path / 'cache'}",
         "model.regime=prompt", "train.epochs=2", "train.batch_size=8", "train.lr=0.01", "train.mixup=0",
         "train.cutmix=0"])

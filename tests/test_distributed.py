@@ -19,7 +19,7 @@ def setup(tmp_path, tiny_clip_dir):
     config = tmp_path / "run.yaml"
     config.write_text(f"""
 data: {{dataset: folder, root: {tmp_path / 'images'}, val_fraction: 0.25, img_size: 16, randaugment: null,
-       hflip: 0.0, crop_min_scale: 1.0, color_jitter: 0.0}}
+       hflip: 0.0, crop_min_scale: 1.0, color_jitter: 0.0, num_workers: 0}}
 prompts: {{kind: text, encoder: "open_clip:local-dir:{tiny_clip_dir}", templates: photo,
           cache_dir: {tmp_path / 'cache'}}}
 model: {{backbone_kwargs: {{patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}}}}

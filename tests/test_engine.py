@@ -22,6 +22,7 @@ def image_root(tmp_path_factory):
 def cfg(image_root, tiny_clip_dir, tmp_path):
     return load_config(None, [
         "data.dataset=folder", f"data.root={image_root}", "data.val_fraction=0.25", "data.img_size=16",
+        "data.num_workers=0",
         "data.randaugment=null", "prompts.kind=text", f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}",
         "prompts.templates=photo", "prompts.select_k=1", f"prompts.cache_dir={tmp_path / 'cache'}",
         "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",

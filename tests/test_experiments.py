@@ -50,6 +50,7 @@ def tiny_spec(tmp_path, tiny_clip_dir):
     spec = {
         "name": "tiny", "seeds": [1, 2],
         "base": {"data": {"dataset": "folder", "root": str(root), "val_fraction": 0.25, "img_size": 16,
+                          "num_workers": 0,
                           "randaugment": None},
                  "prompts": {"encoder": f"open_clip:local-dir:{tiny_clip_dir}", "templates": "photo", "select_k": 1,
                              "cache_dir": str(tmp_path / "cache")},
@@ -81,9 +82,9 @@ def test_reproduce_then_report(tiny_spec, tmp_path):
     result = runner.invoke(app, ["report", str(tiny_spec), "--runs", str(runs)])
     assert result.exit_code == 0, result.output
     table = (runs / "tiny" / "tiny.md").read_text()
-    assert "| method | full top-1 | paper | b2n base | b2n novel | b2n HM | frozen top-1 |" in table
+    assert "| method | full top-1 | paper (Δ) | b2n base | b2n novel | b2n HM | frozen top-1 |" in table
     vit_row = next(line for line in table.splitlines() if line.startswith("| ViT |"))
-    assert "(2) | 50.00 |" in vit_row  # two seeds, then the paper's number
+    assert "(2) | 50.00 (Δ " in vit_row  # two seeds, then the paper's number and the difference
     assert (runs / "tiny" / "tiny.png").is_file()
     record = next(r for r in collect(load_spec(str(tiny_spec)), runs) if (r["column"], r["row"]) == ("full", "ours"))
     measured = [json.loads((runs / "tiny" / "full" / "ours" / f"seed{s}" / "results.json").read_text())["top1"]
@@ -94,3 +95,77 @@ def test_reproduce_then_report(tiny_spec, tmp_path):
 def test_report_without_runs_says_what_to_do(tiny_spec, tmp_path):
     result = runner.invoke(app, ["report", str(tiny_spec), "--runs", str(tmp_path / "none")])
     assert result.exit_code == 2 and "run `ivit reproduce" in " ".join(result.output.split())
+
+
+def test_a_cell_run_under_other_settings_is_refused_not_reused(tiny_spec, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["reproduce", str(tiny_spec), "--runs", str(runs), "--seeds", "1"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, [*args, "train.epochs=2"])
+    assert again.exit_code == 2
+    message = " ".join(again.output.split())
+    assert "was run under other settings" in message and "train.epochs: 1 -> 2" in message
+    assert "--force" in message and f"--runs {runs}-new" in message
+    forced = runner.invoke(app, [*args, "train.epochs=2", "--force"])
+    assert forced.exit_code == 0, forced.output
+    cell = runs / "tiny" / "full" / "vit" / "seed1"
+    record = json.loads((cell / "cell.json").read_text())
+    assert record["status"] == "done" and record["spec_changes"] == ["train.epochs: 1 -> 2"]
+    assert not (cell / "checkpoints" / "last.safetensors").exists()  # finished cells keep only best
+    assert (cell / "checkpoints" / "best.safetensors").is_file()
+    report = runner.invoke(app, ["report", str(tiny_spec), "--runs", str(runs)])
+    table = (runs / "tiny" / "tiny.md").read_text()
+    assert report.exit_code == 0 and "(n=1) †1" in table and "changed from the spec: train.epochs: 1 -> 2" in table
+
+
+def test_weights_go_to_their_backbone_only(tmp_path):
+    spec = load_spec("table1")
+    with pytest.raises(ConfigError, match=r"weights per backbone.*weights\.\w+=FILE"):
+        list(cells(spec, tmp_path, overrides=["model.pretrained=/w/vit_b16.safetensors"]))
+    weights = {"vit_base_patch16_224": "/w/vit_b16.safetensors", "resnet50": "random"}
+    found = {(c.column, c.row): c for c in cells(spec, tmp_path, seeds=[1], weights=weights)}
+    assert found["caltech101", "vit_b"].config.model.pretrained == "/w/vit_b16.safetensors"
+    assert found["caltech101", "ours_text"].config.model.pretrained == "/w/vit_b16.safetensors"
+    assert found["caltech101", "deit_b"].config.model.pretrained == "timm"  # no weights given: not the ViT file
+    assert found["caltech101", "resnet50"].config.model.pretrained is None  # random init, asked for by name
+    one = list(cells(spec, tmp_path, "oxford_pets/vit_b", [1], ["model.pretrained=/w/vit.safetensors"]))
+    assert one[0].config.model.pretrained == "/w/vit.safetensors"  # one backbone: a table-wide file is unambiguous
+    t2 = {c.row: c for c in cells(load_spec("table2"), tmp_path, "oxford_pets", [1], weights=weights)}
+    assert t2["coop"].needs_backbone is False and t2["zero_shot"].needs_backbone is False
+
+
+def test_a_backbone_without_weights_is_reported_not_run(tiny_spec, tmp_path):
+    spec = yaml.safe_load(tiny_spec.read_text())
+    spec["rows"]["deit"] = {"label": "DeiT", "config": {"prompts": {"kind": "none"}, "model": {
+        "backbone": "deit_tiny_patch16_224", "pretrained": "timm"}}}
+    spec["columns"] = {"full": {"rows": ["vit", "deit"], "paper": {"vit": 50.0, "deit": 40.0}}}
+    path = tmp_path / "tiny2.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["reproduce", str(path), "--runs", str(runs), "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    assert "not run: no weights for deit_tiny_patch16_224" in " ".join(result.output.split())
+    assert not (runs / "tiny" / "full" / "deit" / "seed1" / "results.json").exists()
+    runner.invoke(app, ["report", str(path), "--runs", str(runs)])
+    deit = next(line for line in (runs / "tiny" / "tiny.md").read_text().splitlines() if line.startswith("| DeiT"))
+    assert "not run: no weights for deit_tiny_patch16_224" in deit
+
+
+def test_report_shows_the_difference_from_the_paper_and_flags_it():
+    from instruction_vit.report import markdown_report
+
+    spec = {"name": "t", "columns": {"c": {}}, "rows": {"a": {}, "b": {}, "d": {}}}
+    records = [
+        {"column": "c", "metric": "top-1", "row": "a", "label": "A", "values": [90.0, 91.0, 92.0], "paper": 91.5,
+         "changes": [], "not_run": []},
+        {"column": "c", "metric": "top-1", "row": "b", "label": "B", "values": [80.0, 80.5, 81.0], "paper": 90.0,
+         "changes": [], "not_run": []},
+        {"column": "c", "metric": "top-1", "row": "d", "label": "D", "values": [70.0], "paper": 75.0,
+         "changes": [], "not_run": []},
+    ]
+    lines = markdown_report(spec, records, "cmd").splitlines()
+    row = {line.split(" | ")[0]: line for line in lines if line.startswith("| ")}
+    assert "91.00 ± 1.00 (3) | 91.50 (Δ -0.50) |" in row["| A"]
+    assert "80.50 ± 0.50 (3) | 90.00 (Δ -9.50 ⚠) |" in row["| B"]
+    assert "70.00 (n=1) | 75.00 (Δ -5.00) |" in row["| D"]  # one seed: no spread, no ± 0.00

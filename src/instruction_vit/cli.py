@@ -9,11 +9,20 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from .config import ConfigError, load_config
-from .data import DataError, image_folder, read_image, template_set
+from .data import DataError, template_set, training_split
 from .data.datasets import IMAGE_SUFFIXES
 from .engine import CheckpointError, NonFiniteLossError, RunFolderError, load_checkpoint
 from .errors import WeightsUnavailableError
@@ -23,6 +32,8 @@ app = typer.Typer(help="Instruction-ViT: multi-modal prompts for instruction lea
                   pretty_exceptions_enable=False)
 prompts_app = typer.Typer(help="Build or inspect a prompt bank.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
+data_app = typer.Typer(help="Check a data set before training.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 console = Console(soft_wrap=True)  # messages and log lines stay one line each (tables still fit the width)
 USER_ERRORS = (ConfigError, DataError, CheckpointError, RunFolderError, NonFiniteLossError, WeightsUnavailableError,
                FileNotFoundError, ValueError)
@@ -41,9 +52,17 @@ def user_errors(fn):
     return wrapper
 
 
+class _RateColumn(ProgressColumn):
+    """Items per second."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.3g}/s", style="progress.data.speed")
+
+
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
 
 
 @app.command()
@@ -52,7 +71,8 @@ def train(
     out: Annotated[Path, typer.Option(help="Run folder (config, metrics, checkpoints, results).")],
     config: Annotated[Optional[Path], typer.Option(help="YAML config; defaults apply where it is silent.")] = None,
     overrides: Annotated[Optional[list[str]], typer.Argument(help="section.key=value overrides.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its last checkpoint (overrides may "
+                                              "change only how it runs: train.device, data.num_workers, ...).")] = False,
     force: Annotated[bool, typer.Option(help="Start over in a non-empty OUT.")] = False,
     stop_after_epochs: Annotated[Optional[int], typer.Option(
         help="End this invocation after N epochs, resumable with --resume (time-limited jobs).")] = None,
@@ -64,7 +84,15 @@ def train(
     """
     from .engine import train as run_train
 
-    cfg = load_config(config, overrides or [])
+    if resume:
+        if config is not None:
+            raise ValueError("--resume continues with the run's own config.yaml; drop --config and give only the "
+                             "overrides to change")
+        if not (out / "config.yaml").is_file():
+            raise RunFolderError(f"nothing to resume in {out}: it has no config.yaml")
+        cfg = load_config(out / "config.yaml", overrides or [])
+    else:
+        cfg = load_config(config, overrides or [])
     with _progress() as progress:
         results = run_train(cfg, out, resume=resume, force=force, log=console.print, progress=progress,
                             stop_after_epochs=stop_after_epochs)
@@ -107,10 +135,11 @@ def evaluate(
         pred = predict(model, loader, prompts, device, cfg.train.amp, ranking, select_k)
     metrics = classification_metrics(pred, ckpt.class_names)
     table = Table(title=f"{checkpoint} on {split}" + (f", top-{select_k}+1 prompts" if ranking is not None else ""))
-    for col in ("route", "top-1 %", "top-5 %"):
+    top_n = min(5, len(ckpt.class_names))
+    for col in ("route", "top-1 %", f"top-{top_n} %"):
         table.add_column(col)
     for route, m in metrics.items():
-        table.add_row(route, f"{m['top1']:.2f}", f"{m.get('top5', float('nan')):.2f}")
+        table.add_row(route, f"{m['top1']:.2f}", f"{m.get(f'top{top_n}', m['top1']):.2f}")
     console.print(table)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -125,43 +154,25 @@ def evaluate(
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file, or a run folder.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
-    top_k: Annotated[int, typer.Option(help="How many classes to show per image.")] = 5,
+    top_k: Annotated[int, typer.Option(help="How many classes to show per image (at most the class count).")] = 5,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated new class names (score head).")] = None,
     class_file: Annotated[Optional[Path], typer.Option(help="File of new class names, one per line.")] = None,
+    examples: Annotated[Optional[Path], typer.Option(
+        help="Example images of the new classes (one subfolder per class), for image or mixed prompts.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Top-k classes per image; with --classes/--class-file, among new class names through the score head."""
-    import torch
+    """Top-k classes per image; with --classes/--class-file, among new class names (the line before the results
+    says which prompts are used)."""
+    from .engine.classifier import Classifier
 
-    from .engine.run import transforms
-
-    ckpt = load_checkpoint(checkpoint)
-    cfg = ckpt.config
-    model = ckpt.build_model().eval()
-    names, prompts = ckpt.class_names, model.bank_prompts()
-    new = _class_list(classes, class_file)
-    if new is not None:
-        if prompts is None:
-            raise ValueError("this checkpoint is a plain ViT (no prompts): it cannot score new class names")
-        bank = build_prompt_bank("text", new, text_encoder=cfg.prompts.encoder,
-                                 templates=template_set(cfg.prompts.templates), cache_dir=cfg.prompts.cache_dir)
-        names, prompts = new, bank.model_input()
+    classifier = Classifier.load(checkpoint, device)
     files = _image_files(images)
-    transform = transforms(cfg, model.backbone)[1]
-    k = min(top_k, len(names))
-    with torch.no_grad():
-        for start in range(0, len(files), 64):
-            batch = files[start : start + 64]
-            out = model(torch.stack([transform(read_image(f)) for f in batch]), prompts)
-            if new is not None:
-                probs = out.scores.softmax(-1)
-            elif prompts is not None:
-                probs = (out.logits.softmax(-1) + out.scores.softmax(-1)) / 2
-            else:
-                probs = out.logits.softmax(-1)
-            values, index = probs.topk(k, dim=-1)
-            for f, v, i in zip(batch, values.tolist(), index.tolist()):
-                ranked = ", ".join(f"{names[c]} {p:.1%}" for c, p in zip(i, v))
-                console.print(f"{f}: {ranked}", highlight=False)
+    with _progress() as progress:
+        use = classifier.class_prompts(_class_list(classes, class_file), examples, progress)
+    for i, (f, ranked) in enumerate(zip(files, classifier.iter_predict(files, use, top_k))):
+        if i == 0:  # after the first batch is read: an unreadable image ends in its error alone
+            console.print(f"{len(use.names)} classes; {use.how}", highlight=False)
+        console.print(f"{f}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranked), highlight=False)
 
 
 @prompts_app.command("build")
@@ -170,25 +181,37 @@ def prompts_build(
     out: Annotated[Path, typer.Option(help="Bank path: writes OUT.safetensors and OUT.json.")],
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names.")] = None,
     class_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
-    folder: Annotated[Optional[Path], typer.Option(help="Image folder (class subfolders): names and images.")] = None,
+    folder: Annotated[Optional[Path], typer.Option(
+        help="Image folder (class subfolders): class names, and image prompts from its training split only.")] = None,
     kind: Annotated[str, typer.Option(help="text, image or mixed.")] = "text",
     encoder: Annotated[str, typer.Option(help="Prompt encoder spec, e.g. conse, minilm, open_clip:...")] = "conse",
     templates: Annotated[str, typer.Option(help="Template set name or file.")] = "simple",
     per_class: Annotated[int, typer.Option(help="Images averaged per image prompt.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed choosing the prompt images.")] = 0,
+    val_fraction: Annotated[float, typer.Option(
+        help="The folder's held-out fraction (val and test each), as data.val_fraction of the training run.")] = 0.1,
+    split_seed: Annotated[int, typer.Option(help="The folder's split seed, as data.split_seed of the run.")] = 0,
 ) -> None:
-    """Encode class names (and/or one image per class) into a prompt bank."""
-    data = image_folder(folder) if folder is not None else None
+    """Encode class names (and/or images of each class) into a prompt bank. Image prompts come from the
+    folder's training split (the split `ivit train data.dataset=folder` makes with the same fraction and seed), and
+    the bank's JSON lists the files used."""
+    data = training_split(folder, val_fraction, split_seed) if folder is not None else None
     names = _class_list(classes, class_file) or (data.class_names if data is not None else None)
     if names is None:
         raise ValueError("give the classes: --classes, --class-file or --folder")
     if data is not None and names != data.class_names:
-        raise ValueError(f"--folder has classes {data.class_names[:5]}..., which differ from the given class names")
-    bank = build_prompt_bank(kind, names, text_encoder=encoder, image_encoder=encoder,
-                             templates=template_set(templates), images=data, per_class=per_class, seed=seed)
+        raise ValueError(f"--folder has classes {data.class_names[:5]}, which differ from the given class names")
+    with _progress() as progress:
+        bank = build_prompt_bank(kind, names, text_encoder=encoder, image_encoder=encoder,
+                                 templates=template_set(templates), images=data, per_class=per_class, seed=seed,
+                                 image_split="train" if data is not None else None, progress=progress)
     path = bank.save(out)
     console.print(f"wrote {path} and {path.with_suffix('.json')}: {bank.num_classes} classes, "
                   f"{kind} prompts, dim {bank.prompt_dim}, key {bank.key}")
+    if "image_ids" in bank.meta:
+        console.print(f"image prompts from the training split of {folder} (val_fraction {val_fraction}, split seed "
+                      f"{split_seed}): {sum(map(len, bank.meta['image_ids']))} files, listed under image_ids in "
+                      f"{path.with_suffix('.json')}", highlight=False)
 
 
 @prompts_app.command("inspect")
@@ -211,6 +234,35 @@ def prompts_inspect(bank_path: Annotated[Path, typer.Argument(help="A bank (.saf
         for a, b in pairs:
             console.print(f"  closest: {bank.class_names[a]} ~ {bank.class_names[b]} ({sims[a, b]:.3f})",
                           highlight=False)
+
+
+@data_app.command("check")
+@user_errors
+def data_check(
+    root: Annotated[Optional[Path], typer.Argument(help="An image folder (one subfolder per class).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="Check the data of this run config instead.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="data.key=value for --config.")] = None,
+    min_size: Annotated[int, typer.Option(help="Images smaller than this (short side, px) are reported.")] = 32,
+    min_per_class: Annotated[int, typer.Option(help="Classes with fewer training images are reported.")] = 5,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Unreadable files, tiny images, classes with too few images, and files duplicated across splits (train/test
+    leakage). Exit status 1 when something is found, 0 when the data is clean."""
+    from .data import check_data
+
+    if (root is None) == (config is None):
+        raise ValueError("give an image folder (ROOT) or a run config (--config FILE)")
+    source = root if root is not None else load_config(config, overrides or []).data
+    with _progress() as progress:
+        task = progress.add_task("checking images", total=None)
+        report = check_data(source, min_size=min_size, min_per_class=min_per_class,
+                            progress=lambda done, total: progress.update(task, completed=done, total=total))
+    for line in report.lines():
+        console.print(line, highlight=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -240,27 +292,46 @@ def demo(
 @app.command()
 @user_errors
 def reproduce(
-    target: Annotated[str, typer.Argument(help="SPEC[/COLUMN[/ROW]]: table1, table2, offline, or a spec YAML path.")],
+    target: Annotated[str, typer.Argument(help="SPEC, SPEC/COLUMN or SPEC/COLUMN/ROW: table1, table2, fewshot, "
+                                               "base2novel, offline, or a spec YAML path.")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="section.key=value for every cell, e.g. "
-                                                                  "data.root=/data/torchvision.")] = None,
+                                                                  "data.root=/data/torchvision; weights.BACKBONE=FILE "
+                                                                  "gives one backbone its weights.")] = None,
     runs: Annotated[Path, typer.Option(help="Runs folder: cells go to RUNS/SPEC/COLUMN/ROW/seedK.")] = Path("runs"),
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds instead of the spec's.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="List the cells and their run folders; run nothing.")] = False,
-    force: Annotated[bool, typer.Option(help="Rerun cells that already have results.")] = False,
+    weights: Annotated[Optional[Path], typer.Option(
+        help="YAML map BACKBONE: SOURCE (a weights file, 'timm' for timm's sources, 'random' for random init).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="List the cells, their run folders and weights; run nothing.")] = False,
+    force: Annotated[bool, typer.Option(help="Rerun cells that have results (or were run under other settings).")]
+    = False,
+    keep_last: Annotated[bool, typer.Option(help="Keep last.safetensors of finished cells (default: only best).")]
+    = False,
 ) -> None:
-    """Run the cells of an experiment spec (skipping finished ones, resuming interrupted ones)."""
-    from .engine.experiments import cells, load_spec, run_cells
+    """Run the cells of an experiment spec: finished cells with the same settings are skipped, interrupted ones
+    resumed; a cell run under other settings is refused unless --force.
+
+    Backbone weights go per backbone (weights.vit_base_patch16_224=FILE, or --weights MAP.yaml); a cell whose
+    backbone has none is reported as not run, never trained from random init unless asked (weights.NAME=random).
+    """
+    from .engine.experiments import Identities, cells, load_spec, run_cells, split_weights, stale_cells
 
     spec_name, _, select = target.partition("/") if not target.endswith(".yaml") else (target, "", "")
     spec = load_spec(spec_name)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    rest, weight_map = split_weights(overrides or [], weights)
     if dry_run:
-        for cell in cells(spec, runs, select, seed_list, overrides or []):
-            state = "done" if (cell.folder / "results.json").is_file() else "to run"
-            console.print(f"{cell.name}: {cell.folder} ({state})", highlight=False)
+        found = list(cells(spec, runs, select, seed_list, rest, weight_map))
+        stale = {c.folder: changes for c, changes in stale_cells(found, Identities())}
+        for cell in found:
+            state = f"ran under other settings: {'; '.join(stale[cell.folder][:2])}" if cell.folder in stale else \
+                "done" if (cell.folder / "results.json").is_file() else "to run"
+            source = cell.config.model.pretrained if cell.needs_backbone else None
+            what = f"{cell.config.model.backbone} weights {source or 'random init'}" if cell.needs_backbone else \
+                f"encoder {cell.config.prompts.encoder}"
+            console.print(f"{cell.name}: {cell.folder} ({state}; {what})", highlight=False)
         return
     with _progress() as progress:
-        done = run_cells(spec, runs, select, seed_list, overrides or [], force, console.print, progress)
+        done = run_cells(spec, runs, select, seed_list, rest, force, console.print, progress, weight_map, keep_last)
     console.print(f"ran {len(done)} cell(s); summarise with: ivit report {spec_name} --runs {runs}")
 
 

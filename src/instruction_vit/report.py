@@ -60,8 +60,29 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+def measured_cell(values: list[float]) -> str:
+    """``mean ± std (n)``, or the one value with ``(n=1)`` where there is no spread to show."""
+    if len(values) == 1:
+        return f"{values[0]:.2f} (n=1)"
+    mean, std = _mean_std(values)
+    return f"{mean:.2f} ± {std:.2f} ({len(values)})"
+
+
+def paper_cell(values: list[float], paper: float | None) -> str:
+    """The paper's number and the measured mean's difference from it; ``⚠`` where the paper's number lies outside
+    mean ± 2 std of the seeds (n >= 2)."""
+    if paper is None:
+        return "-"
+    if not values:
+        return f"{paper:.2f}"
+    mean, std = _mean_std(values)
+    flag = " ⚠" if len(values) > 1 and abs(mean - paper) > 2 * std else ""
+    return f"{paper:.2f} (Δ {mean - paper:+.2f}{flag})"
+
+
 def markdown_report(spec: dict, records: list[dict], command: str) -> str:
-    """Rows: methods; columns: each spec column's metrics, measured mean ± std (n seeds) and the paper's number."""
+    """Rows: methods; columns: each spec column's metrics, measured mean ± std (n seeds) and the paper's number with
+    the difference. Cells whose runs departed from the spec carry a mark and a footnote saying how."""
     keys = list(dict.fromkeys((r["column"], r["metric"]) for r in records))
     with_paper = {(c, m) for c, m in keys if any(r["paper"] is not None for r in records
                                                   if (r["column"], r["metric"]) == (c, m))}
@@ -69,26 +90,37 @@ def markdown_report(spec: dict, records: list[dict], command: str) -> str:
     for column, metric in keys:
         header.append(f"{column} {metric}")
         if (column, metric) in with_paper:
-            header.append("paper")
+            header.append("paper (Δ)")
     lines = [f"# {spec['name']}: {spec.get('description', '').strip()}", "",
-             f"Measured top-1 % (mean ± sample std over the seeds run, n in brackets). Made by `{command}`.", "",
+             f"Measured top-1 % (mean ± sample std over the seeds run, n in brackets). Made by `{command}`. "
+             "Δ: measured mean minus the paper's number; ⚠: the paper's number lies outside mean ± 2 std of the "
+             "seeds. †: run with settings that differ from the spec (footnotes).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = list(dict.fromkeys(r["row"] for r in records))
     by_key = {(r["column"], r["metric"], r["row"]): r for r in records}
+    footnotes: dict[str, list[str]] = {}
     for row in rows:
         label = next(r["label"] for r in records if r["row"] == row)
         cells = [label]
         for column, metric in keys:
             record = by_key.get((column, metric, row))
-            if record is None or not record["values"]:
-                cells.append("-")
+            values = record["values"] if record else []
+            if values:
+                text = measured_cell(values)
+                if record.get("changes"):
+                    note = "; ".join(record["changes"])
+                    footnotes.setdefault(note, []).append(f"{column}/{row}")
+                    text += f" †{list(footnotes).index(note) + 1}"
+                cells.append(text)
+            elif record and record.get("not_run"):
+                cells.append("not run: " + "; ".join(record["not_run"]))
             else:
-                mean, std = _mean_std(record["values"])
-                cells.append(f"{mean:.2f} ± {std:.2f} ({len(record['values'])})")
+                cells.append("-")
             if (column, metric) in with_paper:
-                paper = record["paper"] if record else None
-                cells.append("-" if paper is None else f"{paper:.2f}")
+                cells.append(paper_cell(values, record["paper"] if record else None))
         lines.append("| " + " | ".join(cells) + " |")
+    for i, (note, where) in enumerate(footnotes.items()):
+        lines += ["", f"†{i + 1} {', '.join(dict.fromkeys(where))}: changed from the spec: {note}"]
     for note in spec.get("notes", []):
         lines += ["", f"- {note}"]
     return "\n".join(lines) + "\n"
@@ -103,6 +135,7 @@ def bar_chart(records: list[dict], path: Path, title: str = "") -> Path:
     by_key = {(r["column"], r["metric"], r["row"]): r for r in records}
     width = 0.8 / max(1, len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys) + 2), 4.5))
+    colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20").colors  # one distinct colour per method
     for i, row in enumerate(rows):
         means, stds, xs = [], [], []
         for j, key in enumerate(keys):
@@ -112,7 +145,7 @@ def bar_chart(records: list[dict], path: Path, title: str = "") -> Path:
                 xs.append(j + (i - (len(rows) - 1) / 2) * width)
                 means.append(mean)
                 stds.append(std)
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=labels[row])
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=labels[row], color=colours[i % len(colours)])
     ax.set_xticks(range(len(keys)), [f"{c}\n{m}" for c, m in keys], fontsize=8)
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title)

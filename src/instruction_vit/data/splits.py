@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 from ..config import DataConfig
 from .benchmarks import BENCHMARKS, load_benchmark
 from .datasets import (
     DataError,
     LabelledImages,
+    _find,
     balanced_limit,
     class_subset,
     coop_split,
@@ -15,6 +22,7 @@ from .datasets import (
     image_folder,
     stratified_split,
 )
+from .scan import drop_unreadable
 
 
 def load_splits(cfg: DataConfig) -> dict[str, LabelledImages]:
@@ -53,3 +61,133 @@ def load_splits(cfg: DataConfig) -> dict[str, LabelledImages]:
                    "test": "raise data.val_fraction (image folders) or data.eval_limit, or check the split file"}[name]
             raise DataError(f"the {name} split of {cfg.dataset} at {cfg.root} has no images; {fix}")
     return splits
+
+
+# -- provenance --------------------------------------------------------------------------------
+SPLIT_RECIPE = 1  # bump when load_splits would put images elsewhere for the same config
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """sha256 of a file's bytes (remembered per path, size and modification time); ``None`` if there is none."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def _absolute(path: str | Path) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _files(paths: list[Path]) -> list[dict[str, str | None]]:
+    return [{"path": _absolute(p), "sha256": file_sha256(p)} for p in paths]
+
+
+def _coop_file(path: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {"source": "coop_split_file", "split_file": _absolute(path),
+                            "split_file_sha256": file_sha256(path)}
+    try:  # a file with no val split has one carved from train (val_fraction, split_seed)
+        has_val = "val" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        has_val = True  # unreadable: load_splits will say so
+    if not has_val:
+        info["val_from_train"] = None  # filled by split_identity
+    return info
+
+
+def _source(cfg: DataConfig) -> dict[str, Any]:
+    """Where the train / val / test membership comes from, before few-shot, base/novel and limits."""
+    root = Path(cfg.root).expanduser()
+    if cfg.dataset == "fashion_mnist":
+        stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
+        found = []
+        for stem in stems:
+            try:
+                found.append(_find(root, stem))
+            except DataError:
+                pass
+        return {"source": "official", "files": _files(found), "val_from_train": None}
+    if cfg.dataset == "folder":
+        return {"source": "seeded", "seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
+                "test_fraction": cfg.val_fraction}
+    if cfg.dataset == "split_file":
+        return _coop_file(Path(cfg.split_file or ""))
+    if cfg.dataset not in BENCHMARKS:
+        return {"source": "unknown"}
+    folder, split_name = BENCHMARKS[cfg.dataset]
+    base = root / folder
+    if (base / split_name).is_file():
+        return _coop_file(base / split_name)
+    if cfg.dataset == "caltech101":
+        return {"source": "seeded", "seed": cfg.split_seed, "fractions": {"train": 0.5, "val": 0.2, "test": 0.3}}
+    lists = {"oxford_pets": ["annotations/trainval.txt", "annotations/test.txt"],
+             "stanford_cars": ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat",
+                               "cars_test_annos_withlabels.mat"],
+             "oxford_flowers": ["imagelabels.mat", "setid.mat"]}[cfg.dataset]
+    info: dict[str, Any] = {"source": "official", "files": _files([base / f for f in lists])}
+    if cfg.dataset != "oxford_flowers":  # Pets, Cars: val carved from the official train(val) set
+        info["val_from_train"] = {"fraction": cfg.val_fraction, "seed": cfg.split_seed}
+    return info
+
+
+def split_identity(cfg: DataConfig) -> dict[str, Any]:
+    """What identifies the splits of ``cfg`` without listing its images (no walk of the image folders): dataset,
+    absolute root, the source of the split (a CoOp split file's path and sha256 — for a benchmark, the one in its
+    folder when present; official list files with their sha256; or the seed and fractions of a seeded split),
+    and the settings that shape it afterwards (classes, shots, limits). Equal identities give equal splits as
+    long as the images themselves are unchanged; meant as part of a cache key."""
+    source = _source(cfg)
+    if "val_from_train" in source and source["val_from_train"] is None:  # carved by load_splits
+        source["val_from_train"] = ({"fraction": cfg.val_fraction, "seed": cfg.split_seed}
+                                    if cfg.val_fraction > 0 else "test")
+    limited = cfg.train_limit is not None or cfg.eval_limit is not None
+    return {
+        "recipe": SPLIT_RECIPE,
+        "dataset": cfg.dataset,
+        "root": _absolute(cfg.root),
+        **source,
+        "classes": cfg.classes,
+        "shots": cfg.shots,
+        "shots_seed": cfg.shots_seed if cfg.shots is not None else None,
+        "train_limit": cfg.train_limit,
+        "eval_limit": cfg.eval_limit,
+        "limit_seed": cfg.split_seed if limited else None,
+    }
+
+
+def split_info(cfg: DataConfig, splits: Mapping[str, LabelledImages]) -> dict[str, Any]:
+    """Where ``splits`` (from ``load_splits(cfg)``, perhaps without unreadable files) came from: the
+    :func:`split_identity`, plus their sizes, the number of classes, and whether val is the test split."""
+    info = split_identity(cfg)
+    info["sizes"] = {name: len(data) for name, data in splits.items()}
+    info["num_classes"] = splits["train"].num_classes
+    if splits.get("val") is not None and splits.get("val") is splits.get("test"):
+        info["val_is_test"] = True
+    return info
+
+
+def training_split(root: str | Path, val_fraction: float = 0.1, split_seed: int = 0,
+                   bad_images: str = "error", workers: int = 0) -> LabelledImages:
+    """The train split of the image folder ``root`` exactly as a run with ``data.dataset=folder`` and these
+    settings trains on (image prompts drawn from it never come from val or test images).
+
+    ``bad_images="skip"`` leaves unreadable files out, as a run with ``data.bad_images=skip`` does."""
+    cfg = DataConfig(dataset="folder", root=str(root), val_fraction=val_fraction, split_seed=split_seed)
+    train = load_splits(cfg)["train"]
+    if bad_images == "skip":
+        train = drop_unreadable({"train": train}, "skip", workers)[0]["train"]
+    elif bad_images != "error":
+        raise ValueError(f"bad_images={bad_images!r}; choose error or skip")
+    return train

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from timm.data import create_transform
 from torch.utils.data import Dataset
 
-from .datasets import LabelledImages
+from .datasets import DataError, LabelledImages
+
+log = logging.getLogger("instruction_vit.data")
 
 
 def train_transform(img_size: int, mean, std, interpolation: str = "bicubic", randaugment: str | None = None,
@@ -27,13 +30,50 @@ def eval_transform(img_size: int, mean, std, interpolation: str = "bicubic", cro
 
 
 class TransformedImages(Dataset):
-    """``(transform(image), label)`` pairs of a labelled collection, for a DataLoader."""
+    """``(transform(image), label)`` pairs of a labelled collection, for a DataLoader.
 
-    def __init__(self, data: LabelledImages, transform: Callable):
-        self.data, self.transform = data, transform
+    ``bad_images="error"``: an unreadable image raises :class:`DataError` naming it. ``"skip"``: a safety net for
+    files that fail only when read (the splits are meant to be cleaned first by
+    :func:`~instruction_vit.data.drop_unreadable`): the sample is replaced by the next readable sample of the same
+    class (cyclically, in index order), so batches stay full and the replacement is deterministic; each file is
+    logged once per process (loader workers are processes: they cannot count for the main process).
+    """
+
+    def __init__(self, data: LabelledImages, transform: Callable, bad_images: str = "error"):
+        if bad_images not in ("error", "skip"):
+            raise ValueError(f"bad_images={bad_images!r}; choose error or skip")
+        self.data, self.transform, self.bad_images = data, transform, bad_images
+        self._unreadable: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.data.load_image(index)), self.data.labels[index]
+        label = self.data.labels[index]
+        if index in self._unreadable:
+            return self.transform(self._substitute(index)), label
+        try:
+            image = self.data.load_image(index)
+        except DataError as err:
+            if self.bad_images != "skip":
+                raise
+            log.warning("skipping unreadable image %s (replaced by another of its class): %s",
+                        self.data.image_id(index), err)
+            self._unreadable.add(index)
+            image = self._substitute(index)
+        return self.transform(image), label
+
+    def _substitute(self, index: int):
+        label, n = self.data.labels[index], len(self.data)
+        for step in range(1, n):
+            j = (index + step) % n
+            if self.data.labels[j] != label or j in self._unreadable:
+                continue
+            try:
+                return self.data.load_image(j)
+            except DataError as err:
+                log.warning("skipping unreadable image %s (replaced by another of its class): %s",
+                            self.data.image_id(j), err)
+                self._unreadable.add(j)
+        raise DataError(f"no readable image of class {self.data.class_names[label]!r} is left to stand in for "
+                        f"{self.data.image_id(index)}")

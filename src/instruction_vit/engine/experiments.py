@@ -17,8 +17,10 @@ with a checkpoint but no results is resumed.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,20 @@ from typing import Any
 import yaml
 
 from ..config import Config, ConfigError, load_config
+from ..data import split_identity
+from ..prompts.encoders import file_sha256, weights_id
 
 SHIPPED = Path(__file__).resolve().parents[1] / "experiments"
+
+
+#: Keys that say where things are or how a run is executed, not what it computes: they never make a cell "differ
+#: from the spec" (the files they point at are identified by content in the cell's key instead).
+SITE_KEYS = ("data.root", "data.split_file", "data.num_workers", "data.store_dir", "prompts.cache_dir",
+             "prompts.bank_file", "model.pretrained", "train.device", "train.log_every", "train.tensorboard",
+             "train.compile")
+#: Of those, the ones that cannot change a result: left out of the cell's key.
+RUN_ONLY_KEYS = ("data.num_workers", "data.store_dir", "prompts.cache_dir", "train.log_every", "train.tensorboard")
+RECORD = "cell.json"
 
 
 @dataclass(frozen=True)
@@ -38,10 +52,21 @@ class Cell:
     config: Config
     folder: Path
     zero_shot: bool = False
+    spec_config: Config | None = None  # the same cell from the spec alone (no command-line overrides or weights)
 
     @property
     def name(self) -> str:
         return f"{self.column}/{self.row}/seed{self.seed}"
+
+    @property
+    def needs_backbone(self) -> bool:
+        """Whether the cell trains a timm backbone (zero-shot and CoOp cells use the CLIP encoder alone)."""
+        return not self.zero_shot and self.config.model.method == "instruction_vit"
+
+    @property
+    def uses_encoder(self) -> bool:
+        c = self.config
+        return self.zero_shot or c.model.method != "instruction_vit" or c.prompts.kind != "none"
 
 
 def load_spec(name_or_path: str) -> dict[str, Any]:
@@ -56,6 +81,29 @@ def load_spec(name_or_path: str) -> dict[str, Any]:
         if key not in spec:
             raise ConfigError(f"experiment spec {path} has no {key!r}")
     return spec
+
+
+def split_weights(overrides: Sequence[str], weights_file: str | Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """Separate ``weights.BACKBONE=SOURCE`` items from config overrides; ``weights_file`` is a YAML map
+    ``{BACKBONE: SOURCE}`` read first. SOURCE is a weights file, ``timm`` (timm's own sources) or ``random``."""
+    weights: dict[str, str] = {}
+    if weights_file is not None:
+        path = Path(weights_file)
+        if not path.is_file():
+            raise ConfigError(f"weights map not found: {path}")
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(content, dict) or not all(isinstance(v, str) for v in content.values()):
+            raise ConfigError(f"{path} must map backbone names to weights sources, e.g. vit_base_patch16_224: "
+                              "/weights/vit_b16.safetensors")
+        weights.update({str(k): v for k, v in content.items()})
+    rest = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if key.startswith("weights.") and sep:
+            weights[key.removeprefix("weights.")] = value
+        else:
+            rest.append(item)
+    return rest, weights
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -77,9 +125,15 @@ def _fill(value: Any, runs: Path) -> Any:
 
 
 def cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequence[int] | None = None,
-          overrides: Sequence[str] = ()) -> Iterator[Cell]:
-    """The cells of ``spec`` matching ``select`` (``COLUMN`` or ``COLUMN/ROW``), in spec order."""
+          overrides: Sequence[str] = (), weights: Mapping[str, str] | None = None) -> Iterator[Cell]:
+    """The cells of ``spec`` matching ``select`` (``COLUMN`` or ``COLUMN/ROW``), in spec order.
+
+    ``weights`` maps backbone names to weights sources; it fills the cells whose spec asks for pretrained weights
+    (``model.pretrained: timm``) and leaves explicit files and random init alone. A ``model.pretrained`` override
+    is refused when the cells train more than one backbone (one file cannot fit them all)."""
+    weights = dict(weights or {})
     want_col, _, want_row = select.partition("/")
+    found = []
     for column in (want_col,) if want_col else spec["columns"]:
         if column not in spec["columns"]:
             raise ConfigError(f"{spec['name']} has no column {column!r}; it has {', '.join(spec['columns'])}")
@@ -90,32 +144,212 @@ def cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequence[in
                 raise ConfigError(f"{spec['name']} has no row {row!r}; it has {', '.join(spec['rows'])}")
             row_spec = spec["rows"][row] or {}
             for seed in seeds or col.get("seeds", spec.get("seeds", [1])):
-                data = _merge(_merge(_merge(spec.get("base", {}), col.get("config", {})), row_spec.get("config", {})),
-                              {"train": {"seed": seed}, "data": {"shots_seed": seed}})
-                cfg = load_config(None, overrides, base=_fill(data, runs))
+                data = _fill(_merge(_merge(_merge(spec.get("base", {}), col.get("config", {})),
+                                           row_spec.get("config", {})),
+                                    {"train": {"seed": seed}, "data": {"shots_seed": seed}}), runs)
+                spec_cfg = load_config(None, (), base=data)
+                cfg = load_config(None, overrides, base=data)
                 folder = runs / spec["name"] / column / row / f"seed{seed}"
-                yield Cell(column, row, seed, cfg, folder, bool(row_spec.get("zero_shot", False)))
+                found.append(Cell(column, row, seed, cfg, folder, bool(row_spec.get("zero_shot", False)), spec_cfg))
+    _check_table_wide_weights(found, overrides)
+    for cell in found:
+        source = weights.get(cell.config.model.backbone)
+        if cell.needs_backbone and source is not None and cell.config.model.pretrained == "timm":
+            model = dataclasses.replace(cell.config.model, pretrained=None if source == "random" else source)
+            cell = dataclasses.replace(cell, config=dataclasses.replace(cell.config, model=model))
+        yield cell
+
+
+def _check_table_wide_weights(found: list[Cell], overrides: Sequence[str]) -> None:
+    if not any(o.split("=", 1)[0].strip() == "model.pretrained" for o in overrides):
+        return
+    backbones = sorted({c.config.model.backbone for c in found if c.needs_backbone})
+    if len(backbones) > 1:
+        raise ConfigError(
+            f"model.pretrained would give one weights file to {len(backbones)} backbones ({', '.join(backbones[:4])}"
+            f"{', ...' if len(backbones) > 4 else ''}); give weights per backbone instead, e.g. "
+            f"weights.{backbones[0]}=FILE (or --weights MAP.yaml), or select one row")
+
+
+# -- what a cell computes: its key -----------------------------------------------------------------------------
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and name.count(".") == 0:
+            out.update(_flat(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+class Identities:
+    """Content identities of weights files and encoders, each computed once per process (a 350 MB file is hashed
+    once however many cells name it)."""
+
+    def __init__(self):
+        self._seen: dict[tuple, str] = {}
+
+    def _memo(self, key: tuple, make: Callable[[], str]) -> str:
+        if key not in self._seen:
+            self._seen[key] = make()
+        return self._seen[key]
+
+    def backbone_weights(self, source: str | None) -> str:
+        if source is None:
+            return "random-init"
+        if source == "timm":
+            return "timm"
+        path = Path(source).expanduser()
+        if not path.is_file():
+            return f"missing:{path}"
+        stat = path.stat()
+        return self._memo((str(path.resolve()), stat.st_size, stat.st_mtime_ns),
+                          lambda: f"sha256:{file_sha256(path)}")
+
+    def encoder(self, spec: str | None) -> str | None:
+        return None if spec is None else self._memo(("encoder", spec), lambda: weights_id(spec))
+
+
+def cell_settings(cell: Cell, ids: Identities) -> dict[str, Any]:
+    """Everything a cell's numbers depend on: its resolved config (less the keys that cannot change a result),
+    the identity of its splits, and the content ids of its backbone weights and prompt encoders."""
+    c = cell.config
+    config = {k: v for k, v in _flat(c.to_dict()).items() if k not in RUN_ONLY_KEYS}
+    settings: dict[str, Any] = {"config": config, "split": split_identity(c.data), "zero_shot": cell.zero_shot}
+    if cell.needs_backbone:
+        settings["backbone_weights"] = ids.backbone_weights(c.model.pretrained)
+    if cell.uses_encoder:
+        settings["encoder"] = ids.encoder(c.prompts.encoder)
+        if c.prompts.image_encoder:
+            settings["image_encoder"] = ids.encoder(c.prompts.image_encoder)
+    if c.prompts.bank_file:
+        settings["bank_file"] = ids.backbone_weights(str(Path(c.prompts.bank_file).with_suffix(".safetensors")))
+    return settings
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def spec_changes(cell: Cell) -> list[str]:
+    """How the cell's config departs from the spec's (``key: spec -> now``), site keys (paths, device) aside; an
+    encoder counts as changed only when its model differs (not where its weights file lies)."""
+    if cell.spec_config is None:
+        return []
+    now, spec = _flat(cell.config.to_dict()), _flat(cell.spec_config.to_dict())
+    changes = []
+    for key in now:
+        a, b = spec.get(key), now[key]
+        if key in SITE_KEYS or a == b:
+            continue
+        if key in ("prompts.encoder", "prompts.image_encoder") and _encoder_model(a) == _encoder_model(b):
+            continue
+        changes.append(f"{key}: {a!r} -> {b!r}")
+    return changes
+
+
+def _encoder_model(spec: Any) -> Any:
+    """``open_clip:ViT-B-16@openai`` and ``open_clip:ViT-B-16@/w/clip.pt`` name the same model."""
+    return spec.partition("@")[0].removesuffix("-quickgelu") if isinstance(spec, str) else spec
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    path = folder / RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _write_record(folder: Path, record: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+
+
+def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    a, b = _flat_all(old), _flat_all(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _flat_all(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, Mapping):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key == "config" and not prefix:
+            out.update({k: v for k, v in value.items()})
+        else:
+            out.update(_flat_all(value, f"{prefix}{key}."))
+    return out
+
+
+def stale_cells(found: Sequence[Cell], ids: Identities) -> list[tuple[Cell, list[str]]]:
+    """Cells whose folder holds a run (finished or not) made under other settings, with what changed."""
+    stale = []
+    for cell in found:
+        has_run = (cell.folder / "results.json").is_file() or (cell.folder / "checkpoints").is_dir()
+        if not has_run:
+            continue
+        record = read_record(cell.folder)
+        settings = cell_settings(cell, ids)
+        if record is None:
+            stale.append((cell, ["no record of the settings it was run with (made by an older version)"]))
+        elif record.get("key") != settings_key(settings):
+            stale.append((cell, _settings_diff(record.get("settings", {}), settings)))
+    return stale
+
+
+def _refuse_stale(stale: list[tuple[Cell, list[str]]], runs: Path) -> None:
+    cell, changes = stale[0]
+    more = f" (and {len(stale) - 1} more cell(s))" if len(stale) > 1 else ""
+    shown = "; ".join(changes[:3]) + (f"; ... {len(changes) - 3} more" if len(changes) > 3 else "")
+    raise ConfigError(f"{cell.folder} was run under other settings{more}: {shown}. Rerun it with these settings "
+                      f"with --force, or keep both with a new runs folder (--runs {runs}-new)")
 
 
 def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequence[int] | None = None,
               overrides: Sequence[str] = (), force: bool = False, log: Callable[[str], None] = print,
-              progress=None) -> list[Cell]:
-    """Run every selected cell that has no results yet; returns the cells run."""
+              progress=None, weights: Mapping[str, str] | None = None, keep_last: bool = False) -> list[Cell]:
+    """Run every selected cell that has no results under its current settings; returns the cells run.
+
+    A cell is keyed by :func:`cell_settings`; a finished or interrupted cell whose key differs is refused (or, with
+    ``force``, rerun from scratch). A cell whose backbone weights cannot be had is recorded as not run and the
+    others go on. Finished cells keep only ``best.safetensors`` unless ``keep_last``."""
+    from ..errors import WeightsUnavailableError
     from .protocols import zero_shot
     from .train import train
 
+    ids = Identities()
+    found = list(cells(spec, runs, select, seeds, overrides, weights))
+    if not force and (stale := stale_cells(found, ids)):
+        _refuse_stale(stale, runs)
     done = []
-    for cell in cells(spec, runs, select, seeds, overrides):
+    for cell in found:
+        settings = cell_settings(cell, ids)  # again: an earlier cell may have made the file this one starts from
+        key = settings_key(settings)
+        record = read_record(cell.folder)
         results = cell.folder / "results.json"
-        if results.is_file() and not force:
+        if results.is_file() and not force and record and record.get("key") == key:
             log(f"{cell.name}: done ({results})")
             continue
+        if record and record.get("key") != key and (cell.folder / "checkpoints").is_dir() and not force:
+            _refuse_stale([(cell, _settings_diff(record.get("settings", {}), settings))], runs)
         log(f"== {spec['name']}/{cell.name} ==")
-        if cell.zero_shot:
-            zero_shot(cell.config, cell.folder, progress)
-        else:
-            resume = (cell.folder / "checkpoints" / "last.safetensors").is_file() and not force
-            train(cell.config, cell.folder, resume=resume, force=not resume, log=log, progress=progress)
+        changes = spec_changes(cell)
+        base_record = {"key": key, "settings": settings, "spec_changes": changes, "cell": cell.name}
+        resume = (cell.folder / "checkpoints" / "last.safetensors").is_file() and not force
+        _write_record(cell.folder, {**base_record, "status": "running"})
+        try:
+            if cell.zero_shot:
+                zero_shot(cell.config, cell.folder, progress)
+            else:
+                train(cell.config, cell.folder, resume=resume, force=not resume, log=log, progress=progress)
+        except WeightsUnavailableError as err:
+            reason = f"no weights for {cell.config.model.backbone}" if cell.needs_backbone else "no encoder weights"
+            log(f"{cell.name}: not run: {reason} ({err})")
+            _write_record(cell.folder, {**base_record, "status": "not_run", "reason": reason})
+            continue
+        if not keep_last:
+            (cell.folder / "checkpoints" / "last.safetensors").unlink(missing_ok=True)
+        _write_record(cell.folder, {**base_record, "status": "done"})
         done.append(cell)
     return done
 
@@ -130,21 +364,30 @@ def _lookup(results: dict[str, Any], path: str) -> float | None:
 
 
 def collect(spec: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
-    """One record per (column, metric, row): the values over seeds, and the paper's number if any."""
+    """One record per (column, metric, row): the values over seeds, the paper's number if any, how the runs'
+    settings departed from the spec (``changes``), and why seeds were not run (``not_run``)."""
     records = []
     for column, col in spec["columns"].items():
         col = col or {}
         metrics = col.get("metrics", {"top-1": "top1"})
         for label, path in metrics.items():
             for row in col.get("rows", list(spec["rows"])):
-                values = []
+                values, changes, not_run = [], [], []
                 for seed_dir in sorted((runs / spec["name"] / column / row).glob("seed*")):
+                    record = read_record(seed_dir) or {}
+                    if record.get("status") == "not_run":
+                        not_run.append(record.get("reason", "not run"))
+                        continue
                     f = seed_dir / "results.json"
                     if f.is_file():
                         value = _lookup(json.loads(f.read_text(encoding="utf-8")), path)
                         if value is not None:
                             values.append(value)
+                            changes += [c for c in record.get("spec_changes", []) if c not in changes]
+                            if not record:
+                                changes.append("settings not recorded (run by an older version)")
                 records.append({"column": column, "metric": label, "row": row,
                                 "label": (spec["rows"][row] or {}).get("label", row), "values": values,
-                                "paper": (col.get("paper") or {}).get(row) if label == next(iter(metrics)) else None})
+                                "paper": (col.get("paper") or {}).get(row) if label == next(iter(metrics)) else None,
+                                "changes": changes, "not_run": sorted(set(not_run))})
     return records

@@ -21,7 +21,7 @@ from ..prompts.encoders import weights_id
 
 
 def image_features(encoder: PromptEncoder | str, data: LabelledImages, cache_dir: str | Path | None = None,
-                   batch_size: int = 64, num_workers: int = 0, progress=None) -> Tensor:
+                   batch_size: int = 64, num_workers: int = 0, progress=None, device="cpu") -> Tensor:
     """``[M, D]`` features of every image of ``data`` (in order) through ``encoder`` (an object or a spec,
     loaded only when the features are not cached)."""
     ids = [data.image_id(i) for i in range(len(data))]
@@ -31,15 +31,16 @@ def image_features(encoder: PromptEncoder | str, data: LabelledImages, cache_dir
     if path is not None and path.is_file():
         return load_file(str(path))["features"]
     if isinstance(encoder, str):
-        encoder = load_encoder(encoder)
+        encoder = load_encoder(encoder, device=device)
     loader = DataLoader(TransformedImages(data, encoder.image_transform()), batch_size=batch_size,
                         num_workers=num_workers)
-    task = progress.add_task(f"ranker features ({encoder.name})", total=len(loader)) if progress else None
+    task = progress.add_task(f"ranker features of {len(data)} images ({encoder.name})", total=len(data)) \
+        if progress else None
     feats = []
     for images, _ in loader:
         feats.append(encoder.encode_images(images).float().cpu())
         if progress:
-            progress.advance(task)
+            progress.advance(task, len(images))
     features = torch.cat(feats)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

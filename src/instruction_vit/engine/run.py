@@ -61,7 +61,8 @@ def device_augment(cfg: Config, backbone: torch.nn.Module):
 
 def eval_loader(cfg: Config, backbone: torch.nn.Module, data: LabelledImages) -> DataLoader:
     """Evaluation batches of ``data`` in order."""
-    return DataLoader(TransformedImages(data, transforms(cfg, backbone)[1]), batch_size=cfg.train.batch_size,
+    return DataLoader(TransformedImages(data, transforms(cfg, backbone)[1], cfg.data.bad_images),
+                      batch_size=cfg.train.batch_size,
                       num_workers=resolved_workers(cfg.data))
 
 
@@ -77,7 +78,40 @@ def _descriptions(path: str | None) -> dict[str, list[str]] | None:
     return {str(k): [str(s) for s in (v if isinstance(v, list) else [v])] for k, v in content.items()}
 
 
-def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None) -> PromptBank | None:
+#: What a run's results record of its prompt bank.
+PROMPT_RECORD = ("kind", "key", "text_encoder", "text_weights", "image_encoder", "image_weights", "templates",
+                 "per_class", "seed", "image_ids", "image_split", "loaded")
+
+
+def data_line(info: dict) -> str:
+    """One line saying where the splits came from and how big they are (printed as a run starts)."""
+    sizes = info.get("sizes", {})
+    source = info.get("source", "?")
+    where = {"coop_split_file": f"split file {info.get('split_file')} (sha256 {str(info.get('split_file_sha256'))[:12]})",
+             "seeded": f"seeded split (seed {info.get('seed')})", "official": "official split"}.get(
+        source, f"{source} splits")
+    skipped = getattr(info.get("skipped_images"), "count", 0)
+    return (f"data: {info.get('dataset')} at {info.get('root')}, {where}: train {sizes.get('train')} / val "
+            f"{sizes.get('val')} / test {sizes.get('test')} images, {info.get('num_classes')} classes"
+            + (f"; {skipped} unreadable image(s) skipped" if skipped else ""))
+
+
+def prompts_line(cfg: Config, bank: PromptBank) -> str:
+    """One line saying which prompts a run reads and what made them."""
+    m = bank.meta
+    encoders = ", ".join(f"{m[k]} ({m[w]})" for k, w in (("text_encoder", "text_weights"),
+                                                          ("image_encoder", "image_weights")) if k in m)
+    line = f"prompts: {bank.kind}, {bank.num_classes} classes, from {encoders}, bank {bank.key}"
+    if m.get("loaded"):
+        line += f" (encoded by {'; '.join(m['loaded'].values())})"
+    k = cfg.prompts.select_k
+    if k is not None and k >= bank.num_classes:
+        line += (f"; prompts.select_k={k} >= {bank.num_classes} classes: top-K+1 selection keeps every prompt, so it "
+                 "equals evaluation with all prompts")
+    return line
+
+
+def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None, progress=None) -> PromptBank | None:
     """The run's prompt bank (``None`` for ``prompts.kind=none``), from the cache when its key matches."""
     p = cfg.prompts
     kind = kind or p.kind
@@ -96,7 +130,8 @@ def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None) -> 
     return build_prompt_bank(
         kind, train.class_names, text_encoder=p.encoder, image_encoder=p.image_encoder or p.encoder,
         templates=template_set(p.templates), descriptions=_descriptions(p.descriptions), images=train,
-        per_class=p.per_class, seed=p.seed, cache_dir=p.cache_dir,
+        per_class=p.per_class, seed=p.seed, cache_dir=p.cache_dir, progress=progress,
+        device=resolve_device(cfg.train.device), image_split="train",
     )
 
 
@@ -107,10 +142,11 @@ def ranker_scores(cfg: Config, train: LabelledImages, data: LabelledImages, prog
         if not joint_space(p.encoder):
             raise ValueError(f"the zero-shot ranker needs a joint image-text encoder; {p.encoder!r} has none "
                              "(use prompts.encoder=conse or an open_clip model, or prompts.ranker=prototype)")
-        text = prompt_bank(cfg, train, kind="text")
-        feats = image_features(p.encoder, data, p.cache_dir, progress=progress)
+        text = prompt_bank(cfg, train, kind="text", progress=progress)
+        feats = image_features(p.encoder, data, p.cache_dir, progress=progress, device=resolve_device(cfg.train.device))
         return zero_shot_scores(feats, text.features["text"])
     encoder = p.image_encoder or p.encoder
-    train_feats = image_features(encoder, train, p.cache_dir, progress=progress)
-    feats = image_features(encoder, data, p.cache_dir, progress=progress)
+    device = resolve_device(cfg.train.device)
+    train_feats = image_features(encoder, train, p.cache_dir, progress=progress, device=device)
+    feats = image_features(encoder, data, p.cache_dir, progress=progress, device=device)
     return prototype_scores(feats, train_feats, torch.tensor(train.labels), train.num_classes)

@@ -27,7 +27,7 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
 from ..config import Config, load_config, resolved_workers
-from ..data import TransformedImages, load_splits
+from ..data import TransformedImages, drop_unreadable, load_splits, split_info
 from ..data.store import StoreDataset, build_store
 from ..losses import InstructionLoss
 from ..model import apply_regime
@@ -36,7 +36,18 @@ from .checkpoint import CheckpointError, load_checkpoint, model_from_config, sav
 from .distributed import close_world, init_world
 from .evaluate import autocast, classification_metrics, predict
 from .protocols import novel_classes
-from .run import device_augment, eval_loader, prompt_bank, ranker_scores, resolve_device, seed_everything, transforms
+from .run import (
+    PROMPT_RECORD,
+    data_line,
+    device_augment,
+    eval_loader,
+    prompt_bank,
+    prompts_line,
+    ranker_scores,
+    resolve_device,
+    seed_everything,
+    transforms,
+)
 
 
 class RunFolderError(ValueError):
@@ -47,13 +58,22 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+#: What a run folder holds; a folder with only some of these and no checkpoint is a run that failed before its first
+#: checkpoint (a bad data root, say): it is started again without --force.
+RUN_ENTRIES = frozenset({"config.yaml", "metrics.csv", "metrics.jsonl", "results.json", "checkpoints", "tensorboard",
+                         "cell.json"})
+#: Config keys a resumed run may change: they say how it runs, not what it computes.
+RESUME_SAFE = ("train.device", "train.log_every", "train.tensorboard", "train.compile", "data.num_workers",
+               "data.store_dir", "prompts.cache_dir")
+
+
 def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
     last = out / "checkpoints" / "last.safetensors"
     if resume:
         if not last.is_file():
             raise RunFolderError(f"nothing to resume in {out}: {last} does not exist")
         return
-    if out.exists() and any(out.iterdir()) and not force:
+    if out.exists() and any(out.iterdir()) and not force and not _unstarted_run(out):
         raise RunFolderError(f"run folder {out} already exists and is not empty; pass --resume to continue it "
                              "or --force to start over in it")
     out.mkdir(parents=True, exist_ok=True)
@@ -61,6 +81,32 @@ def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
         (out / stale).unlink(missing_ok=True)
     for ckpt in (out / "checkpoints").glob("*.safetensors"):
         ckpt.unlink()
+
+
+def _unstarted_run(out: Path) -> bool:
+    """A run folder that failed before its first checkpoint: nothing in it but what a run writes, no checkpoint."""
+    entries = {p.name for p in out.iterdir()}
+    return entries <= RUN_ENTRIES and "results.json" not in entries and not any((out / "checkpoints").glob("*"))
+
+
+def resume_changes(saved: Config, cfg: Config) -> list[str]:
+    """Keys whose value ``cfg`` changes from the run's saved config, as ``key: old -> new``; refuses (RunFolderError)
+    a change to anything but :data:`RESUME_SAFE`."""
+    old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    changed = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
+    unsafe = [k for k in changed if k not in RESUME_SAFE]
+    if unsafe:
+        shown = ", ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in unsafe[:3])
+        raise RunFolderError(
+            f"--resume continues the run as it was set up, and {shown} would change what it computes (the schedule, "
+            f"data or model of the steps already taken). A resumed run may change only {', '.join(RESUME_SAFE)}. "
+            "To go on differently, start a new run from this one's weights: ivit train --out NEW "
+            "model.pretrained=RUN/checkpoints/last.safetensors ...")
+    return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()]
+
+
+def _flat(tree: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, values in tree.items() for key, value in values.items()}
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = False,
@@ -76,23 +122,32 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     """
     out = Path(out)
     world, dist_device = init_world(cfg.train.device)
+    if resume and (out / "config.yaml").is_file():
+        changes = resume_changes(load_config(out / "config.yaml"), cfg)
+        if changes:
+            log(f"resuming with {'; '.join(changes)}")
     if world.is_main:
         prepare_run_folder(out, resume, force)
-        if not resume:
-            (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     world.barrier()
-    if resume:
-        cfg = load_config(out / "config.yaml")
     if not world.is_main:
         log, progress = (lambda _: None), None
     t = cfg.train
     device = dist_device or resolve_device(t.device)
-    splits = load_splits(cfg.data)
+    splits, skipped = drop_unreadable(load_splits(cfg.data), cfg.data.bad_images, workers=resolved_workers(cfg.data))
+    data_info = {**split_info(cfg.data, splits), "skipped_images": skipped}
+    log(data_line(data_info))
     class_names = splits["train"].class_names
-    bank = world.in_turn(lambda: prompt_bank(cfg, splits["train"]))  # rank 0 builds and caches it first
+    bank = world.in_turn(lambda: prompt_bank(cfg, splits["train"], progress=progress))  # rank 0 builds it first
+    if bank is not None:
+        log(prompts_line(cfg, bank))
     # Seed after everything that may or may not touch the RNG (encoders load only on cache misses).
     seed_everything(t.seed, t.deterministic)
     model = model_from_config(cfg, class_names, bank.prompt_dim if bank else None)
+    weights = getattr(model, "weights_report", None)
+    if cfg.model.method == "instruction_vit":
+        log(weights.summary() if weights is not None else
+            f"backbone {cfg.model.backbone}: random init (model.pretrained is null)")
     if bank is not None:
         model.set_prompt_bank(bank.model_input(), trainable=cfg.model.train_prompt_features)
     apply_regime(model, cfg.model.regime, cfg.model.train_prompt_features)
@@ -103,9 +158,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         augment = device_augment(cfg, model.backbone)  # (a bad RandAugment string fails before the decoding)
         size = cfg.data.store_size or round(cfg.data.img_size / 0.875)
         train_set = StoreDataset(world.in_turn(
-            lambda: build_store(splits["train"], size, cfg.data.store_dir, workers, progress)))
+            lambda: build_store(splits["train"], size, cfg.data.store_dir, workers, progress,
+                                bad_images=cfg.data.bad_images)))
     else:
-        train_set = TransformedImages(splits["train"], transforms(cfg, model.backbone)[0])
+        train_set = TransformedImages(splits["train"], transforms(cfg, model.backbone)[0], cfg.data.bad_images)
     val_loader = eval_loader(cfg, model.backbone, splits["val"])
     batches = len(splits["train"]) // t.batch_size
     if batches < t.accum_steps:
@@ -203,6 +259,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         if writer is not None:
             writer.close()
         results = test_results(cfg, out, splits, progress)
+        results["data"] = data_info
+        results["backbone_weights"] = weights.to_dict() if weights is not None else None
+        if bank is not None:
+            results["prompt_bank"] = {k: bank.meta.get(k) for k in PROMPT_RECORD if k in bank.meta}
         if cfg.data.classes == "base" and bank is not None:
             results["base_to_novel"] = novel_classes(cfg, out, results["top1"])
         (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -319,7 +379,12 @@ def test_results(cfg: Config, out: Path, splits, progress=None) -> dict[str, Any
 def _epoch_line(row: dict[str, Any]) -> str:
     val = " ".join(f"{k.removeprefix('val_top1_')} {v:.1f}%" for k, v in row.items() if k.startswith("val_top1_"))
     return f"epoch {row['epoch']}: loss {row.get('train_loss', math.nan):.3f}  val top-1 {val} " \
-           f"({row['epoch_seconds']:.1f}s, training {row['train_images_per_second']:.0f} img/s)"
+           f"({row['epoch_seconds']:.1f}s, training {_rate(row['train_images_per_second'])} img/s)"
+
+
+def _rate(value: float) -> str:
+    """Images per second, to three significant figures (a ViT-B on a CPU trains at well under one)."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _append_metrics(out: Path, row: dict[str, Any], writer) -> None:

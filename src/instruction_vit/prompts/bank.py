@@ -100,13 +100,25 @@ def class_texts(
     return texts
 
 
+def _batches(items: Sequence, batch_size: int, progress, description: str):
+    """``items`` in batches, advancing a rich-style ``progress`` (``add_task``/``advance``/``remove_task``) per item."""
+    task = progress.add_task(description, total=len(items)) if progress is not None else None
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        yield batch
+        if task is not None:
+            progress.advance(task, len(batch))
+    if task is not None:
+        progress.remove_task(task)
+
+
 def encode_class_texts(
-    encoder: PromptEncoder, texts_per_class: Sequence[Sequence[str]], batch_size: int = 512
+    encoder: PromptEncoder, texts_per_class: Sequence[Sequence[str]], batch_size: int = 256, progress=None
 ) -> Tensor:
     """``[N, D]``: per class, the normalised mean of its normalised sentence features, renormalised."""
     flat = [t for texts in texts_per_class for t in texts]
-    feats = torch.cat([encoder.encode_text(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)])
-    feats = F.normalize(feats.float(), dim=-1)
+    batches = _batches(flat, batch_size, progress, f"encoding {len(flat)} prompt texts ({encoder.name})")
+    feats = F.normalize(torch.cat([encoder.encode_text(batch).float().cpu() for batch in batches]), dim=-1)
     out, start = [], 0
     for texts in texts_per_class:
         out.append(feats[start : start + len(texts)].mean(0))
@@ -132,16 +144,14 @@ def choose_prompt_images(labels: Sequence[int], num_classes: int, per_class: int
 
 
 def encode_class_images(
-    encoder: PromptEncoder, source: ImageSource, chosen: Sequence[Sequence[int]], batch_size: int = 64
+    encoder: PromptEncoder, source: ImageSource, chosen: Sequence[Sequence[int]], batch_size: int = 64, progress=None
 ) -> Tensor:
     """``[N, D]``: per class, the normalised mean of its chosen images' normalised features."""
     transform = encoder.image_transform()
     flat = [i for idx in chosen for i in idx]
-    feats = []
-    for start in range(0, len(flat), batch_size):
-        batch = torch.stack([transform(source.load_image(i)) for i in flat[start : start + batch_size]])
-        feats.append(encoder.encode_images(batch))
-    feats = F.normalize(torch.cat(feats).float(), dim=-1)
+    feats = [encoder.encode_images(torch.stack([transform(source.load_image(i)) for i in batch])).float().cpu()
+             for batch in _batches(flat, batch_size, progress, f"encoding {len(flat)} prompt images ({encoder.name})")]
+    feats = F.normalize(torch.cat(feats), dim=-1)
     out, start = [], 0
     for idx in chosen:
         out.append(feats[start : start + len(idx)].mean(0))
@@ -162,11 +172,15 @@ def build_prompt_bank(
     per_class: int = 1,
     seed: int = 0,
     cache_dir: str | Path | None = None,
+    progress=None,
+    device: str | torch.device = "cpu",
+    image_split: str | None = None,
 ) -> PromptBank:
     """Build (or load from ``cache_dir``) the prompt bank of ``kind`` for ``class_names``.
 
-    Encoders are objects or spec strings (see ``load_encoder``); a spec is loaded only on a cache miss.
-    The same spec (or object) for text and image means one joint encoder.
+    Encoders are objects or spec strings (see ``load_encoder``); a spec is loaded only on a cache miss, on
+    ``device``. The same spec (or object) for text and image means one joint encoder. ``progress`` (a rich
+    ``Progress``) shows the encoding; ``image_split`` says which split ``images`` is (recorded with the image ids).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown prompt kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -194,6 +208,8 @@ def build_prompt_bank(
         chosen = choose_prompt_images(images.labels, len(class_names), per_class, seed)
         meta.update(image_encoder=_spec(image_encoder), image_weights=_weights(image_encoder), per_class=per_class,
                     seed=seed, image_ids=[[images.image_id(i) for i in idx] for idx in chosen])
+        if image_split is not None:
+            meta["image_split"] = image_split
     meta["key"] = bank_key(meta)
 
     cache_path = Path(cache_dir) / f"{kind}-{meta['key']}" if cache_dir is not None else None
@@ -204,21 +220,22 @@ def build_prompt_bank(
 
     def encoder(e: PromptEncoder | str, modality: str) -> PromptEncoder:
         if isinstance(e, str):
-            e = loaded.setdefault(e, load_encoder(e))
+            e = loaded[e] if e in loaded else loaded.setdefault(e, load_encoder(e, device=device))
         if modality not in e.modalities:
             raise ValueError(f"prompt encoder {e.name!r} cannot encode {modality}; it encodes {sorted(e.modalities)}")
         return e
 
     features: dict[str, Tensor] = {}
     if use_text:
-        features[TEXT] = encode_class_texts(encoder(text_encoder, TEXT), texts)
+        features[TEXT] = encode_class_texts(encoder(text_encoder, TEXT), texts, progress=progress)
     if use_image:
-        features[IMAGE] = encode_class_images(encoder(image_encoder, IMAGE), images, chosen)
+        features[IMAGE] = encode_class_images(encoder(image_encoder, IMAGE), images, chosen, progress=progress)
     if kind == "mixed":
         t_enc, i_enc = encoder(text_encoder, TEXT), encoder(image_encoder, IMAGE)
         if t_enc.name == i_enc.name and t_enc.shared_space:
             features = {"mixed": (features[TEXT] + features[IMAGE]) / 2}
         meta["joint_space"] = "mixed" in features
+    meta["loaded"] = {name: e.describe() if hasattr(e, "describe") else repr(e) for name, e in loaded.items()}
     bank = PromptBank(kind, features, class_names, meta)
     if cache_path is not None:
         bank.save(cache_path)

@@ -41,28 +41,35 @@ class CoOpClassifier(nn.Module):
         if not hasattr(clip, "token_embedding"):
             raise ValueError(f"CoOp needs an open_clip CLIP with its own text transformer; {encoder.name!r} has a "
                              "different text tower")
-        tokenizer = encoder.tokenizer
+        self.tokenizer = encoder.tokenizer
         if init:
-            init_tokens = tokenizer([init])
+            init_tokens = self.tokenizer([init])
             context_length = int((init_tokens[0] > 0).sum()) - 2  # without [SOS] and [EOS]
-        placeholder = " ".join(["X"] * context_length)
-        tokens = tokenizer([f"{placeholder} {name}." for name in class_names])
         with torch.no_grad():
-            embedded = clip.token_embedding(tokens)
             start = clip.token_embedding(init_tokens)[0, 1:1 + context_length] if init else \
-                torch.randn(context_length, embedded.shape[-1]) * 0.02
-        self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)
-        self.register_buffer("suffix", embedded[:, 1 + context_length:].clone(), persistent=False)
+                torch.randn(context_length, clip.token_embedding.weight.shape[-1]) * 0.02
         self.prompt_embed = CoOpContext(start)  # named like Instruction-ViT's trainable prompt part
         self.prompt_bank = nn.ParameterDict()
         self.clip = clip.requires_grad_(False)
+        self.set_classes(class_names)
         cfg = encoder.preprocess
         # What timm's resolve_data_config reads, so the engine's transforms use CLIP's own preprocessing.
         clip.visual.pretrained_cfg = {"mean": cfg.mean, "std": cfg.std, "interpolation": cfg.interpolation,
                                         "input_size": (3, cfg.size, cfg.size), "crop_pct": 1.0}
-        self.num_classes = len(class_names)
         self.external_weights_id = encoder.weights_id()  # checked when a checkpoint is loaded into this model
+
+    def set_classes(self, class_names: Sequence[str]) -> None:
+        """Classify among ``class_names``: the learned context goes before each name (CoOp's class-agnostic
+        context transfers to new classes as it is)."""
+        length = self.prompt_embed.context.shape[0]
+        placeholder = " ".join(["X"] * length)
+        tokens = self.tokenizer([f"{placeholder} {name}." for name in class_names]).to(self.clip.positional_embedding.device)
+        with torch.no_grad():
+            embedded = self.clip.token_embedding(tokens)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)
+        self.register_buffer("suffix", embedded[:, 1 + length:].clone(), persistent=False)
+        self.num_classes = len(class_names)
 
     @property
     def backbone(self) -> nn.Module:

@@ -11,8 +11,12 @@ ENCODER_SPECS = (
     "minilm",                                  # text: all-MiniLM-L6-v2 (offline, 384-d)
     "efficientnet-lite0[@SIZE]",               # image: ImageNet EfficientNet-Lite0 (offline, 1280-d)
     "conse[@SIZE]",                            # joint: ConSE over the two above (offline, 384-d)
-    "open_clip:MODEL[@PRETRAINED]",            # joint: CLIP, PRETRAINED a tag or a checkpoint file
+    "open_clip:MODEL[@PRETRAINED]",            # joint: CLIP, PRETRAINED a tag (activation from the tag: openai ->
+                                               # QuickGELU), OpenAI's TorchScript .pt (QuickGELU; MODEL a label that
+                                               # must fit if built-in) or a state dict file (as MODEL says: QuickGELU
+                                               # weights need MODEL-quickgelu)
     "open_clip:local-dir:/path/to/folder",     # joint: open_clip_config.json + weights in a folder
+    "open_clip:hf-hub:ORG/NAME",               # joint: the same from a Hugging Face repo (offline: from the cache)
 )
 
 
@@ -23,7 +27,7 @@ def load_encoder(spec: str, device: str | torch.device = "cpu") -> PromptEncoder
     if kind == "open_clip" and arg:
         from .openclip import OpenCLIPEncoder
 
-        if arg.startswith(("local-dir:", "hf-hub:")):
+        if arg.startswith(("local-dir:", "hf-hub:")):  # the whole rest is the folder / repo ('@' included)
             return OpenCLIPEncoder(arg, device=device)
         model_name, _, pretrained = arg.partition("@")
         return OpenCLIPEncoder(model_name, pretrained or None, device=device)

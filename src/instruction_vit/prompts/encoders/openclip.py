@@ -1,22 +1,45 @@
-"""CLIP text and image towers through open_clip (the paper's prompt encoders)."""
+"""CLIP text and image towers through open_clip (the paper's prompt encoders).
+
+The MLP activation follows the weights: OpenAI's CLIP (and several other releases) was trained with QuickGELU,
+and open_clip's plain names (``ViT-B-16``) build GELU, so loading those weights into them only gives a warning
+and features that are off. Here the activation comes from where the weights come from (see :class:`OpenCLIPEncoder`),
+is read back from the built modules (:attr:`OpenCLIPEncoder.activation`) and is part of :func:`weights_id`.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import asdict
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ...errors import WeightsUnavailableError
+from ...errors import WeightsError, WeightsUnavailableError
 from .base import IMAGE, TEXT, ImagePreprocess, PromptEncoder
+from .identity import ACTIVATION_LABELS, GELU, QUICK_GELU, OpenCLIPSource, hf_hub_file, open_clip_source
+
+log = logging.getLogger(__name__)
+
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI's archives, not weights
 
 
 class OpenCLIPEncoder(PromptEncoder):
-    """Any open_clip model: ``model_name`` is a built-in name (``"ViT-B-32"``) with ``pretrained`` a tag
-    (downloads when online) or a local checkpoint file, or ``"local-dir:/path"`` / ``"hf-hub:org/repo"``
-    (an ``open_clip_config.json`` beside the weights). The BPE tokenizer ships with open_clip: it works
-    offline.
+    """Any open_clip model. ``model_name`` and ``pretrained`` (the parts of ``open_clip:MODEL@PRETRAINED``):
+
+    * a built-in name with a pretrained **tag** (``ViT-B-16`` + ``openai``): the weights come from open_clip's
+      hub (offline: the Hugging Face cache) and the activation from the tag's pretrained config (``openai`` ->
+      QuickGELU, whatever the name says);
+    * any name with an **OpenAI TorchScript archive** (``ViT-B-16.pt`` as OpenAI released it; told by content):
+      loaded with ``open_clip.load_openai_model`` (QuickGELU). The architecture comes from the archive; the name
+      is a label, but where it is a built-in open_clip name its config must match the archive;
+    * a built-in name with a plain **state dict** file (``.safetensors``/``.bin``/``.pt``): built as the name
+      says, so QuickGELU weights need the ``-quickgelu`` name (``ViT-B-16-quickgelu``);
+    * ``"local-dir:/path"`` / ``"hf-hub:org/repo"`` (``pretrained`` unused): the folder's or repo's
+      ``open_clip_config.json`` (``"quick_gelu": true`` in its ``model_cfg``) with the weights beside it.
+
+    :attr:`activation` (``"quick_gelu"``/``"gelu"``, read from the built MLPs), :attr:`weights_source` and
+    :meth:`describe` say what was built. The BPE tokenizer ships with open_clip: it works offline.
     """
 
     modalities = frozenset({TEXT, IMAGE})
@@ -25,27 +48,134 @@ class OpenCLIPEncoder(PromptEncoder):
     def __init__(self, model_name: str, pretrained: str | None = None, device: str | torch.device = "cpu"):
         import open_clip
 
-        if model_name.startswith("local-dir:") and not Path(model_name.removeprefix("local-dir:")).is_dir():
-            raise FileNotFoundError(f"open_clip model folder not found: {model_name.removeprefix('local-dir:')}")
-        if pretrained and any(sep in pretrained for sep in "/\\.") and not Path(pretrained).is_file():
-            raise FileNotFoundError(f"open_clip checkpoint file not found: {pretrained}")
-        try:
-            model = open_clip.create_model(model_name, pretrained=pretrained or None, device=device)
-        except RuntimeError as err:
-            raise WeightsUnavailableError(
-                f"could not create open_clip model {model_name!r} with weights {pretrained!r}: {err}. "
-                "Offline, pass a local checkpoint file as the pretrained part, or a 'local-dir:' folder."
-            ) from err
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = open_clip.get_tokenizer(model_name)
+        schema = model_name.startswith(("local-dir:", "hf-hub:"))
+        source = open_clip_source(model_name if schema else model_name + (f"@{pretrained}" if pretrained else ""))
         self.device = torch.device(device)
-        self.model_name, self.pretrained = model_name, pretrained
-        self.name = f"open_clip:{model_name}" + (f"@{pretrained}" if pretrained else "")
+        if source.kind == "torchscript":
+            model = self._load_openai_archive(source)
+            self.weights_source = f"OpenAI TorchScript archive {source.checkpoint}"
+        else:
+            model = self._create(source)
+        self.model = model.eval().requires_grad_(False)
+        self.model_name, self.pretrained = model_name, (None if schema else pretrained)
+        self.name = f"open_clip:{model_name}" + (f"@{pretrained}" if pretrained and not schema else "")
+        self.activation = model_activation(self.model)
+        if self.activation in (QUICK_GELU, GELU) and self.activation != source.activation:  # weights_id records it
+            raise WeightsError(f"{self.name}: built with {self.activation} but the weights need {source.activation}")
+        context_length = getattr(model, "context_length", None)
+        if source.kind == "torchscript":  # OpenAI's BPE tokenizer; the name may be only a label
+            self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+        else:
+            self.tokenizer = open_clip.get_tokenizer(model_name, context_length=context_length)
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
         self.preprocess = ImagePreprocess(size, tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interpolation"])
         self._preprocess_cfg = cfg
-        self.dim = int(self.encode_text(["a"]).shape[-1])
+        self.dim = _feature_dim(self.model) or int(self.encode_text(["a"]).shape[-1])
+        log.info("prompt encoder: %s", self.describe())
+
+    def _create(self, source: OpenCLIPSource) -> nn.Module:
+        import open_clip
+
+        kwargs: dict = {}
+        if source.kind == "tag":
+            self.weights_source = f"tag {source.pretrained}" + (f" (hf-hub {source.hf_repo})" if source.hf_repo else "")
+            self._resolve_tag(source)
+            builtin_quick = bool(open_clip.get_model_config(source.model_name.replace("/", "-")).get("quick_gelu"))
+            if source.activation == QUICK_GELU and not builtin_quick:
+                kwargs["force_quick_gelu"] = True
+            elif source.activation == GELU and builtin_quick:
+                kwargs["quick_gelu"] = False  # a model kwarg: overrides the name's config
+        elif source.kind == "hf-hub":
+            self.weights_source = f"hf-hub {source.hf_repo}"
+            # open_clip would go on from random init when only the config is there: a missing file is an error here.
+            hf_hub_file(source.hf_repo, "open_clip_pytorch_model.bin", "weights (open_clip_model.safetensors or .bin)")
+        elif source.kind == "folder":
+            folder = source.model_name.removeprefix("local-dir:")
+            self.weights_source = f"folder {folder}" + ("" if source.checkpoint else " (no weights: random init)")
+        elif source.kind == "state-dict":
+            self.weights_source = f"state dict {source.checkpoint}"
+        else:
+            self.weights_source = "random init (no weights)"
+        pretrained = str(source.checkpoint) if source.kind == "state-dict" else source.pretrained
+        try:
+            return open_clip.create_model(source.model_name, pretrained=pretrained, device=self.device,
+                                          require_pretrained=source.kind in ("tag", "hf-hub", "state-dict"), **kwargs)
+        except RuntimeError as err:
+            if "state_dict" in str(err) or "size mismatch" in str(err):
+                raise WeightsError(f"open_clip weights {self.weights_source} do not fit model {source.model_name!r} "
+                                   f"({_first_line(err)})") from err
+            raise WeightsUnavailableError(
+                f"could not create open_clip model {source.model_name!r} with weights {source.pretrained!r}: "
+                f"{_first_line(err)}. Offline, pass a local checkpoint file as the pretrained part, or a "
+                "'local-dir:' folder.") from err
+
+    @staticmethod
+    def _resolve_tag(source: OpenCLIPSource) -> None:
+        """Fetch (online) or find (in the cache) a tag's weights first, so a miss is one clear error."""
+        import open_clip
+        from open_clip.pretrained import download_pretrained
+
+        cfg = open_clip.get_pretrained_cfg(source.model_name.replace("/", "-"), source.pretrained)
+        try:
+            download_pretrained(cfg)
+        except Exception as err:  # noqa: BLE001 - any failure here means: not cached and not downloadable
+            where = (f"the Hugging Face cache has no {source.hf_repo} and it could not be downloaded"
+                     if source.hf_repo else "they could not be downloaded")
+            raise WeightsUnavailableError(
+                f"could not create open_clip model {source.model_name!r} with weights {source.pretrained!r}: {where} "
+                f"({type(err).__name__}). Offline, pass a local checkpoint file as the pretrained part, or a "
+                "'local-dir:' folder, or fill the Hugging Face cache (HF_HOME/HF_HUB_CACHE) with "
+                f"{source.hf_repo or 'the weights'} while online.") from err
+
+    def _load_openai_archive(self, source: OpenCLIPSource) -> nn.Module:
+        """OpenAI's TorchScript release, rebuilt as a plain open_clip CLIP (QuickGELU) in fp32.
+
+        open_clip rebuilds it like OpenAI's ``clip.load(jit=False)``: the architecture from the tensor shapes, the
+        weights through fp16 (lossless for OpenAI's files, which store them in fp16), then ``.float()``.
+        """
+        import open_clip
+        from open_clip.transform import PreprocessCfg
+
+        try:
+            model = open_clip.load_openai_model(str(source.checkpoint), precision="fp32", device=self.device)
+        except (RuntimeError, KeyError, AssertionError, ValueError) as err:
+            raise WeightsError(f"{source.checkpoint} is a TorchScript archive but not an OpenAI CLIP one "
+                               f"({_first_line(err)})") from err
+        self._check_archive_name(source, model)
+        size = model.visual.image_size  # OpenAI's preprocessing: open_clip's defaults (bicubic, OpenAI mean/std)
+        size = size[0] if isinstance(size, tuple) else size
+        open_clip.set_model_preprocess_cfg(model, asdict(PreprocessCfg(size=size)))
+        return model
+
+    @staticmethod
+    def _check_archive_name(source: OpenCLIPSource, model: nn.Module) -> None:
+        """A built-in name given with an archive must describe it (the architecture itself comes from the archive)."""
+        import open_clip
+        from open_clip.model import CLIP
+
+        name = source.model_name.replace("/", "-")
+        config = open_clip.get_model_config(name)
+        if config is None:
+            return  # not a built-in name: only a label
+        expected = None
+        if not config.get("custom_text") and "timm_model_name" not in config.get("vision_cfg", {}) \
+                and "hf_model_name" not in config.get("text_cfg", {}):
+            config = {k: v for k, v in config.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}
+            with torch.device("meta"):
+                expected = {k: v.shape for k, v in CLIP(**config).state_dict().items()}
+        got = {k: v.shape for k, v in model.state_dict().items() if k not in _OPENAI_EXTRA_KEYS}
+        if expected != got:
+            differing = sorted(k for k in set(got) | set(expected or {}) if (expected or {}).get(k) != got.get(k))
+            raise WeightsError(
+                f"{source.checkpoint} holds a different CLIP than open_clip's {name!r} (differing: "
+                f"{', '.join(differing[:4])}{'...' if len(differing) > 4 else ''}); name the model it is, or any "
+                "name that is not a built-in one (the archive defines the architecture)")
+
+    def describe(self) -> str:
+        """One line: model, activation and where the weights came from."""
+        label = ACTIVATION_LABELS.get(self.activation, self.activation)
+        return f"open_clip {self.model_name} ({label}) from {self.weights_source}"
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> Tensor:
@@ -62,3 +192,32 @@ class OpenCLIPEncoder(PromptEncoder):
         from torchvision.transforms import v2
 
         return v2.Compose([v2.ToPILImage(), image_transform_v2(PreprocessCfg(**self._preprocess_cfg), is_train=False)])
+
+
+def model_activation(model: nn.Module) -> str:
+    """``"quick_gelu"`` or ``"gelu"``: the class of the activation in the model's open_clip transformer MLPs
+    (``*.mlp.gelu``); towers from timm or Hugging Face have their own, and are not counted. Mixed ones are listed."""
+    from open_clip.transformer import QuickGELU
+
+    found = {type(m) for name, m in model.named_modules() if name.endswith("mlp.gelu")}
+    if found == {QuickGELU}:
+        return QUICK_GELU
+    if found == {nn.GELU}:
+        return GELU
+    return "+".join(sorted(cls.__name__ for cls in found)) or "none"
+
+
+def _feature_dim(model: nn.Module) -> int | None:
+    """The joint feature dimension from the text projection (``None``: not known without running the model)."""
+    projection = getattr(model, "text_projection", None)
+    if isinstance(projection, nn.Parameter) and projection.ndim == 2:
+        return int(projection.shape[1])
+    if isinstance(projection, nn.Linear):
+        return int(projection.out_features)
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+

@@ -1,0 +1,133 @@
+"""A trained model as a classifier of images: the checkpoint's classes, or any new class names.
+
+New class names reach each kind of model by its own route, and :attr:`ClassPrompts.how` says which in one line:
+
+* Instruction-ViT, text prompts: text prompts for the new names from the run's encoder and templates (score head);
+* image or mixed prompts: built from example images (``examples``: one subfolder per class) when given; otherwise,
+  where the run's encoder embeds text and images in one space, text prompts stand in for them (said so);
+* CoOp: its learned context before each new class name (CLIP's text tower, no head);
+* a plain ViT (no prompts) cannot score new names: an error says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..data import DataError, image_folder, read_image, template_set
+from ..model import PromptInput
+from ..prompts import build_prompt_bank
+from ..prompts.coop import CoOpClassifier
+from ..prompts.encoders import joint_space
+from .checkpoint import Checkpoint, load_checkpoint
+from .run import resolve_device, transforms
+
+
+@dataclass
+class ClassPrompts:
+    """What a prediction reads: class names, their prompts (``None``: the model's own), and how they were made."""
+
+    names: list[str]
+    prompts: PromptInput | None
+    how: str
+    route: str  # which output ranks the classes: "combined" (head + score), "head" or "score"
+
+
+class Classifier:
+    """A checkpoint (or run folder) ready to classify images; see :meth:`predict`."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "auto"):
+        self.checkpoint = checkpoint
+        self.config = checkpoint.config
+        self.classes = checkpoint.class_names
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = checkpoint.build_model().eval().to(self.device)
+        self.transform = transforms(self.config, self.model.backbone)[1]
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto") -> Classifier:
+        return cls(load_checkpoint(path), device)
+
+    @property
+    def prompt_kind(self) -> str:
+        return self.checkpoint.meta.get("bank_kind", self.config.prompts.kind)
+
+    def class_prompts(self, classes: Sequence[str] | None = None, examples: str | Path | None = None,
+                      progress=None) -> ClassPrompts:
+        """The prompts for ``classes`` (``None``: the checkpoint's own classes and prompts)."""
+        if classes is None and examples is None:
+            prompts = self.model.bank_prompts()
+            route = "combined" if prompts is not None else "head"
+            return ClassPrompts(self.classes, prompts, "the checkpoint's classes and prompts", route)
+        folder = image_folder(examples) if examples is not None else None
+        names = [str(c) for c in classes] if classes is not None else folder.class_names
+        if folder is not None and folder.class_names != names:
+            raise DataError(f"the example folder {examples} has classes {folder.class_names[:4]}..., not the class "
+                            f"names given ({names[:4]}...): name its subfolders after the classes, in the same order")
+        if isinstance(self.model, CoOpClassifier):
+            self.model.set_classes(names)
+            return ClassPrompts(names, None, "CoOp: its learned context before each new class name", "head")
+        if self.model.bank_prompts() is None:
+            raise ValueError("this checkpoint is a plain classifier (no prompts): it cannot score new class names; "
+                             "train with prompts.kind=text, image or mixed")
+        return self._instruction_prompts(names, folder, progress)
+
+    def _instruction_prompts(self, names: list[str], folder, progress) -> ClassPrompts:
+        p, kind = self.config.prompts, self.prompt_kind
+        image_encoder = p.image_encoder or p.encoder
+        common = dict(text_encoder=p.encoder, image_encoder=image_encoder, templates=template_set(p.templates),
+                      cache_dir=p.cache_dir, progress=progress, device=self.device)
+        if kind == "text" or folder is not None:
+            bank = build_prompt_bank(kind, names, images=folder, per_class=p.per_class, seed=p.seed,
+                                     image_split="examples", **common)
+            what = f"{kind} prompts from {p.encoder}" + (f" and the example images in {folder.root}" if folder else "")
+            return ClassPrompts(names, self._to_device(bank.model_input()), what, "score")
+        separate = isinstance(self.model.bank_prompts(), dict)  # per-modality projections: no joint space
+        if kind == "mixed" and separate:
+            bank = build_prompt_bank("text", names, **common)
+            prompts = {"text": bank.features["text"]}
+        elif joint_space(p.encoder) and image_encoder == p.encoder:
+            prompts = build_prompt_bank("text", names, **common).model_input()
+        else:
+            raise ValueError(f"this checkpoint reads {kind} prompts and its encoder {image_encoder!r} has no text "
+                             "side in the same space: give example images for the new classes (--examples FOLDER, "
+                             "one subfolder per class)")
+        how = (f"text prompts from {p.encoder} in place of the checkpoint's {kind} prompts (one image-text space); "
+               f"give example images (--examples FOLDER) for {kind} prompts")
+        return ClassPrompts(names, self._to_device(prompts), how, "score")
+
+    def _to_device(self, prompts: PromptInput) -> PromptInput:
+        if isinstance(prompts, dict):
+            return {k: v.to(self.device) for k, v in prompts.items()}
+        return prompts.to(self.device)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, use: ClassPrompts) -> torch.Tensor:
+        """``[B, N]`` class probabilities of preprocessed ``images`` through the route ``use`` names."""
+        out = self.model(images.to(self.device), use.prompts)
+        if use.route == "score":
+            return out.scores.float().softmax(-1)
+        if use.route == "combined":
+            return (out.logits.float().softmax(-1) + out.scores.float().softmax(-1)) / 2
+        return out.logits.float().softmax(-1)
+
+    def predict(self, images: Sequence[str | Path | Image.Image], classes: Sequence[str] | None = None,
+                top_k: int = 5, examples: str | Path | None = None, batch_size: int = 64
+                ) -> list[list[tuple[str, float]]]:
+        """Per image, the top ``min(top_k, N)`` classes with their probabilities, best first."""
+        use = self.class_prompts(classes, examples)
+        return list(self.iter_predict(images, use, top_k, batch_size))
+
+    def iter_predict(self, images: Sequence[Any], use: ClassPrompts, top_k: int = 5, batch_size: int = 64):
+        k = min(top_k, len(use.names))
+        for start in range(0, len(images), batch_size):
+            batch = [img if isinstance(img, Image.Image) else read_image(img) for img in images[start:start + batch_size]]
+            probs = self.probabilities(torch.stack([self.transform(img) for img in batch]), use)
+            values, index = probs.topk(k, dim=-1)
+            for v, i in zip(values.tolist(), index.tolist()):
+                yield [(use.names[c], p) for c, p in zip(i, v)]

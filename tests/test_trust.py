@@ -1,0 +1,170 @@
+"""Paths that used to give a wrong result with exit status 0: each is now right or a clear stop."""
+
+import json
+
+import click
+import pytest
+import typer
+from helpers import colour_folder
+from typer.testing import CliRunner
+
+from instruction_vit.cli import app
+from instruction_vit.config import load_config
+from instruction_vit.engine import RunFolderError, train
+
+runner = CliRunner()
+
+
+def _commands(command: click.Command, path: tuple[str, ...] = ()):
+    yield path
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+def test_every_help_prints():
+    paths = list(_commands(typer.main.get_command(app)))
+    assert ("reproduce",) in paths and ("prompts", "build") in paths and ("data", "check") in paths
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage" in result.output
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory):
+    return colour_folder(tmp_path_factory.mktemp("data") / "images")
+
+
+@pytest.fixture
+def cfg(image_root, tiny_clip_dir, tmp_path):
+    return load_config(None, [
+        "data.dataset=folder", f"data.root={image_root}", "data.val_fraction=0.25", "data.img_size=16",
+        "data.randaugment=null", "data.num_workers=0", "prompts.kind=text",
+        f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", "prompts.templates=photo",
+        f"prompts.cache_dir={tmp_path / 'cache'}",
+        "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+        "train.epochs=2", "train.batch_size=8", "train.lr=0.003", "train.warmup_epochs=0.5",
+        "train.mixup=0", "train.cutmix=0",
+    ])
+
+
+def _write(cfg, path):
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_is_retried_without_force(cfg, tmp_path):
+    out = tmp_path / "run"
+    bad = load_config(None, [f"data.root={tmp_path / 'nowhere'}"], base=cfg.to_dict())
+    result = runner.invoke(app, ["train", "--out", str(out), "--config", str(_write(bad, tmp_path / "bad.yaml"))])
+    assert result.exit_code == 2 and (out / "config.yaml").is_file()
+    result = runner.invoke(app, ["train", "--out", str(out), "--config", str(_write(cfg, tmp_path / "good.yaml"))])
+    assert result.exit_code == 0, result.output
+    assert load_config(out / "config.yaml") == cfg
+    (out / "notes.txt").write_text("a finished run with a file of mine: never overwritten without --force")
+    with pytest.raises(RunFolderError, match="already exists"):
+        train(cfg, out, log=lambda _: None)
+
+
+def test_resume_honours_safe_overrides_and_refuses_the_others(cfg, tmp_path):
+    out = tmp_path / "run"
+    assert train(cfg, out, log=lambda _: None, stop_after_epochs=1) == {"stopped_after_epoch": 1}
+    result = runner.invoke(app, ["train", "--out", str(out), "--resume", "train.epochs=30"])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "train.epochs: 2 -> 30" in message and "model.pretrained=RUN/checkpoints/last.safetensors" in message
+    result = runner.invoke(app, ["train", "--out", str(out), "--resume", "train.log_every=7"])
+    assert result.exit_code == 0, result.output
+    assert "resuming with train.log_every: 50 -> 7" in result.output
+    assert load_config(out / "config.yaml").train.log_every == 7
+    result = runner.invoke(app, ["train", "--out", str(out), "--resume", "--config", str(tmp_path / "x.yaml")])
+    assert result.exit_code == 2 and "drop --config" in result.output
+
+
+def test_results_record_the_splits_the_weights_and_the_prompts(cfg, tmp_path, tiny_vit_kwargs):
+    import hashlib
+
+    import timm
+    from safetensors.torch import save_file
+
+    kwargs = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "img_size": 16}
+    source = timm.create_model("vit_tiny_patch16_224", num_classes=3, **kwargs)
+    weights = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, weights)
+    cfg = load_config(None, [f"model.pretrained={weights}"], base=cfg.to_dict())
+    lines = []
+    results = train(cfg, tmp_path / "run", log=lines.append)
+    assert any(line.startswith("data: folder at ") and "seeded split (seed 0" in line and "3 classes" in line
+               for line in lines), lines
+    assert any(line.startswith("loaded ") and f"from {weights}" in line for line in lines), lines
+    assert any(line.startswith("prompts: text, 3 classes, from open_clip:local-dir:") for line in lines), lines
+    data = results["data"]
+    assert data["source"] == "seeded" and data["num_classes"] == 3
+    assert sum(data["sizes"].values()) == 48
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert results["backbone_weights"]["sha256"] == sha
+    assert results["backbone_weights"]["loaded"] == results["backbone_weights"]["total"]
+    assert results["prompt_bank"]["kind"] == "text" and results["prompt_bank"]["templates"]
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
+
+
+def test_select_k_at_least_the_class_count_is_said(cfg, tmp_path):
+    cfg.prompts.select_k = 5
+    cfg.train.epochs = 1
+    lines = []
+    train(cfg, tmp_path / "run", log=lines.append)
+    assert any("prompts.select_k=5 >= 3 classes" in line for line in lines)
+
+
+def test_epoch_line_shows_slow_throughput():
+    from instruction_vit.engine.train import _rate
+
+    assert _rate(0.42) == "0.42" and _rate(12.345) == "12.3" and _rate(2413.4) == "2,413"
+
+
+@pytest.fixture(scope="module")
+def image_run(image_root, tiny_clip_dir, tmp_path_factory):
+    """A run with image prompts (the tiny CLIP: one image-text space)."""
+    tmp = tmp_path_factory.mktemp("image_run")
+    cfg = load_config(None, [
+        "data.dataset=folder", f"data.root={image_root}", "data.val_fraction=0.25", "data.img_size=16",
+        "data.randaugment=null", "data.num_workers=0", "prompts.kind=image",
+        f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", "prompts.templates=photo",
+        f"prompts.cache_dir={tmp / 'cache'}",
+        "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+        "train.epochs=1", "train.batch_size=8", "train.mixup=0", "train.cutmix=0",
+    ])
+    train(cfg, tmp / "run", log=lambda _: None)
+    return tmp
+
+
+def test_predict_new_classes_on_an_image_prompt_run_says_what_it_uses(image_run, image_root):
+    image = str(image_root / "red" / "0.png")
+    result = runner.invoke(app, ["predict", str(image_run / "run"), image, "--classes", "crimson,lime,navy,coal"])
+    assert result.exit_code == 0, result.output
+    assert "text prompts from open_clip:local-dir:" in result.output
+    assert "in place of the checkpoint's image prompts" in result.output
+    examples = colour_folder(image_run / "examples", per_class=2,
+                             colours={"coal": (20, 20, 20), "snow": (240, 240, 240)})
+    result = runner.invoke(app, ["predict", str(image_run / "run"), image, "--examples", str(examples),
+                                 "--top-k", "5"])
+    assert result.exit_code == 0, result.output
+    assert f"image prompts from open_clip:local-dir:" in result.output and str(examples) in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.count("%") == 2  # top-5 of two classes shows both, no nan
+
+
+def test_prompts_build_folder_draws_image_prompts_from_the_training_split(image_run, image_root, tiny_clip_dir):
+    from instruction_vit.config import DataConfig
+    from instruction_vit.data import load_splits
+
+    out = image_run / "bank"
+    result = runner.invoke(app, ["prompts", "build", "--out", str(out), "--folder", str(image_root), "--kind", "image",
+                                 "--per-class", "20", "--encoder", f"open_clip:local-dir:{tiny_clip_dir}"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(out.with_suffix(".json").read_text())
+    used = {i for ids in meta["image_ids"] for i in ids}
+    splits = load_splits(DataConfig(dataset="folder", root=str(image_root)))
+    held_out = {splits[s].image_id(i) for s in ("val", "test") for i in range(len(splits[s]))}
+    train_ids = {splits["train"].image_id(i) for i in range(len(splits["train"]))}
+    assert used == train_ids and not used & held_out and meta["image_split"] == "train"
