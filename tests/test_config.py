@@ -60,3 +60,14 @@ def test_overrides_on_top_of_a_base_config():
     cfg = load_config(None, ["data.img_size=32"], base=base)
     assert cfg.train.lr == 0.5 and cfg.data.img_size == 32
     assert base["data"]["img_size"] == 64  # the base is not modified
+
+
+def test_num_workers_default_to_what_the_machine_has():
+    import os
+
+    from instruction_vit.config import DataConfig, resolved_workers
+
+    assert resolved_workers(DataConfig()) == min(8, len(os.sched_getaffinity(0)))
+    assert resolved_workers(DataConfig(num_workers=0)) == 0
+    with pytest.raises(ConfigError, match="data.num_workers"):
+        load_config(None, ["data.num_workers=-1"])

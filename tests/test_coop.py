@@ -73,3 +73,31 @@ def test_coop_trains_in_the_engine(tmp_path, tiny_clip_dir):
     cfg.data.img_size = 48
     with pytest.raises(ValueError, match="reads 32 px images"):
         train(cfg, tmp_path / "bad", log=lambda _: None)
+
+
+def test_coop_predicts_new_class_names_with_its_learned_context(tmp_path, tiny_clip_dir):
+    """CoOp's context is class-agnostic: new names get the learned context before them (not 'a plain ViT')."""
+    from helpers import colour_folder
+    from typer.testing import CliRunner
+
+    from instruction_vit.cli import app
+    from instruction_vit.engine.classifier import Classifier
+
+    images = colour_folder(tmp_path / "images")
+    cfg = load_config(None, [
+        "data.dataset=folder", f"data.root={images}", "data.val_fraction=0.25", "data.img_size=32",
+        "data.randaugment=null", "data.num_workers=0", "prompts.kind=none", "model.method=coop",
+        f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", f"prompts.cache_dir={tmp_path / 'cache'}",
+        "model.regime=prompt", "train.epochs=1", "train.batch_size=8", "train.mixup=0", "train.cutmix=0"])
+    train(cfg, tmp_path / "run", log=lambda _: None)
+    classifier = Classifier.load(tmp_path / "run", "cpu")
+    new = ["crimson", "lime", "navy", "coal"]
+    ranked = classifier.predict([images / "red" / "0.png"], classes=new, top_k=10)[0]
+    assert sorted(name for name, _ in ranked) == sorted(new) and abs(sum(p for _, p in ranked) - 1) < 1e-5
+    reference = CoOpClassifier(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), new)
+    reference.prompt_embed.context.data.copy_(classifier.model.prompt_embed.context)
+    torch.testing.assert_close(classifier.model.text_features(), reference.text_features())  # context + new names
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(images / "red" / "0.png"),
+                                      "--classes", ",".join(new)])
+    assert result.exit_code == 0, result.output
+    assert "CoOp: its learned context before each new class name" in result.output and "plain" not in result.output

@@ -1,6 +1,7 @@
 """Experiment specs: cells resolve to validated configs; reproduce runs them; report tabulates them."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,7 +10,7 @@ from typer.testing import CliRunner
 
 from instruction_vit.cli import app
 from instruction_vit.config import ConfigError
-from instruction_vit.engine.experiments import cells, collect, load_spec
+from instruction_vit.engine.experiments import SHIPPED, cells, collect, load_spec
 
 runner = CliRunner()
 
@@ -169,3 +170,13 @@ def test_report_shows_the_difference_from_the_paper_and_flags_it():
     assert "91.00 ± 1.00 (3) | 91.50 (Δ -0.50) |" in row["| A"]
     assert "80.50 ± 0.50 (3) | 90.00 (Δ -9.50 ⚠) |" in row["| B"]
     assert "70.00 (n=1) | 75.00 (Δ -5.00) |" in row["| D"]  # one seed: no spread, no ± 0.00
+
+
+def test_shipped_specs_stand_on_their_own():
+    """Notes state their facts with their sources (no file outside the repository), and no spec forces a worker
+    count the machine may not have."""
+    for path in SHIPPED.glob("*.yaml"):
+        text = path.read_text()
+        assert "REFERENCE.md" not in text, path.name
+        for cell in cells(load_spec(path.stem), Path("runs"), seeds=[1]):
+            assert cell.config.data.num_workers in (None, 0), (path.name, cell.name)

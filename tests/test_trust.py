@@ -149,7 +149,7 @@ def test_predict_new_classes_on_an_image_prompt_run_says_what_it_uses(image_run,
     result = runner.invoke(app, ["predict", str(image_run / "run"), image, "--examples", str(examples),
                                  "--top-k", "5"])
     assert result.exit_code == 0, result.output
-    assert f"image prompts from open_clip:local-dir:" in result.output and str(examples) in result.output
+    assert "image prompts from open_clip:local-dir:" in result.output and str(examples) in result.output
     last = result.output.strip().splitlines()[-1]
     assert last.count("%") == 2  # top-5 of two classes shows both, no nan
 
@@ -168,3 +168,40 @@ def test_prompts_build_folder_draws_image_prompts_from_the_training_split(image_
     held_out = {splits[s].image_id(i) for s in ("val", "test") for i in range(len(splits[s]))}
     train_ids = {splits["train"].image_id(i) for i in range(len(splits["train"]))}
     assert used == train_ids and not used & held_out and meta["image_split"] == "train"
+
+
+def test_an_unreadable_image_stops_the_run_or_is_skipped_and_counted(cfg, tmp_path):
+    import shutil
+
+    from instruction_vit.data import DataError
+
+    root = tmp_path / "images"
+    shutil.copytree(cfg.data.root, root)
+    (root / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    cfg = load_config(None, [f"data.root={root}", "train.epochs=1"], base=cfg.to_dict())
+    with pytest.raises(DataError, match=r"broken\.png.*data\.bad_images=skip"):
+        train(cfg, tmp_path / "strict", log=lambda _: None)
+    assert not (tmp_path / "strict" / "checkpoints").exists()  # stopped before any training
+    cfg.data.bad_images = "skip"
+    lines = []
+    results = train(cfg, tmp_path / "lenient", log=lines.append)
+    assert results["data"]["skipped_images"]
+    files = [item["file"] for items in results["data"]["skipped_images"].values() for item in items]
+    assert len(set(files)) == 1 and files[0].endswith("broken.png")
+    assert any("1 unreadable image(s) skipped" in line for line in lines), lines
+
+
+def test_weights_that_do_not_fit_end_in_one_line_and_exit_2(cfg, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    wider = timm.create_model("vit_tiny_patch16_224", num_classes=3, patch_size=8, embed_dim=48, depth=1,
+                              num_heads=2, img_size=16)
+    path = tmp_path / "vit_s.safetensors"
+    save_file({f"encoder.{k}": v.contiguous() for k, v in wider.state_dict().items()}, path)
+    config = _write(load_config(None, [f"model.pretrained={path}"], base=cfg.to_dict()), tmp_path / "run.yaml")
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--config", str(config)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "weights do not fit vit_tiny_patch16_224" in error
+    assert "of another shape" in error and "model.pretrained=null" in error

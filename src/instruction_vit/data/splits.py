@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
+from ..files import file_sha256
 from .benchmarks import BENCHMARKS, load_benchmark
 from .datasets import (
     DataError,
@@ -66,24 +66,8 @@ def load_splits(cfg: DataConfig) -> dict[str, LabelledImages]:
 # -- provenance --------------------------------------------------------------------------------
 SPLIT_RECIPE = 1  # bump when load_splits would put images elsewhere for the same config
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path) -> str | None:
-    """sha256 of a file's bytes (remembered per path, size and modification time); ``None`` if there is none."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
+def _sha256_or_none(path: str | Path) -> str | None:
+    return file_sha256(path) if Path(path).is_file() else None
 
 
 def _absolute(path: str | Path) -> str:
@@ -91,12 +75,12 @@ def _absolute(path: str | Path) -> str:
 
 
 def _files(paths: list[Path]) -> list[dict[str, str | None]]:
-    return [{"path": _absolute(p), "sha256": file_sha256(p)} for p in paths]
+    return [{"path": _absolute(p), "sha256": _sha256_or_none(p)} for p in paths]
 
 
 def _coop_file(path: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"source": "coop_split_file", "split_file": _absolute(path),
-                            "split_file_sha256": file_sha256(path)}
+                            "split_file_sha256": _sha256_or_none(path)}
     try:  # a file with no val split has one carved from train (val_fraction, split_seed)
         has_val = "val" in json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -1,7 +1,8 @@
 """Decode once: a labelled collection as a memory-mapped uint8 array ``[N, S, S, 3]``.
 
-Decoding JPEGs and augmenting on the CPU every epoch caps a GPU run at under half its compute speed
-(REFERENCE.md). The store is written once per (images, size) — each image resized by its shorter side to ``S``
+Decoding JPEGs and augmenting on the CPU every epoch caps a GPU run at under half its compute speed (a PIL
+pipeline with timm's RandAugment and 15 workers gave about 1,450 img/s against about 3,100 img/s for a compiled
+ViT-B/16 step on one H100). The store is written once per (images, size) — each image resized by its shorter side to ``S``
 and centre-cropped — and read back as uint8 batches with no decoding; augmentation then runs on the GPU
 (:mod:`instruction_vit.data.gpu_augment`). ``S`` is a little larger than the training size (e.g. 256 for
 224) so random crops have room.

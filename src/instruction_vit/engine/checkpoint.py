@@ -15,9 +15,7 @@ previous checkpoint whole.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import Config, from_dict
+from ..files import atomic_write
 from ..model import build_model
 from ..prompts import load_encoder
 from ..prompts.coop import CoOpClassifier
@@ -177,15 +176,7 @@ def save_checkpoint(
             "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
             "rng_numpy": [np_state[0], *[_plain(x) for x in np_state[2:]]],
         })
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -29,7 +29,8 @@ import yaml
 
 from ..config import Config, ConfigError, load_config
 from ..data import split_identity
-from ..prompts.encoders import file_sha256, weights_id
+from ..files import file_sha256
+from ..prompts.encoders import weights_id
 
 SHIPPED = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -184,8 +185,8 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class Identities:
-    """Content identities of weights files and encoders, each computed once per process (a 350 MB file is hashed
-    once however many cells name it)."""
+    """Content identities of weights files and encoders (files are hashed once per process; encoder ids are
+    remembered per spec)."""
 
     def __init__(self):
         self._seen: dict[tuple, str] = {}
@@ -201,11 +202,7 @@ class Identities:
         if source == "timm":
             return "timm"
         path = Path(source).expanduser()
-        if not path.is_file():
-            return f"missing:{path}"
-        stat = path.stat()
-        return self._memo((str(path.resolve()), stat.st_size, stat.st_mtime_ns),
-                          lambda: f"sha256:{file_sha256(path)}")
+        return f"sha256:{file_sha256(path)}" if path.is_file() else f"missing:{path}"
 
     def encoder(self, spec: str | None) -> str | None:
         return None if spec is None else self._memo(("encoder", spec), lambda: weights_id(spec))

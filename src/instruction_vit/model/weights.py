@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import hashlib
 import inspect
 import pickle
 import re
@@ -29,6 +27,7 @@ from timm.models._manipulate import adapt_input_conv
 from torch import Tensor, nn
 
 from ..errors import WeightsError, WeightsUnavailableError
+from ..files import file_sha256
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 PREFIXES = ("module.", "model.", "encoder.", "backbone.")
@@ -112,19 +111,6 @@ def load_weights(net: nn.Module, pretrained: Pretrained, name: str | None = None
         return _load_in_place(net, lambda: net.load_pretrained(str(source)), name, str(source), "npz", digest)
     fmt = "safetensors" if source.suffix == ".safetensors" else "pth"
     return _load_state(net, _read(source), name, str(source), fmt, digest)
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, hashed once per process for a given (path, size, mtime)."""
-    resolved = Path(path).resolve()
-    stat = resolved.stat()
-    return _sha256(str(resolved), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _architecture(net: nn.Module) -> str:

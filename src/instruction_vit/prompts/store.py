@@ -7,8 +7,6 @@ header must match the JSON's, so a half-replaced pair is refused rather than sil
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +14,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ..files import atomic_write
+
 
 def _stem(path: str | Path) -> Path:
     path = Path(path)
     return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_bank_files(path: str | Path, features: dict[str, Tensor], meta: dict[str, Any]) -> Path:
@@ -39,9 +28,9 @@ def save_bank_files(path: str | Path, features: dict[str, Tensor], meta: dict[st
     stem.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().float().cpu().contiguous() for name, t in features.items()}
     weights, sidecar = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"key": meta["key"]}))
+    atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"key": meta["key"]}))
     text = json.dumps(meta, indent=2, sort_keys=True)
-    _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return weights
 
 

