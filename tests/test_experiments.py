@@ -180,3 +180,58 @@ def test_shipped_specs_stand_on_their_own():
         assert "REFERENCE.md" not in text, path.name
         for cell in cells(load_spec(path.stem), Path("runs"), seeds=[1]):
             assert cell.config.data.num_workers in (None, 0), (path.name, cell.name)
+
+
+def test_spec_changes_judge_weights_and_encoders_by_what_they_are(tmp_path):
+    from instruction_vit.engine.experiments import Identities, spec_changes
+
+    spec, ids = load_spec("table2"), Identities()
+
+    def changes(weights=None, overrides=()):
+        cell = next(iter(cells(spec, tmp_path, "oxford_pets/ours_text", [1], overrides, weights)))
+        return spec_changes(cell, ids)
+
+    assert changes({"vit_base_patch16_224": "/w/vit_b16.safetensors"}) == []  # pretrained weights as asked
+    assert changes({"vit_base_patch16_224": "random"}) == ["model.pretrained: 'timm' -> None"]
+    assert changes(overrides=["data.root=/data/torchvision", "train.device=cpu"]) == []
+    assert changes(overrides=["prompts.encoder=open_clip:ViT-B-16@laion2b_s34b_b88k"])  # another CLIP
+    assert changes(overrides=["prompts.encoder=open_clip:ViT-L-14@openai"])
+    clip = tmp_path / "clip.safetensors"
+    clip.write_bytes(b"weights")
+    assert changes(overrides=[f"prompts.encoder=open_clip:ViT-B-16-quickgelu@{clip}"]) == []  # OpenAI's, as a file
+    gelu = changes(overrides=[f"prompts.encoder=open_clip:ViT-B-16@{clip}"])  # a GELU model: not the spec's CLIP
+    assert gelu and gelu[0].startswith("prompts.encoder:")
+
+
+def test_cell_keys_follow_content_not_paths(tmp_path, monkeypatch):
+    from instruction_vit.engine.experiments import Identities, cell_settings, settings_key
+
+    spec = load_spec("offline")
+    monkeypatch.chdir(tmp_path)
+    key = lambda runs, **kw: settings_key(cell_settings(  # noqa: E731
+        next(iter(cells(spec, runs, "prompt/ours_text", [1], **kw))), Identities()))
+    assert key(Path("runs")) == key(tmp_path / "runs")  # --runs runs and --runs /abs/runs: one cell
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}.\n")
+    before = key(Path("runs"), overrides=[f"prompts.templates={templates}"])
+    templates.write_text("a blurry photo of a {}.\n")
+    assert key(Path("runs"), overrides=[f"prompts.templates={templates}"]) != before  # an edited file
+
+
+def test_records_that_are_not_done_report_nothing(tmp_path):
+    from instruction_vit.engine.experiments import check_weights_map, read_record, split_weights
+
+    spec = {"name": "t", "columns": {"c": {}}, "rows": {"r": {}}}
+    seed = tmp_path / "t" / "c" / "r" / "seed1"
+    seed.mkdir(parents=True)
+    (seed / "results.json").write_text(json.dumps({"top1": 99.0}))
+    (seed / "cell.json").write_text(json.dumps({"status": "running", "key": "k"}))  # killed mid-run
+    assert collect(spec, tmp_path)[0]["values"] == []
+    (seed / "cell.json").write_text('{"status": "do')  # a torn write
+    assert read_record(seed)["status"] == "unreadable" and collect(spec, tmp_path)[0]["values"] == []
+    bad = tmp_path / "weights.yaml"
+    bad.write_text("vit: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        split_weights([], bad)
+    with pytest.raises(ConfigError, match="vit_base_patch16, which no cell of table1 trains"):
+        check_weights_map(load_spec("table1"), tmp_path, {"vit_base_patch16": "/w/vit.safetensors"})

@@ -185,8 +185,9 @@ def test_an_unreadable_image_stops_the_run_or_is_skipped_and_counted(cfg, tmp_pa
     cfg.data.bad_images = "skip"
     lines = []
     results = train(cfg, tmp_path / "lenient", log=lines.append)
-    assert results["data"]["skipped_images"]
-    files = [item["file"] for items in results["data"]["skipped_images"].values() for item in items]
+    skipped = results["data"]["skipped_images"]
+    assert skipped["mode"] == "skip" and skipped["count"] == 1 and skipped["checked"] == 48 + 1
+    files = [item["file"] for items in skipped["files"].values() for item in items]
     assert len(set(files)) == 1 and files[0].endswith("broken.png")
     assert any("1 unreadable image(s) skipped" in line for line in lines), lines
 
@@ -205,3 +206,93 @@ def test_weights_that_do_not_fit_end_in_one_line_and_exit_2(cfg, tmp_path):
     error = result.output.strip().splitlines()[-1]
     assert error.startswith("error: ") and "weights do not fit vit_tiny_patch16_224" in error
     assert "of another shape" in error and "model.pretrained=null" in error
+
+
+def test_bar_chart_gives_each_method_its_own_colour(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from instruction_vit.report import bar_chart
+
+    colours = []
+    real_bar = Axes.bar
+    monkeypatch.setattr(Axes, "bar", lambda self, *a, **k: colours.append(k.get("color")) or real_bar(self, *a, **k))
+    records = [{"column": "c", "metric": "top-1", "row": f"r{i}", "label": f"method {i}", "values": [50.0 + i],
+                "paper": None} for i in range(14)]  # Table 1 has 14 rows: more than one cycle of 10 colours
+    bar_chart(records, tmp_path / "chart.png")
+    assert len(colours) == 14 and len(set(colours)) == 14
+
+
+def test_an_error_quoting_another_ends_its_sentence_once():
+    from instruction_vit.cli import _one_sentence_end
+
+    assert _one_sentence_end("could not load x: no such file.. Offline, pass a file.") == \
+        "could not load x: no such file. Offline, pass a file."
+    assert _one_sentence_end("classes a, b, ... and more...") == "classes a, b, ... and more..."
+
+
+def test_prompt_encoding_shows_progress(tiny_clip_dir):
+    from instruction_vit.prompts import build_prompt_bank
+
+    class Recorder:
+        def __init__(self):
+            self.tasks, self.done = {}, {}
+
+        def add_task(self, description, total):
+            self.tasks[description] = total
+            self.done[description] = 0
+            return description
+
+        def advance(self, task, n=1):
+            self.done[task] += n
+
+        def remove_task(self, task):
+            pass
+
+    progress = Recorder()
+    names = [f"class {i}" for i in range(5)]
+    build_prompt_bank("text", names, text_encoder=f"open_clip:local-dir:{tiny_clip_dir}",
+                      templates=["a photo of a {}.", "a {}."], progress=progress)
+    (task,) = progress.tasks
+    assert "encoding 10 prompt texts" in task and progress.tasks[task] == progress.done[task] == 10
+
+
+def test_a_bank_file_with_test_images_or_another_encoder_is_refused(image_run, image_root, tiny_clip_dir, tmp_path):
+    bank = image_run / "bank_default_split"
+    result = runner.invoke(app, ["prompts", "build", "--out", str(bank), "--folder", str(image_root), "--kind", "image",
+                                 "--per-class", "20", "--encoder", f"open_clip:local-dir:{tiny_clip_dir}"])
+    assert result.exit_code == 0, result.output
+    cfg = load_config(image_run / "run" / "config.yaml", [f"prompts.bank_file={bank}"])  # val_fraction 0.25, not 0.1
+    with pytest.raises(ValueError, match="not in this run's training split.*--val-fraction 0.25"):
+        train(cfg, tmp_path / "run", log=lambda _: None)
+
+
+def test_resume_refuses_prompts_that_changed_and_keeps_its_weights(cfg, tmp_path):
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}.\n")
+    cfg.prompts.templates = str(templates)
+    out = tmp_path / "run"
+    train(cfg, out, log=lambda _: None, stop_after_epochs=1)
+    templates.write_text("a drawing of a {}.\n")
+    with pytest.raises(RunFolderError, match="prompts of .* have changed since it started"):
+        train(cfg, out, resume=True, log=lambda _: None)
+
+
+def test_new_class_prompts_must_come_from_the_runs_encoder(image_run):
+    from instruction_vit.engine import CheckpointError
+    from instruction_vit.engine.classifier import Classifier
+
+    classifier = Classifier.load(image_run / "run", "cpu")
+    assert classifier.checkpoint.meta["bank_encoders"]["image_weights"].startswith("sha256:")
+    classifier.checkpoint.meta["bank_encoders"]["text_weights"] = "sha256:other+quick_gelu"
+    with pytest.raises(CheckpointError, match="sha256:other.*point prompts.encoder"):
+        classifier.class_prompts(["crimson", "navy"])
+
+
+def test_caches_of_images_know_where_the_images_are(tmp_path):
+    from instruction_vit.data import image_folder
+    from instruction_vit.data.store import store_key
+
+    a = colour_folder(tmp_path / "a", per_class=2)
+    b = colour_folder(tmp_path / "b", per_class=2)  # the same relative paths, another copy
+    assert [image_folder(a).image_id(i) for i in range(6)] == [image_folder(b).image_id(i) for i in range(6)]
+    assert store_key(image_folder(a), 32) != store_key(image_folder(b), 32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -47,7 +48,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False)
+            console.print(f"[bold red]error:[/] {_one_sentence_end(str(err))}", highlight=False)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -58,6 +59,11 @@ class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text("" if speed is None else f"{speed:.3g}/s", style="progress.data.speed")
+
+
+def _one_sentence_end(message: str) -> str:
+    """A message that quotes another error can end a sentence twice ("failed: no such file.."): once is enough."""
+    return re.sub(r"(?<!\.)\.\.(?=\s|$)", ".", message)
 
 
 def _progress() -> Progress:
@@ -313,12 +319,21 @@ def reproduce(
     Backbone weights go per backbone (weights.vit_base_patch16_224=FILE, or --weights MAP.yaml); a cell whose
     backbone has none is reported as not run, never trained from random init unless asked (weights.NAME=random).
     """
-    from .engine.experiments import Identities, cells, load_spec, run_cells, split_weights, stale_cells
+    from .engine.experiments import (
+        Identities,
+        cells,
+        check_weights_map,
+        load_spec,
+        run_cells,
+        split_weights,
+        stale_cells,
+    )
 
     spec_name, _, select = target.partition("/") if not target.endswith(".yaml") else (target, "", "")
     spec = load_spec(spec_name)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     rest, weight_map = split_weights(overrides or [], weights)
+    check_weights_map(spec, runs, weight_map)
     if dry_run:
         found = list(cells(spec, runs, select, seed_list, rest, weight_map))
         stale = {c.folder: changes for c, changes in stale_cells(found, Identities())}

@@ -46,6 +46,12 @@ class LabelledImages:
         raise NotImplementedError
 
     @property
+    def location(self) -> str:
+        """Where the images are (an absolute folder, or a name): with :meth:`image_id`, what identifies an image
+        in cache keys, so that another copy of a data set under the same relative paths is not taken for this one."""
+        return ""
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
@@ -61,6 +67,10 @@ class ArrayImages(LabelledImages):
     def load_image(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index]).convert("RGB")
 
+    @property
+    def location(self) -> str:
+        return self.name
+
     def image_id(self, index: int) -> str:
         return f"{self.name}/{index}"
 
@@ -74,6 +84,10 @@ class FileImages(LabelledImages):
 
     def load_image(self, index: int) -> Image.Image:
         return read_image(self.root / self.paths[index])
+
+    @property
+    def location(self) -> str:
+        return str(self.root.expanduser().resolve())
 
     def image_id(self, index: int) -> str:
         return self.paths[index]
@@ -108,6 +122,10 @@ class Subset(LabelledImages):
 
     def image_id(self, index: int) -> str:
         return self.base.image_id(self.indices[index])
+
+    @property
+    def location(self) -> str:
+        return self.base.location
 
 
 # -- sources -----------------------------------------------------------------------------------

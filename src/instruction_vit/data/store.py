@@ -58,7 +58,7 @@ def _init_worker(data: LabelledImages) -> None:
 
 def store_key(data: LabelledImages, size: int) -> str:
     ids = [data.image_id(i) for i in range(len(data))]
-    return hashlib.sha256(json.dumps([size, ids, list(data.class_names)]).encode()).hexdigest()[:24]
+    return hashlib.sha256(json.dumps([size, data.location, ids, list(data.class_names)]).encode()).hexdigest()[:24]
 
 
 def build_store(data: LabelledImages, size: int, folder: str | Path, workers: int = 0, progress=None,

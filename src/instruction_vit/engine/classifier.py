@@ -23,8 +23,8 @@ from ..data import DataError, image_folder, read_image, template_set
 from ..model import PromptInput
 from ..prompts import build_prompt_bank
 from ..prompts.coop import CoOpClassifier
-from ..prompts.encoders import joint_space
-from .checkpoint import Checkpoint, load_checkpoint
+from ..prompts.encoders import joint_space, weights_id
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .run import resolve_device, transforms
 
 
@@ -77,15 +77,27 @@ class Classifier:
                              "train with prompts.kind=text, image or mixed")
         return self._instruction_prompts(names, folder, progress)
 
+    def _check_encoders(self, text_encoder: str, image_encoder: str) -> None:
+        """New prompts must come from the encoder weights the model was trained with (recorded in the checkpoint)."""
+        recorded = self.checkpoint.meta.get("bank_encoders") or {}
+        for spec, key in ((text_encoder, "text_weights"), (image_encoder, "image_weights")):
+            if recorded.get(key) and weights_id(spec) != recorded[key]:
+                raise CheckpointError(
+                    f"{self.checkpoint.path} was trained on prompts from encoder weights {recorded[key]!r}, but "
+                    f"{spec!r} now gives {weights_id(spec)!r}: prompts for new classes would not match; point "
+                    "prompts.encoder at the weights the run used")
+
     def _instruction_prompts(self, names: list[str], folder, progress) -> ClassPrompts:
         p, kind = self.config.prompts, self.prompt_kind
         image_encoder = p.image_encoder or p.encoder
+        self._check_encoders(p.encoder, image_encoder)
         common = dict(text_encoder=p.encoder, image_encoder=image_encoder, templates=template_set(p.templates),
                       cache_dir=p.cache_dir, progress=progress, device=self.device)
         if kind == "text" or folder is not None:
-            bank = build_prompt_bank(kind, names, images=folder, per_class=p.per_class, seed=p.seed,
+            images = folder if kind != "text" else None  # a text run reads text prompts, examples or not
+            bank = build_prompt_bank(kind, names, images=images, per_class=p.per_class, seed=p.seed,
                                      image_split="examples", **common)
-            what = f"{kind} prompts from {p.encoder}" + (f" and the example images in {folder.root}" if folder else "")
+            what = f"{kind} prompts from {p.encoder}" + (f" and the example images in {images.root}" if images else "")
             return ClassPrompts(names, self._to_device(bank.model_input()), what, "score")
         separate = isinstance(self.model.bank_prompts(), dict)  # per-modality projections: no joint space
         if kind == "mixed" and separate:

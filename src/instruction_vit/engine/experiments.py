@@ -29,19 +29,21 @@ import yaml
 
 from ..config import Config, ConfigError, load_config
 from ..data import split_identity
-from ..files import file_sha256
+from ..files import atomic_write, file_sha256
 from ..prompts.encoders import weights_id
 
 SHIPPED = Path(__file__).resolve().parents[1] / "experiments"
 
 
 #: Keys that say where things are or how a run is executed, not what it computes: they never make a cell "differ
-#: from the spec" (the files they point at are identified by content in the cell's key instead).
+#: from the spec" by themselves (a change of weights or encoder is judged by what they are, see spec_changes).
 SITE_KEYS = ("data.root", "data.split_file", "data.num_workers", "data.store_dir", "prompts.cache_dir",
-             "prompts.bank_file", "model.pretrained", "train.device", "train.log_every", "train.tensorboard",
-             "train.compile")
-#: Of those, the ones that cannot change a result: left out of the cell's key.
-RUN_ONLY_KEYS = ("data.num_workers", "data.store_dir", "prompts.cache_dir", "train.log_every", "train.tensorboard")
+             "prompts.bank_file", "train.device", "train.log_every", "train.tensorboard", "train.compile")
+#: Keys left out of the cell's key: they cannot change a result, or they are paths whose content is in the key
+#: instead (so ``--runs runs`` and ``--runs /abs/runs``, or a moved weights file, give the same key).
+UNKEYED = ("data.num_workers", "data.store_dir", "prompts.cache_dir", "train.log_every", "train.tensorboard",
+           "data.root", "data.split_file", "model.pretrained", "prompts.bank_file", "prompts.encoder",
+           "prompts.image_encoder", "prompts.templates", "prompts.descriptions")
 RECORD = "cell.json"
 
 
@@ -92,7 +94,10 @@ def split_weights(overrides: Sequence[str], weights_file: str | Path | None = No
         path = Path(weights_file)
         if not path.is_file():
             raise ConfigError(f"weights map not found: {path}")
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"weights map {path} is not valid YAML: {err}") from err
         if not isinstance(content, dict) or not all(isinstance(v, str) for v in content.values()):
             raise ConfigError(f"{path} must map backbone names to weights sources, e.g. vit_base_patch16_224: "
                               "/weights/vit_b16.safetensors")
@@ -196,32 +201,44 @@ class Identities:
             self._seen[key] = make()
         return self._seen[key]
 
-    def backbone_weights(self, source: str | None) -> str:
+    def file(self, source: str | None) -> str:
+        """``random-init``, ``timm`` (timm's own sources), ``sha256:...`` of a file, or ``missing:PATH``."""
         if source is None:
             return "random-init"
         if source == "timm":
             return "timm"
         path = Path(source).expanduser()
-        return f"sha256:{file_sha256(path)}" if path.is_file() else f"missing:{path}"
+        return f"sha256:{file_sha256(path)}" if path.is_file() else f"missing:{path.resolve()}"
 
-    def encoder(self, spec: str | None) -> str | None:
-        return None if spec is None else self._memo(("encoder", spec), lambda: weights_id(spec))
+    def encoder(self, spec: str | None) -> dict[str, str] | None:
+        """The model an encoder spec names and the content id of its weights (with the activation for CLIP)."""
+        if spec is None:
+            return None
+        return {"model": _encoder_model(spec), "weights": self._memo(("encoder", spec), lambda: weights_id(spec))}
+
+    def text_file(self, value: str | None) -> str | None:
+        """A template set or descriptions file by content; a named set by its name."""
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return f"sha256:{file_sha256(path)}" if path.is_file() else value
 
 
 def cell_settings(cell: Cell, ids: Identities) -> dict[str, Any]:
-    """Everything a cell's numbers depend on: its resolved config (less the keys that cannot change a result),
-    the identity of its splits, and the content ids of its backbone weights and prompt encoders."""
+    """Everything a cell's numbers depend on: its resolved config (less :data:`UNKEYED`), the identity of its
+    splits, and the content ids of its backbone weights, prompt encoders, template and description files."""
     c = cell.config
-    config = {k: v for k, v in _flat(c.to_dict()).items() if k not in RUN_ONLY_KEYS}
+    config = {k: v for k, v in _flat(c.to_dict()).items() if k not in UNKEYED}
     settings: dict[str, Any] = {"config": config, "split": split_identity(c.data), "zero_shot": cell.zero_shot}
     if cell.needs_backbone:
-        settings["backbone_weights"] = ids.backbone_weights(c.model.pretrained)
+        settings["backbone_weights"] = ids.file(c.model.pretrained)
     if cell.uses_encoder:
         settings["encoder"] = ids.encoder(c.prompts.encoder)
-        if c.prompts.image_encoder:
-            settings["image_encoder"] = ids.encoder(c.prompts.image_encoder)
+        settings["image_encoder"] = ids.encoder(c.prompts.image_encoder)
+        settings["templates"] = ids.text_file(c.prompts.templates)
+        settings["descriptions"] = ids.text_file(c.prompts.descriptions)
     if c.prompts.bank_file:
-        settings["bank_file"] = ids.backbone_weights(str(Path(c.prompts.bank_file).with_suffix(".safetensors")))
+        settings["bank_file"] = ids.file(str(bank_stem(c.prompts.bank_file).with_suffix(".safetensors")))
     return settings
 
 
@@ -229,36 +246,70 @@ def settings_key(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def spec_changes(cell: Cell) -> list[str]:
-    """How the cell's config departs from the spec's (``key: spec -> now``), site keys (paths, device) aside; an
-    encoder counts as changed only when its model differs (not where its weights file lies)."""
+def spec_changes(cell: Cell, ids: Identities | None = None) -> list[str]:
+    """How the cell departs from the spec (``key: spec -> now``). Paths and devices aside, with two judged by
+    what they are: backbone weights change unless the spec asks for pretrained weights (``timm``) and a file gives
+    them (random init, another tag, or another file than the spec names is a change); an encoder changes when its
+    model, its tag or (for CLIP) its activation differs from the spec's, not when its weights lie elsewhere."""
     if cell.spec_config is None:
         return []
+    ids = ids or Identities()
     now, spec = _flat(cell.config.to_dict()), _flat(cell.spec_config.to_dict())
     changes = []
     for key in now:
         a, b = spec.get(key), now[key]
         if key in SITE_KEYS or a == b:
             continue
-        if key in ("prompts.encoder", "prompts.image_encoder") and _encoder_model(a) == _encoder_model(b):
+        if key == "model.pretrained" and (a == "timm" and b is not None and b != "random"):
+            continue
+        if key in ("prompts.encoder", "prompts.image_encoder") and _same_encoder(a, b, ids):
             continue
         changes.append(f"{key}: {a!r} -> {b!r}")
     return changes
 
 
 def _encoder_model(spec: Any) -> Any:
-    """``open_clip:ViT-B-16@openai`` and ``open_clip:ViT-B-16@/w/clip.pt`` name the same model."""
+    """``open_clip:ViT-B-16@openai`` and ``open_clip:ViT-B-16-quickgelu@/w/clip.pt`` name the same model."""
     return spec.partition("@")[0].removesuffix("-quickgelu") if isinstance(spec, str) else spec
 
 
+def _same_encoder(a: Any, b: Any, ids: Identities) -> bool:
+    """The same model, and either the same tag or a weights file whose activation matches the spec's tag."""
+    if not (isinstance(a, str) and isinstance(b, str)) or _encoder_model(a) != _encoder_model(b):
+        return False
+    tag_a, tag_b = a.partition("@")[2], b.partition("@")[2]
+    file_a, file_b = (any(sep in t for sep in "/\\.") for t in (tag_a, tag_b))
+    if not file_a and not file_b:
+        return tag_a == tag_b
+    try:
+        act = [ids.encoder(x)["weights"].rpartition("+")[2] for x in (a, b)]
+    except (OSError, ValueError, RuntimeError):
+        return False
+    return act[0] == act[1]
+
+
+def bank_stem(path: str | Path) -> Path:
+    """``banks/pets``, ``banks/pets.json`` and ``banks/pets.safetensors`` name one bank (as PromptBank.load reads)."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+
+
 def read_record(folder: Path) -> dict[str, Any] | None:
+    """The cell's ``cell.json``; an unreadable one (a kill mid-write by an older version) counts as none."""
     path = folder / RECORD
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"status": "unreadable", "key": None, "settings": {}}
+    return record if isinstance(record, dict) else {"status": "unreadable", "key": None, "settings": {}}
 
 
 def _write_record(folder: Path, record: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RECORD).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    text = json.dumps(record, indent=2, default=str)
+    atomic_write(folder / RECORD, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -278,20 +329,37 @@ def _flat_all(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _has_run(folder: Path) -> bool:
+    return (folder / "results.json").is_file() or any((folder / "checkpoints").glob("*.safetensors"))
+
+
 def stale_cells(found: Sequence[Cell], ids: Identities) -> list[tuple[Cell, list[str]]]:
     """Cells whose folder holds a run (finished or not) made under other settings, with what changed."""
     stale = []
     for cell in found:
-        has_run = (cell.folder / "results.json").is_file() or (cell.folder / "checkpoints").is_dir()
-        if not has_run:
+        if not _has_run(cell.folder):
             continue
         record = read_record(cell.folder)
         settings = cell_settings(cell, ids)
         if record is None:
             stale.append((cell, ["no record of the settings it was run with (made by an older version)"]))
+        elif record.get("status") == "unreadable":
+            stale.append((cell, [f"its record {cell.folder / RECORD} is unreadable"]))
         elif record.get("key") != settings_key(settings):
             stale.append((cell, _settings_diff(record.get("settings", {}), settings)))
     return stale
+
+
+def check_weights_map(spec: dict[str, Any], runs: Path, weights: Mapping[str, str]) -> None:
+    """Every backbone named in ``weights`` must be one that some cell of the spec trains (a misspelt name would
+    otherwise leave its cells on timm's default weights)."""
+    if not weights:
+        return
+    trained = {c.config.model.backbone for c in cells(spec, runs, seeds=[1]) if c.needs_backbone}
+    unknown = sorted(set(weights) - trained)
+    if unknown:
+        raise ConfigError(f"weights given for {', '.join(unknown)}, which no cell of {spec['name']} trains; its "
+                          f"backbones are {', '.join(sorted(trained))}")
 
 
 def _refuse_stale(stale: list[tuple[Cell, list[str]]], runs: Path) -> None:
@@ -315,6 +383,7 @@ def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequenc
     from .train import train
 
     ids = Identities()
+    check_weights_map(spec, runs, weights or {})
     found = list(cells(spec, runs, select, seeds, overrides, weights))
     if not force and (stale := stale_cells(found, ids)):
         _refuse_stale(stale, runs)
@@ -322,17 +391,17 @@ def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequenc
     for cell in found:
         settings = cell_settings(cell, ids)  # again: an earlier cell may have made the file this one starts from
         key = settings_key(settings)
-        record = read_record(cell.folder)
+        record = read_record(cell.folder) or {}
         results = cell.folder / "results.json"
-        if results.is_file() and not force and record and record.get("key") == key:
+        if not force and record.get("status") == "done" and record.get("key") == key and results.is_file():
             log(f"{cell.name}: done ({results})")
             continue
-        if record and record.get("key") != key and (cell.folder / "checkpoints").is_dir() and not force:
+        if not force and record.get("key") != key and _has_run(cell.folder):
             _refuse_stale([(cell, _settings_diff(record.get("settings", {}), settings))], runs)
         log(f"== {spec['name']}/{cell.name} ==")
-        changes = spec_changes(cell)
-        base_record = {"key": key, "settings": settings, "spec_changes": changes, "cell": cell.name}
+        base_record = {"key": key, "settings": settings, "spec_changes": spec_changes(cell, ids), "cell": cell.name}
         resume = (cell.folder / "checkpoints" / "last.safetensors").is_file() and not force
+        results.unlink(missing_ok=True)  # whatever happens next, no earlier result stands for this run
         _write_record(cell.folder, {**base_record, "status": "running"})
         try:
             if cell.zero_shot:
@@ -340,7 +409,9 @@ def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequenc
             else:
                 train(cell.config, cell.folder, resume=resume, force=not resume, log=log, progress=progress)
         except WeightsUnavailableError as err:
-            reason = f"no weights for {cell.config.model.backbone}" if cell.needs_backbone else "no encoder weights"
+            backbone = cell.config.model.backbone
+            reason = f"no weights for {backbone}" if cell.needs_backbone and backbone in str(err) else \
+                f"no weights for the encoder {cell.config.prompts.encoder}"
             log(f"{cell.name}: not run: {reason} ({err})")
             _write_record(cell.folder, {**base_record, "status": "not_run", "reason": reason})
             continue
@@ -374,6 +445,8 @@ def collect(spec: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
                     record = read_record(seed_dir) or {}
                     if record.get("status") == "not_run":
                         not_run.append(record.get("reason", "not run"))
+                        continue
+                    if record and record.get("status") != "done":  # running, killed or unreadable: no result
                         continue
                     f = seed_dir / "results.json"
                     if f.is_file():

@@ -26,7 +26,7 @@ def image_features(encoder: PromptEncoder | str, data: LabelledImages, cache_dir
     loaded only when the features are not cached)."""
     ids = [data.image_id(i) for i in range(len(data))]
     name, weights = (encoder, weights_id(encoder)) if isinstance(encoder, str) else (encoder.name, encoder.weights_id())
-    key = hashlib.sha256(json.dumps([name, weights, ids]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([name, weights, data.location, ids]).encode()).hexdigest()[:24]
     path = Path(cache_dir) / f"features-{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
         return load_file(str(path))["features"]

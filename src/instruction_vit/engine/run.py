@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, resolved_workers
 from ..data import LabelledImages, TransformedImages, eval_transform, template_set, train_transform
 from ..prompts import PromptBank, build_prompt_bank
-from ..prompts.encoders import joint_space
+from ..prompts.encoders import joint_space, weights_id
 from .rankers import image_features, prototype_scores, zero_shot_scores
 
 
@@ -61,7 +61,8 @@ def device_augment(cfg: Config, backbone: torch.nn.Module):
 
 def eval_loader(cfg: Config, backbone: torch.nn.Module, data: LabelledImages) -> DataLoader:
     """Evaluation batches of ``data`` in order."""
-    return DataLoader(TransformedImages(data, transforms(cfg, backbone)[1], cfg.data.bad_images),
+    # Strict: an evaluation image that fails to decode stops with its name (never a stand-in that skews the metric).
+    return DataLoader(TransformedImages(data, transforms(cfg, backbone)[1]),
                       batch_size=cfg.train.batch_size,
                       num_workers=resolved_workers(cfg.data))
 
@@ -90,7 +91,7 @@ def data_line(info: dict) -> str:
     where = {"coop_split_file": f"split file {info.get('split_file')} (sha256 {str(info.get('split_file_sha256'))[:12]})",
              "seeded": f"seeded split (seed {info.get('seed')})", "official": "official split"}.get(
         source, f"{source} splits")
-    skipped = getattr(info.get("skipped_images"), "count", 0)
+    skipped = (info.get("skipped_images") or {}).get("count", 0)
     return (f"data: {info.get('dataset')} at {info.get('root')}, {where}: train {sizes.get('train')} / val "
             f"{sizes.get('val')} / test {sizes.get('test')} images, {info.get('num_classes')} classes"
             + (f"; {skipped} unreadable image(s) skipped" if skipped else ""))
@@ -99,8 +100,8 @@ def data_line(info: dict) -> str:
 def prompts_line(cfg: Config, bank: PromptBank) -> str:
     """One line saying which prompts a run reads and what made them."""
     m = bank.meta
-    encoders = ", ".join(f"{m[k]} ({m[w]})" for k, w in (("text_encoder", "text_weights"),
-                                                          ("image_encoder", "image_weights")) if k in m)
+    encoders = ", ".join(dict.fromkeys(f"{m[k]} ({m[w]})" for k, w in (("text_encoder", "text_weights"),
+                                                                       ("image_encoder", "image_weights")) if k in m))
     line = f"prompts: {bank.kind}, {bank.num_classes} classes, from {encoders}, bank {bank.key}"
     if m.get("loaded"):
         line += f" (encoded by {'; '.join(m['loaded'].values())})"
@@ -126,6 +127,7 @@ def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None, pro
                 "rebuild it for these classes, in label order")
         if bank.kind != kind:
             raise ValueError(f"prompt bank {p.bank_file} holds {bank.kind} prompts but prompts.kind={kind}")
+        _check_bank_file(cfg, bank, train)
         return bank
     return build_prompt_bank(
         kind, train.class_names, text_encoder=p.encoder, image_encoder=p.image_encoder or p.encoder,
@@ -133,6 +135,26 @@ def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None, pro
         per_class=p.per_class, seed=p.seed, cache_dir=p.cache_dir, progress=progress,
         device=resolve_device(cfg.train.device), image_split="train",
     )
+
+
+def _check_bank_file(cfg: Config, bank: PromptBank, train: LabelledImages) -> None:
+    """A bank built elsewhere must fit this run: image prompts from its training images only, and the encoders
+    the run names (the ranker and new class names use them)."""
+    p, m = cfg.prompts, bank.meta
+    used = {i for ids in m.get("image_ids", []) for i in ids}
+    if used:
+        train_ids = {train.image_id(i) for i in range(len(train))}
+        outside = sorted(used - train_ids)
+        if outside or m.get("image_root", train.location) != train.location:
+            shown = ", ".join(outside[:3]) or f"images under {m.get('image_root')}"
+            raise ValueError(
+                f"prompt bank {p.bank_file} draws image prompts from images that are not in this run's training "
+                f"split ({shown}): they may be test images. Rebuild it with the run's split (ivit prompts build "
+                f"--folder ROOT --val-fraction {cfg.data.val_fraction} --split-seed {cfg.data.split_seed})")
+    for key, spec in (("text_weights", p.encoder), ("image_weights", p.image_encoder or p.encoder)):
+        if key in m and m[key] != weights_id(spec):
+            raise ValueError(f"prompt bank {p.bank_file} was encoded with weights {m[key]!r}, but the run's encoder "
+                             f"{spec!r} gives {weights_id(spec)!r}; set prompts.encoder to the bank's encoder")
 
 
 def ranker_scores(cfg: Config, train: LabelledImages, data: LabelledImages, progress=None) -> Tensor:

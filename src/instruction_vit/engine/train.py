@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, load_config, resolved_workers
 from ..data import TransformedImages, drop_unreadable, load_splits, split_info
 from ..data.store import StoreDataset, build_store
+from ..files import atomic_write
 from ..losses import InstructionLoss
 from ..model import apply_regime
 from ..prompts import forward_selected, target_mask
@@ -63,6 +64,8 @@ class NonFiniteLossError(RuntimeError):
 RUN_ENTRIES = frozenset({"config.yaml", "metrics.csv", "metrics.jsonl", "results.json", "checkpoints", "tensorboard",
                          "cell.json"})
 #: Config keys a resumed run may change: they say how it runs, not what it computes.
+#: What a checkpoint records of the encoders behind its prompts (new class names must come from the same ones).
+BANK_ENCODERS = ("text_encoder", "text_weights", "image_encoder", "image_weights")
 RESUME_SAFE = ("train.device", "train.log_every", "train.tensorboard", "train.compile", "data.num_workers",
                "data.store_dir", "prompts.cache_dir")
 
@@ -116,37 +119,50 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     ``stop_after_epochs`` ends this invocation after that many epochs, checkpointed and resumable (for
     time-limited jobs); it then returns ``{"stopped_after_epoch": E}``.
 
-    With ``resume``, the folder's own ``config.yaml`` is used and training continues after the last epoch
-    that was checkpointed; the metrics end equal to those of a run never interrupted (CPU, deterministic).
+    With ``resume``, training continues after the last epoch that was checkpointed; the metrics end equal to those
+    of a run never interrupted (CPU, deterministic). ``cfg`` must then be the folder's ``config.yaml``, changed at
+    most in :data:`RESUME_SAFE` keys (``ivit train --resume`` builds it from that file and the overrides).
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains with DDP; rank 0 writes, logs and evaluates.
     """
     out = Path(out)
     world, dist_device = init_world(cfg.train.device)
+    if not world.is_main:
+        log, progress = (lambda _: None), None
     if resume and (out / "config.yaml").is_file():
         changes = resume_changes(load_config(out / "config.yaml"), cfg)
         if changes:
             log(f"resuming with {'; '.join(changes)}")
+    world.barrier()  # every rank has read the saved config before rank 0 replaces it
     if world.is_main:
         prepare_run_folder(out, resume, force)
-        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        text = cfg.to_yaml()
+        atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     world.barrier()
-    if not world.is_main:
-        log, progress = (lambda _: None), None
     t = cfg.train
     device = dist_device or resolve_device(t.device)
     splits, skipped = drop_unreadable(load_splits(cfg.data), cfg.data.bad_images, workers=resolved_workers(cfg.data))
-    data_info = {**split_info(cfg.data, splits), "skipped_images": skipped}
+    data_info = {**split_info(cfg.data, splits), "skipped_images": skipped.to_dict(),
+                 "num_workers": resolved_workers(cfg.data)}
     log(data_line(data_info))
     class_names = splits["train"].class_names
     bank = world.in_turn(lambda: prompt_bank(cfg, splits["train"], progress=progress))  # rank 0 builds it first
     if bank is not None:
         log(prompts_line(cfg, bank))
+    last = load_checkpoint(out / "checkpoints" / "last.safetensors") if resume else None
+    if last is not None and bank is not None and last.meta.get("bank_key") not in (None, bank.key):
+        raise RunFolderError(
+            f"the prompts of {out} have changed since it started (bank {last.meta['bank_key']} then, {bank.key} now: "
+            "the encoder's weights, the templates or the data changed); resume needs the same prompts. Restore them, "
+            "or start a new run")
     # Seed after everything that may or may not touch the RNG (encoders load only on cache misses).
     seed_everything(t.seed, t.deterministic)
-    model = model_from_config(cfg, class_names, bank.prompt_dim if bank else None)
-    weights = getattr(model, "weights_report", None)
-    if cfg.model.method == "instruction_vit":
-        log(weights.summary() if weights is not None else
+    # Resuming, the backbone comes from the checkpoint: the weights file is not read again (it may have changed).
+    model = model_from_config(cfg, class_names, bank.prompt_dim if bank else None,
+                              pretrained=False if last is not None else None)
+    weights_record = last.meta.get("backbone_weights") if last is not None else \
+        (model.weights_report.to_dict() if getattr(model, "weights_report", None) is not None else None)
+    if cfg.model.method == "instruction_vit" and last is None:
+        log(model.weights_report.summary() if weights_record is not None else
             f"backbone {cfg.model.backbone}: random init (model.pretrained is null)")
     if bank is not None:
         model.set_prompt_bank(bank.model_input(), trainable=cfg.model.train_prompt_features)
@@ -184,8 +200,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
                                   t_in_epochs=False)
 
     start_epoch, step, best, history = 0, 0, -1.0, []
-    if resume:
-        ckpt = load_checkpoint(out / "checkpoints" / "last.safetensors")
+    if last is not None:
+        ckpt = last
         ckpt.load_into(model)
         ckpt.restore_optimizer(optimizer)
         ckpt.restore_rng()
@@ -205,6 +221,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     stepper = _Stepper(cfg, model, train_model, device, len(class_names), mixup, augment, criterion, optimizer,
                        scheduler, out)
     meta_base = {"config": cfg.to_dict(), "class_names": class_names, "bank_key": bank.key if bank else None,
+                 "backbone_weights": weights_record,
+                 "bank_encoders": {k: bank.meta[k] for k in BANK_ENCODERS if k in bank.meta} if bank else {},
                  "bank_kind": bank.kind if bank else "none"}
     writer = _tensorboard(out) if t.tensorboard and world.is_main else None
 
@@ -260,7 +278,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             writer.close()
         results = test_results(cfg, out, splits, progress)
         results["data"] = data_info
-        results["backbone_weights"] = weights.to_dict() if weights is not None else None
+        results["backbone_weights"] = weights_record
         if bank is not None:
             results["prompt_bank"] = {k: bank.meta.get(k) for k in PROMPT_RECORD if k in bank.meta}
         if cfg.data.classes == "base" and bank is not None:

@@ -207,7 +207,8 @@ def build_prompt_bank(
     if use_image:
         chosen = choose_prompt_images(images.labels, len(class_names), per_class, seed)
         meta.update(image_encoder=_spec(image_encoder), image_weights=_weights(image_encoder), per_class=per_class,
-                    seed=seed, image_ids=[[images.image_id(i) for i in idx] for idx in chosen])
+                    seed=seed, image_root=getattr(images, "location", ""),
+                    image_ids=[[images.image_id(i) for i in idx] for idx in chosen])
         if image_split is not None:
             meta["image_split"] = image_split
     meta["key"] = bank_key(meta)

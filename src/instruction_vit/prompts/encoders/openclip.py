@@ -219,5 +219,5 @@ def _feature_dim(model: nn.Module) -> int | None:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return text.splitlines()[0].rstrip(".") if text else type(err).__name__
 
