@@ -235,3 +235,11 @@ def test_records_that_are_not_done_report_nothing(tmp_path):
         split_weights([], bad)
     with pytest.raises(ConfigError, match="vit_base_patch16, which no cell of table1 trains"):
         check_weights_map(load_spec("table1"), tmp_path, {"vit_base_patch16": "/w/vit.safetensors"})
+
+
+def test_weights_files_that_are_not_there_are_named_before_anything_runs(tmp_path):
+    from instruction_vit.engine.experiments import check_weights_map
+
+    with pytest.raises(ConfigError, match="weights files not found: vit_base_patch16_224=/nowhere/vit.safetensors"):
+        check_weights_map(load_spec("table1"), tmp_path, {"vit_base_patch16_224": "/nowhere/vit.safetensors"})
+    check_weights_map(load_spec("table1"), tmp_path, {"vit_base_patch16_224": "timm", "resnet50": "random"})

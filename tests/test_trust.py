@@ -296,3 +296,39 @@ def test_caches_of_images_know_where_the_images_are(tmp_path):
     b = colour_folder(tmp_path / "b", per_class=2)  # the same relative paths, another copy
     assert [image_folder(a).image_id(i) for i in range(6)] == [image_folder(b).image_id(i) for i in range(6)]
     assert store_key(image_folder(a), 32) != store_key(image_folder(b), 32)
+
+
+def test_an_error_raised_in_a_loader_worker_is_still_one_line():
+    from instruction_vit.cli import _one_line
+    from instruction_vit.data import DataError
+
+    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                        "last):\n  File \"x.py\", line 1, in f\n    raise DataError(...)\n"
+                        "instruction_vit.data.datasets.DataError: cannot read image /d/red/3.jpg: broken data stream\n")
+    assert _one_line(wrapped) == "cannot read image /d/red/3.jpg: broken data stream"
+    assert _one_line(DataError("plain message.")) == "plain message."
+
+
+def test_predict_goes_on_past_an_unreadable_image_and_says_so(image_run, image_root, tmp_path):
+    import shutil
+
+    folder = tmp_path / "photos"
+    shutil.copytree(image_root / "red", folder)
+    (folder / "zz_broken.png").write_text("not an image")
+    result = runner.invoke(app, ["predict", str(image_run / "run"), str(folder)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert sum(line.endswith("%") for line in lines) == 16  # every readable image predicted
+    assert any("zz_broken.png: unreadable" in line for line in lines)
+    assert lines[-1] == "error: 1 of 17 images could not be read (listed above)"
+
+
+def test_starting_from_a_run_checkpoint_records_which(image_run, cfg, tmp_path):
+    import hashlib
+
+    best = image_run / "run" / "checkpoints" / "best.safetensors"
+    cfg = load_config(None, [f"model.pretrained={best}", "train.epochs=1"], base=cfg.to_dict())
+    results = train(cfg, tmp_path / "run", log=lambda _: None)
+    record = results["backbone_weights"]
+    assert record["source"] == str(best) and record["format"] == "instruction-vit checkpoint"
+    assert record["sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()

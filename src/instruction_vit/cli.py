@@ -48,7 +48,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
-            console.print(f"[bold red]error:[/] {_one_sentence_end(str(err))}", highlight=False)
+            console.print(f"[bold red]error:[/] {_one_line(err)}", highlight=False)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -59,6 +59,15 @@ class _RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
         return Text("" if speed is None else f"{speed:.3g}/s", style="progress.data.speed")
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's own message: a DataLoader worker re-raises it with the worker's traceback in front."""
+    message = str(err)
+    if "Original Traceback" in message:
+        last = [line for line in message.splitlines() if line.strip()][-1]
+        message = last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] else last
+    return _one_sentence_end(message.strip())
 
 
 def _one_sentence_end(message: str) -> str:
@@ -116,9 +125,8 @@ def evaluate(
         help="data.key=value overrides, e.g. data.root=OTHER to evaluate on other images of the same classes.")] = None,
 ) -> None:
     """Evaluate a checkpoint on its data: head, score and combined routes, with or without selection."""
-    from .data import load_splits
     from .engine import classification_metrics, predict
-    from .engine.run import eval_loader, ranker_scores, resolve_device
+    from .engine.run import eval_loader, ranker_scores, resolve_device, run_splits
     from .report import plot_confusion
 
     ckpt = load_checkpoint(checkpoint)
@@ -129,7 +137,7 @@ def evaluate(
         cfg = load_config(None, overrides, base=cfg.to_dict())
     if split not in ("val", "test"):
         raise ValueError(f"--split must be val or test, not {split!r}")
-    splits = load_splits(cfg.data)
+    splits = run_splits(cfg)[0]  # unreadable images: as the run's data.bad_images says
     _check_classes(ckpt.class_names, splits["train"].class_names, "the data")
     device = resolve_device(cfg.train.device)
     model = ckpt.build_model().to(device)
@@ -175,10 +183,22 @@ def predict(
     files = _image_files(images)
     with _progress() as progress:
         use = classifier.class_prompts(_class_list(classes, class_file), examples, progress)
-    for i, (f, ranked) in enumerate(zip(files, classifier.iter_predict(files, use, top_k))):
-        if i == 0:  # after the first batch is read: an unreadable image ends in its error alone
+    unreadable = 0
+    for i, (f, ranked) in enumerate(zip(files, classifier.iter_predict(files, use, top_k, skip_unreadable=True))):
+        if i == 0 and len(files) > 1:
+            console.print(f"{len(use.names)} classes; {use.how}", highlight=False)
+        if isinstance(ranked, DataError):
+            if len(files) == 1:
+                raise ranked
+            unreadable += 1
+            console.print(f"{f}: [red]unreadable[/] ({ranked})", highlight=False)
+            continue
+        if i == 0 and len(files) == 1:
             console.print(f"{len(use.names)} classes; {use.how}", highlight=False)
         console.print(f"{f}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranked), highlight=False)
+    if unreadable:
+        console.print(f"[bold red]error:[/] {unreadable} of {len(files)} images could not be read (listed above)")
+        raise typer.Exit(2)
 
 
 @prompts_app.command("build")
@@ -197,11 +217,15 @@ def prompts_build(
     val_fraction: Annotated[float, typer.Option(
         help="The folder's held-out fraction (val and test each), as data.val_fraction of the training run.")] = 0.1,
     split_seed: Annotated[int, typer.Option(help="The folder's split seed, as data.split_seed of the run.")] = 0,
+    bad_images: Annotated[str, typer.Option(help="error or skip: unreadable images in --folder, as "
+                                                 "data.bad_images of the run.")] = "error",
 ) -> None:
     """Encode class names (and/or images of each class) into a prompt bank. Image prompts come from the
     folder's training split (the split `ivit train data.dataset=folder` makes with the same fraction and seed), and
     the bank's JSON lists the files used."""
-    data = training_split(folder, val_fraction, split_seed) if folder is not None else None
+    if kind in ("image", "mixed") and folder is None:
+        raise ValueError(f"{kind} prompts are drawn from example images: give --folder (one subfolder per class)")
+    data = training_split(folder, val_fraction, split_seed, bad_images) if folder is not None else None
     names = _class_list(classes, class_file) or (data.class_names if data is not None else None)
     if names is None:
         raise ValueError("give the classes: --classes, --class-file or --folder")
@@ -341,6 +365,10 @@ def reproduce(
             state = f"ran under other settings: {'; '.join(stale[cell.folder][:2])}" if cell.folder in stale else \
                 "done" if (cell.folder / "results.json").is_file() else "to run"
             source = cell.config.model.pretrained if cell.needs_backbone else None
+            if source == "timm":
+                source = "timm (timm's own sources: online, or a filled cache)"
+            elif source is not None and not Path(source).expanduser().is_file():
+                source = f"{source} (not there yet)"
             what = f"{cell.config.model.backbone} weights {source or 'random init'}" if cell.needs_backbone else \
                 f"encoder {cell.config.prompts.encoder}"
             console.print(f"{cell.name}: {cell.folder} ({state}; {what})", highlight=False)
@@ -353,7 +381,8 @@ def reproduce(
 @app.command()
 @user_errors
 def report(
-    spec_name: Annotated[str, typer.Argument(help="table1, table2, offline, or a spec YAML path.")],
+    spec_name: Annotated[str, typer.Argument(help="table1, table2, fewshot, base2novel, offline, or a spec YAML "
+                                                  "path.")],
     runs: Annotated[Path, typer.Option(help="The runs folder reproduce wrote to.")] = Path("runs"),
     out: Annotated[Optional[Path], typer.Option(help="Folder for NAME.md and NAME.png (default: RUNS/SPEC).")] = None,
 ) -> None:

@@ -90,7 +90,8 @@ class DataReport:
         for name, counts in self.class_counts.items():
             if counts:
                 values = sorted(counts.values())
-                out.append(f"  {name}: {values[0]}-{values[-1]} images per class")
+                spread = f"{values[0]}" if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
+                out.append(f"  {name}: {spread} images per class")
         if self.ok:
             out.append("no problems found")
             return out

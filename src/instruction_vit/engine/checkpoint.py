@@ -14,6 +14,7 @@ previous checkpoint whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import Config, from_dict
-from ..files import atomic_write
+from ..files import atomic_write, file_sha256
 from ..model import build_model
 from ..prompts import load_encoder
 from ..prompts.coop import CoOpClassifier
@@ -127,16 +128,22 @@ def model_from_config(cfg: Config, class_names: list[str], prompt_dim, pretraine
     num_classes = len(class_names)
     source = cfg.model.pretrained if pretrained is None else pretrained
     source = True if source == "timm" else source
+    start = None
     if isinstance(source, str) and _is_checkpoint(source):  # start from another run's model
+        start = source
         state = load_checkpoint(source).model_state()
         source = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     kwargs = {"img_size": cfg.data.img_size, **cfg.model.backbone_kwargs}
     pretrained_cfg = timm.models.get_pretrained_cfg(cfg.model.backbone)
     if pretrained_cfg is not None and not pretrained_cfg.fixed_input_size:
         kwargs.pop("img_size")  # CNNs take any input size (and refuse the argument)
-    return build_model(cfg.model.backbone, num_classes, prompt_dim, pretrained=source,
-                       score_scale=cfg.model.score_scale, vpt_tokens=cfg.model.vpt_tokens,
-                       vpt_deep=cfg.model.vpt_deep, **kwargs)
+    model = build_model(cfg.model.backbone, num_classes, prompt_dim, pretrained=source,
+                        score_scale=cfg.model.score_scale, vpt_tokens=cfg.model.vpt_tokens,
+                        vpt_deep=cfg.model.vpt_deep, **kwargs)
+    if start is not None and model.weights_report is not None:  # say which run's checkpoint, not "state dict"
+        model.weights_report = dataclasses.replace(model.weights_report, source=start,
+                                                   format="instruction-vit checkpoint", sha256=file_sha256(start))
+    return model
 
 
 def save_checkpoint(

@@ -98,6 +98,8 @@ class Classifier:
             bank = build_prompt_bank(kind, names, images=images, per_class=p.per_class, seed=p.seed,
                                      image_split="examples", **common)
             what = f"{kind} prompts from {p.encoder}" + (f" and the example images in {images.root}" if images else "")
+            if folder is not None and images is None:
+                what += " (a text run reads text prompts: the example images give only the class names)"
             return ClassPrompts(names, self._to_device(bank.model_input()), what, "score")
         separate = isinstance(self.model.bank_prompts(), dict)  # per-modality projections: no joint space
         if kind == "mixed" and separate:
@@ -135,11 +137,24 @@ class Classifier:
         use = self.class_prompts(classes, examples)
         return list(self.iter_predict(images, use, top_k, batch_size))
 
-    def iter_predict(self, images: Sequence[Any], use: ClassPrompts, top_k: int = 5, batch_size: int = 64):
+    def iter_predict(self, images: Sequence[Any], use: ClassPrompts, top_k: int = 5, batch_size: int = 64,
+                     skip_unreadable: bool = False):
+        """Per image, in order, its ranked classes; with ``skip_unreadable``, the :class:`DataError` of an image
+        that cannot be read stands in its place (the others are still predicted)."""
         k = min(top_k, len(use.names))
         for start in range(0, len(images), batch_size):
-            batch = [img if isinstance(img, Image.Image) else read_image(img) for img in images[start:start + batch_size]]
-            probs = self.probabilities(torch.stack([self.transform(img) for img in batch]), use)
-            values, index = probs.topk(k, dim=-1)
-            for v, i in zip(values.tolist(), index.tolist()):
-                yield [(use.names[c], p) for c, p in zip(i, v)]
+            batch, errors = [], {}
+            for j, img in enumerate(images[start:start + batch_size]):
+                try:
+                    batch.append(img if isinstance(img, Image.Image) else read_image(img))
+                except DataError as err:
+                    if not skip_unreadable:
+                        raise
+                    errors[j] = err
+            ranked = iter([])
+            if batch:
+                probs = self.probabilities(torch.stack([self.transform(img) for img in batch]), use)
+                values, index = probs.topk(k, dim=-1)
+                ranked = iter([[(use.names[c], p) for c, p in zip(i, v)] for v, i in zip(values.tolist(), index.tolist())])
+            for j in range(len(images[start:start + batch_size])):
+                yield errors[j] if j in errors else next(ranked)

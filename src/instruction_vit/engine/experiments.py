@@ -360,6 +360,11 @@ def check_weights_map(spec: dict[str, Any], runs: Path, weights: Mapping[str, st
     if unknown:
         raise ConfigError(f"weights given for {', '.join(unknown)}, which no cell of {spec['name']} trains; its "
                           f"backbones are {', '.join(sorted(trained))}")
+    missing = [f"{name}={source}" for name, source in weights.items()
+               if source not in ("timm", "random") and not Path(source).expanduser().is_file()]
+    if missing:
+        raise ConfigError(f"weights files not found: {', '.join(missing)}; give existing files, 'timm' for timm's own "
+                          "sources, or 'random' for random init")
 
 
 def _refuse_stale(stale: list[tuple[Cell, list[str]]], runs: Path) -> None:

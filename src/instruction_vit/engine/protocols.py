@@ -10,18 +10,17 @@ from typing import Any
 import torch
 
 from ..config import Config
-from ..data import load_splits
 from ..prompts import cosine_scores
 from .checkpoint import load_checkpoint
 from .evaluate import Predictions, classification_metrics, predict
 from .rankers import image_features
-from .run import eval_loader, prompt_bank, resolve_device
+from .run import eval_loader, prompt_bank, resolve_device, run_splits
 
 
 def zero_shot(cfg: Config, out: str | Path | None = None, progress=None) -> dict[str, Any]:
     """Zero-shot classification with the prompt encoder's template ensemble: test image features against the
     text prompt bank (the CLIP baseline; offline, ConSE). No training; writes ``out/results.json`` if given."""
-    splits = load_splits(cfg.data)
+    splits = run_splits(cfg)[0]
     text = prompt_bank(cfg, splits["train"], kind="text")
     feats = image_features(cfg.prompts.encoder, splits["test"], cfg.prompts.cache_dir, progress=progress)
     logits = 100 * cosine_scores(feats, text.features["text"])
@@ -42,7 +41,7 @@ def novel_classes(cfg: Config, run: Path, base_top1: float) -> dict[str, Any]:
     from one training image per novel class, which is the "instruction by example" that only Instruction-ViT can
     take). Returns base, novel and their harmonic mean (top-1 %)."""
     novel_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, classes="novel"))
-    splits = load_splits(novel_cfg.data)
+    splits = run_splits(novel_cfg)[0]
     bank = prompt_bank(novel_cfg, splits["train"])
     model = load_checkpoint(run / "checkpoints" / "best.safetensors").build_model()
     device = resolve_device(cfg.train.device)

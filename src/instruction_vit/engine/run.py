@@ -15,7 +15,16 @@ from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 
 from ..config import Config, resolved_workers
-from ..data import LabelledImages, TransformedImages, eval_transform, template_set, train_transform
+from ..data import (
+    LabelledImages,
+    TransformedImages,
+    drop_unreadable,
+    eval_transform,
+    load_splits,
+    split_info,
+    template_set,
+    train_transform,
+)
 from ..prompts import PromptBank, build_prompt_bank
 from ..prompts.encoders import joint_space, weights_id
 from .rankers import image_features, prototype_scores, zero_shot_scores
@@ -26,7 +35,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name} but no CUDA GPU is available; use train.device=cpu or auto")
+        raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available here; use cpu or auto")
     return device
 
 
@@ -38,6 +47,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def run_splits(cfg: Config, workers: int | None = None):
+    """The run's train / val / test, with unreadable images handled as ``data.bad_images`` says; returns the
+    splits and the data record (where the splits came from, sizes, skipped files, worker count)."""
+    workers = resolved_workers(cfg.data) if workers is None else workers
+    splits, skipped = drop_unreadable(load_splits(cfg.data), cfg.data.bad_images, workers=workers)
+    return splits, {**split_info(cfg.data, splits), "skipped_images": skipped.to_dict(), "num_workers": workers}
 
 
 def transforms(cfg: Config, backbone: torch.nn.Module):

@@ -27,7 +27,7 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
 from ..config import Config, load_config, resolved_workers
-from ..data import TransformedImages, drop_unreadable, load_splits, split_info
+from ..data import TransformedImages
 from ..data.store import StoreDataset, build_store
 from ..files import atomic_write
 from ..losses import InstructionLoss
@@ -45,6 +45,7 @@ from .run import (
     prompt_bank,
     prompts_line,
     ranker_scores,
+    run_splits,
     resolve_device,
     seed_everything,
     transforms,
@@ -140,9 +141,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     world.barrier()
     t = cfg.train
     device = dist_device or resolve_device(t.device)
-    splits, skipped = drop_unreadable(load_splits(cfg.data), cfg.data.bad_images, workers=resolved_workers(cfg.data))
-    data_info = {**split_info(cfg.data, splits), "skipped_images": skipped.to_dict(),
-                 "num_workers": resolved_workers(cfg.data)}
+    splits, data_info = run_splits(cfg)
     log(data_line(data_info))
     class_names = splits["train"].class_names
     bank = world.in_turn(lambda: prompt_bank(cfg, splits["train"], progress=progress))  # rank 0 builds it first
@@ -161,9 +160,13 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
                               pretrained=False if last is not None else None)
     weights_record = last.meta.get("backbone_weights") if last is not None else \
         (model.weights_report.to_dict() if getattr(model, "weights_report", None) is not None else None)
-    if cfg.model.method == "instruction_vit" and last is None:
-        log(model.weights_report.summary() if weights_record is not None else
-            f"backbone {cfg.model.backbone}: random init (model.pretrained is null)")
+    if cfg.model.method == "instruction_vit":
+        if last is not None:
+            log(f"backbone {cfg.model.backbone}: from {out / 'checkpoints' / 'last.safetensors'} (it started from "
+                f"{(weights_record or {}).get('source', 'random init')})")
+        else:
+            log(model.weights_report.summary() if weights_record is not None else
+                f"backbone {cfg.model.backbone}: random init (model.pretrained is null)")
     if bank is not None:
         model.set_prompt_bank(bank.model_input(), trainable=cfg.model.train_prompt_features)
     apply_regime(model, cfg.model.regime, cfg.model.train_prompt_features)

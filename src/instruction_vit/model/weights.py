@@ -81,8 +81,9 @@ def resolve_source(pretrained: Pretrained) -> bool | Path | Mapping[str, Any]:
     path = Path(pretrained).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"pretrained weights file not found: {path}; pass an existing .safetensors/.pth/.npz file, "
-            "pretrained=True for timm's own sources, or pretrained=False for random init"
+            f"pretrained weights file not found: {path}; give an existing .safetensors/.pth/.bin/.npz file "
+            "(model.pretrained=FILE, or weights.BACKBONE=FILE for ivit reproduce), model.pretrained=timm for timm's "
+            "own sources, or model.pretrained=null for random init (in Python: pretrained=True / False)"
         )
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"cannot read weights from {path}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
