@@ -18,9 +18,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used, with the reason and the fix."""
+from .errors import ConfigError
 
 
 @dataclass

@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import Config, from_dict
+from ..errors import CheckpointError
 from ..files import atomic_write, file_sha256
 from ..model import build_model
 from ..prompts import load_encoder
@@ -35,10 +36,6 @@ from ..prompts.coop import CoOpClassifier
 from ..prompts.encoders.openclip import OpenCLIPEncoder
 
 FORMAT = "instruction-vit-checkpoint/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, with the reason."""
 
 
 @dataclass

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, load_config, resolved_workers
 from ..data import TransformedImages
 from ..data.store import StoreDataset, build_store
+from ..errors import NonFiniteLossError, RunFolderError
 from ..files import atomic_write
 from ..losses import InstructionLoss
 from ..model import apply_regime
@@ -50,14 +51,6 @@ from .run import (
     seed_everything,
     transforms,
 )
-
-
-class RunFolderError(ValueError):
-    """The run folder cannot be used as asked (exists without --resume/--force, or nothing to resume)."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 #: What a run folder holds; a folder with only some of these and no checkpoint is a run that failed before its first
