@@ -9,7 +9,7 @@ from instruction_vit.config import ConfigError, load_config
 from instruction_vit.engine import CheckpointError, load_checkpoint, train
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
-from instruction_vit.prompts.coop import CoOpClassifier
+from instruction_vit.classifiers.coop import CoOpClassifier
 
 CLASSES = ["cat", "dog", "car"]
 
@@ -36,8 +36,10 @@ def test_only_the_context_learns(clip):
     coop(torch.randn(2, 3, 32, 32)).logits.sum().backward()
     assert coop.prompt_embed.context.grad is not None
     assert all(p.grad is None for n, p in coop.named_parameters() if n != "prompt_embed.context")
-    with pytest.raises(ValueError, match="nothing to train"):
-        apply_regime(coop, "linear")
+    assert coop.trainable_parameters("prompt") == [coop.prompt_embed.context]
+    for regime in ("linear", "full"):  # no head; CLIP stays frozen (kept by reference in checkpoints)
+        with pytest.raises(ConfigError, match=f"regime '{regime}' does not fit CoOp.*model.regime=prompt"):
+            apply_regime(coop, regime)
 
 
 def test_coop_trains_in_the_engine(tmp_path, tiny_clip_dir):
@@ -71,7 +73,7 @@ def test_coop_trains_in_the_engine(tmp_path, tiny_clip_dir):
     with pytest.raises(ConfigError, match="set prompts.kind=none"):
         load_config(None, ["model.method=coop", "prompts.kind=text"])
     cfg.data.img_size = 48
-    with pytest.raises(ValueError, match="reads 32 px images"):
+    with pytest.raises(ConfigError, match="reads 32 px images"):
         train(cfg, tmp_path / "bad", log=lambda _: None)
 
 

@@ -2,6 +2,7 @@ import pytest
 import timm
 import torch
 
+from instruction_vit.errors import ConfigError
 from instruction_vit.model import InstructionOutput, InstructionViT, PromptEmbed, build_model
 
 
@@ -59,13 +60,13 @@ def test_per_sample_prompts_batch_mismatch(model):
 
 
 def test_prompt_dim_mismatch_is_explained(model):
-    with pytest.raises(ValueError, match="dim 12 but the prompt embedding layer expects 16"):
+    with pytest.raises(ConfigError, match="dim 12 but the prompt embedding layer expects 16"):
         model(torch.randn(1, 3, 32, 32), torch.randn(4, 12))
 
 
 def test_plain_vit_refuses_prompts(tiny_vit_kwargs):
     plain = build_model("vit_tiny_patch16_224", num_classes=5, prompt_dim=None, **tiny_vit_kwargs)
-    with pytest.raises(ValueError, match="plain ViT"):
+    with pytest.raises(ConfigError, match="plain ViT"):
         plain(torch.randn(1, 3, 32, 32), torch.randn(4, 16))
 
 
@@ -75,9 +76,9 @@ def test_one_projection_per_modality_and_their_tokens_are_averaged():
     expected = (embed.proj["text"](text) + embed.proj["image"](image)) / 2
     torch.testing.assert_close(embed({"text": text, "image": image}), expected)
     torch.testing.assert_close(embed({"text": text}), embed.proj["text"](text))
-    with pytest.raises(ValueError, match="pass prompts as a dict"):
+    with pytest.raises(ConfigError, match="pass prompts as a dict"):
         embed(text)
-    with pytest.raises(ValueError, match="no projection"):
+    with pytest.raises(ConfigError, match="no projection"):
         embed({"audio": text})
 
 
@@ -139,7 +140,7 @@ def test_non_vit_backbones_are_plain_baselines():
     assert isinstance(model, PlainClassifier)
     out = model(torch.randn(2, 3, 32, 32))
     assert out.logits.shape == (2, 4) and out.scores.shape == (2, 0)
-    with pytest.raises(ValueError, match="not a ViT: it cannot read prompts"):
+    with pytest.raises(ConfigError, match="not a ViT: it cannot read prompts"):
         model(torch.randn(2, 3, 32, 32), torch.randn(4, 8))
 
 

@@ -22,12 +22,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .config import ConfigError, load_config
-from .data import DataError, template_set, training_split
+from .config import load_config
+from .data import training_split
 from .data.datasets import IMAGE_SUFFIXES
-from .engine import CheckpointError, NonFiniteLossError, RunFolderError, load_checkpoint
-from .errors import WeightsUnavailableError
-from .prompts import PromptBank, build_prompt_bank
+from .errors import ConfigError, DataError, MissingFileError, RunFolderError, UserError
+from .api import build_prompts
+from .prompts import PromptBank
 
 app = typer.Typer(help="Instruction-ViT: multi-modal prompts for instruction learning in ViT.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -36,8 +36,9 @@ app.add_typer(prompts_app, name="prompts")
 data_app = typer.Typer(help="Check a data set before training.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console(soft_wrap=True)  # messages and log lines stay one line each (tables still fit the width)
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RunFolderError, NonFiniteLossError, WeightsUnavailableError,
-               FileNotFoundError, ValueError)
+#: What the command reports in one line with exit status 2: the package's user errors, nothing broader (a bug keeps
+#: its traceback).
+USER_ERRORS = (UserError,)
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
@@ -97,11 +98,11 @@ def train(
     Every config key and its default: src/instruction_vit/config.py. Under torchrun
     (torchrun --nproc_per_node N -m instruction_vit train ...) it trains with DDP.
     """
-    from .engine import train as run_train
+    from .api import train as run_train
 
     if resume:
         if config is not None:
-            raise ValueError("--resume continues with the run's own config.yaml; drop --config and give only the "
+            raise ConfigError("--resume continues with the run's own config.yaml; drop --config and give only the "
                              "overrides to change")
         if not (out / "config.yaml").is_file():
             raise RunFolderError(f"nothing to resume in {out}: it has no config.yaml")
@@ -124,42 +125,30 @@ def evaluate(
     overrides: Annotated[Optional[list[str]], typer.Argument(
         help="data.key=value overrides, e.g. data.root=OTHER to evaluate on other images of the same classes.")] = None,
 ) -> None:
-    """Evaluate a checkpoint on its data: head, score and combined routes, with or without selection."""
-    from .engine import classification_metrics, predict
-    from .engine.run import eval_loader, ranker_scores, resolve_device, run_splits
+    """Evaluate a checkpoint on its data: head, score and combined routes, with or without selection (the same
+    code that makes a run's results.json)."""
+    from .api import evaluate as evaluate_checkpoint
     from .report import plot_confusion
 
-    ckpt = load_checkpoint(checkpoint)
-    cfg = ckpt.config
-    if overrides:
-        if any(not o.startswith("data.") for o in overrides):
-            raise ValueError("eval takes only data.* overrides; the model comes from the checkpoint")
-        cfg = load_config(None, overrides, base=cfg.to_dict())
-    if split not in ("val", "test"):
-        raise ValueError(f"--split must be val or test, not {split!r}")
-    splits = run_splits(cfg)[0]  # unreadable images: as the run's data.bad_images says
-    _check_classes(ckpt.class_names, splits["train"].class_names, "the data")
-    device = resolve_device(cfg.train.device)
-    model = ckpt.build_model().to(device)
-    loader = eval_loader(cfg, model.backbone, splits[split])
-    prompts = model.bank_prompts()
     with _progress() as progress:
-        ranking = ranker_scores(cfg, splits["train"], splits[split], progress) if select_k and prompts is not None \
-            else None
-        pred = predict(model, loader, prompts, device, cfg.train.amp, ranking, select_k)
-    metrics = classification_metrics(pred, ckpt.class_names)
-    table = Table(title=f"{checkpoint} on {split}" + (f", top-{select_k}+1 prompts" if ranking is not None else ""))
-    top_n = min(5, len(ckpt.class_names))
-    for col in ("route", "top-1 %", f"top-{top_n} %"):
-        table.add_column(col)
-    for route, m in metrics.items():
-        table.add_row(route, f"{m['top1']:.2f}", f"{m.get(f'top{top_n}', m['top1']):.2f}")
-    console.print(table)
+        results = evaluate_checkpoint(checkpoint, split, select_k, overrides or [], progress)
+    names = results["class_names"]
+    top_n = min(5, len(names))
+    for key, title in (("all_prompts", "all prompts"), (f"select_k{select_k}", f"top-{select_k}+1 prompts")):
+        if key not in results:
+            continue
+        table = Table(title=f"{checkpoint} on {split}, {title}")
+        for col in ("route", "top-1 %", f"top-{top_n} %"):
+            table.add_column(col)
+        for route, m in results[key].items():
+            table.add_row(route, f"{m['top1']:.2f}", f"{m.get(f'top{top_n}', m['top1']):.2f}")
+        console.print(table)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"metrics_{split}.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        (out / f"metrics_{split}.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        metrics = results.get(f"select_k{select_k}", results["all_prompts"])
         route = "combined" if "combined" in metrics else "head"
-        plot_confusion(metrics[route]["confusion"], ckpt.class_names, out / f"confusion_{split}.png", route)
+        plot_confusion(metrics[route]["confusion"], names, out / f"confusion_{split}.png", route)
         console.print(f"wrote {out / f'metrics_{split}.json'} and {out / f'confusion_{split}.png'}")
 
 
@@ -177,9 +166,9 @@ def predict(
 ) -> None:
     """Top-k classes per image; with --classes/--class-file, among new class names (the line before the results
     says which prompts are used)."""
-    from .engine.classifier import Classifier
+    from .api import load_classifier
 
-    classifier = Classifier.load(checkpoint, device)
+    classifier = load_classifier(checkpoint, device)
     files = _image_files(images)
     with _progress() as progress:
         use = classifier.class_prompts(_class_list(classes, class_file), examples, progress)
@@ -224,17 +213,16 @@ def prompts_build(
     folder's training split (the split `ivit train data.dataset=folder` makes with the same fraction and seed), and
     the bank's JSON lists the files used."""
     if kind in ("image", "mixed") and folder is None:
-        raise ValueError(f"{kind} prompts are drawn from example images: give --folder (one subfolder per class)")
+        raise ConfigError(f"{kind} prompts are drawn from example images: give --folder (one subfolder per class)")
     data = training_split(folder, val_fraction, split_seed, bad_images) if folder is not None else None
     names = _class_list(classes, class_file) or (data.class_names if data is not None else None)
     if names is None:
-        raise ValueError("give the classes: --classes, --class-file or --folder")
+        raise ConfigError("give the classes: --classes, --class-file or --folder")
     if data is not None and names != data.class_names:
-        raise ValueError(f"--folder has classes {data.class_names[:5]}, which differ from the given class names")
+        raise ConfigError(f"--folder has classes {data.class_names[:5]}, which differ from the given class names")
     with _progress() as progress:
-        bank = build_prompt_bank(kind, names, text_encoder=encoder, image_encoder=encoder,
-                                 templates=template_set(templates), images=data, per_class=per_class, seed=seed,
-                                 image_split="train" if data is not None else None, progress=progress)
+        bank = build_prompts(names, encoder, kind, templates=templates, images=data, per_class=per_class, seed=seed,
+                             progress=progress)
     path = bank.save(out)
     console.print(f"wrote {path} and {path.with_suffix('.json')}: {bank.num_classes} classes, "
                   f"{kind} prompts, dim {bank.prompt_dim}, key {bank.key}")
@@ -281,7 +269,7 @@ def data_check(
     from .data import check_data
 
     if (root is None) == (config is None):
-        raise ValueError("give an image folder (ROOT) or a run config (--config FILE)")
+        raise ConfigError("give an image folder (ROOT) or a run config (--config FILE)")
     source = root if root is not None else load_config(config, overrides or []).data
     with _progress() as progress:
         task = progress.add_task("checking images", total=None)
@@ -393,7 +381,7 @@ def report(
     spec = load_spec(spec_name)
     records = collect(spec, runs)
     if not any(r["values"] for r in records):
-        raise ValueError(f"no results under {runs / spec['name']}: run `ivit reproduce {spec_name}` first")
+        raise RunFolderError(f"no results under {runs / spec['name']}: run `ivit reproduce {spec_name}` first")
     out = out or runs / spec["name"]
     out.mkdir(parents=True, exist_ok=True)
     text = markdown_report(spec, records, f"ivit reproduce {spec_name} && ivit report {spec_name}")
@@ -405,10 +393,10 @@ def report(
 
 def _class_list(classes: str | None, class_file: Path | None) -> list[str] | None:
     if classes and class_file:
-        raise ValueError("give --classes or --class-file, not both")
+        raise ConfigError("give --classes or --class-file, not both")
     if class_file is not None:
         if not class_file.is_file():
-            raise FileNotFoundError(f"class file not found: {class_file}")
+            raise MissingFileError(f"class file not found: {class_file}")
         return [line.strip() for line in class_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if classes:
         return [c.strip() for c in classes.split(",") if c.strip()]
@@ -423,16 +411,10 @@ def _image_files(paths: list[Path]) -> list[Path]:
         elif p.exists():
             files.append(p)
         else:
-            raise FileNotFoundError(f"no such image or folder: {p}")
+            raise MissingFileError(f"no such image or folder: {p}")
     if not files:
-        raise ValueError(f"no images found in {', '.join(map(str, paths))}")
+        raise DataError(f"no images found in {', '.join(map(str, paths))}")
     return files
-
-
-def _check_classes(expected: list[str], found: list[str], where: str) -> None:
-    if expected != found:
-        raise ValueError(f"the checkpoint has {len(expected)} classes but {where} has {len(found)} "
-                         f"({found[:5]}...): evaluate it on the data it was trained for")
 
 
 def _print_results(results: dict) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib
 import os
 import types
 import typing
@@ -23,7 +24,7 @@ from .errors import ConfigError
 
 @dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist"  # fashion_mnist | folder | split_file | caltech101 | oxford_pets | ...
+    dataset: str = "fashion_mnist"  # a registered data set (ivit.list_datasets()): fashion_mnist | folder | ...
     root: str = "/usr/share/datasets/fashion-mnist"  # idx files, class folders, or images of a split file
     split_file: str | None = None  # CoOp split JSON (dataset=split_file)
     val_fraction: float = 0.1  # seeded train/val split when the data gives none
@@ -48,7 +49,7 @@ class DataConfig:
 @dataclass
 class PromptConfig:
     kind: str = "text"  # none | text | image | mixed
-    encoder: str = "conse"  # see instruction_vit.prompts.ENCODER_SPECS
+    encoder: str = "conse"  # a registered encoder spec: ivit.list_encoders(), prompts.encoders.encoder_spec_help()
     image_encoder: str | None = None  # None: the same as `encoder`
     templates: str = "simple"  # a named set or a file (instruction_vit.data.templates)
     descriptions: str | None = None  # YAML/JSON file {class name: [sentences]}
@@ -63,7 +64,8 @@ class PromptConfig:
 
 @dataclass
 class ModelConfig:
-    method: str = "instruction_vit"  # instruction_vit (also plain ViT, VPT, linear, CNNs) | coop (CLIP + context)
+    method: str = "instruction_vit"  # a classifier kind (ivit.list_classifiers()): instruction_vit (also plain ViT,
+    # VPT, linear probe, CNNs) | coop (CLIP + learned context)
     coop_context: int = 16  # CoOp: learned context vectors (ignored when coop_init sets them)
     coop_init: str | None = "a photo of a"  # CoOp: initial context phrase; None: random, coop_context long
     backbone: str = "vit_tiny_patch16_224"
@@ -148,19 +150,29 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 
 CHOICES = {
-    "data.dataset": ("fashion_mnist", "folder", "split_file", "caltech101", "oxford_pets", "stanford_cars",
-                     "oxford_flowers"),
     "prompts.kind": ("none", "text", "image", "mixed"),
     "data.classes": ("all", "base", "novel"),
     "data.bad_images": ("error", "skip"),
     "prompts.ranker": ("zero_shot", "prototype"),
     "model.regime": ("full", "prompt", "linear"),
-    "model.method": ("instruction_vit", "coop"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.mixup_mode": ("batch", "pair", "elem"),
 }
 POSITIVE = ("data.img_size", "train.epochs", "train.batch_size", "train.accum_steps", "prompts.per_class",
             "train.log_every")
+
+
+#: Keys whose values are registry names: (module, function listing them). The registries sit in higher layers; they
+#: are imported by name when a config is validated, so this module stays a leaf of the import graph.
+REGISTERED = {
+    "data.dataset": ("instruction_vit.data", "list_datasets"),
+    "model.method": ("instruction_vit.classifiers", "list_classifiers"),
+}
+
+
+def _registered(key: str) -> list[str]:
+    module, function = REGISTERED[key]
+    return getattr(importlib.import_module(module), function)()
 
 
 def resolved_workers(cfg: DataConfig) -> int:
@@ -172,11 +184,14 @@ def resolved_workers(cfg: DataConfig) -> int:
 
 def from_dict(data: dict[str, Any]) -> Config:
     cfg = _build(Config, data, "")
-    for key, allowed in CHOICES.items():
+    for key in [*CHOICES, *REGISTERED]:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
+        allowed = CHOICES[key] if key in CHOICES else _registered(key)
         if value not in allowed:
-            raise ConfigError(f"config key {key!r} is {value!r}; choose one of {', '.join(allowed)}")
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"config key {key!r} is {value!r}; choose one of {', '.join(allowed)}{hint}")
     for key in POSITIVE:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
@@ -185,8 +200,9 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError("config key 'data.num_workers' must be >= 0 (or null: min(8, CPU count))")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError("config key 'data.val_fraction' must be in [0, 1)")
-    if cfg.model.method == "coop" and cfg.prompts.kind != "none":
-        raise ConfigError("model.method=coop learns its own text context: set prompts.kind=none")
+    kind = importlib.import_module("instruction_vit.classifiers").classifier_kind(cfg.model.method)
+    if not kind.reads_prompts and cfg.prompts.kind != "none":
+        raise ConfigError(f"model.method={cfg.model.method} reads no instruction prompts: set prompts.kind=none")
     if cfg.data.dataset == "split_file" and not cfg.data.split_file:
         raise ConfigError("data.dataset=split_file needs data.split_file (a CoOp split JSON)")
     return cfg

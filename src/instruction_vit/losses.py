@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import ConfigError
 from .model import InstructionOutput
 
 
@@ -22,7 +23,7 @@ class InstructionLoss(nn.Module):
         if head_weight < 0 or score_weight < 0:
             raise ValueError("loss weights must be non-negative")
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.head_weight = head_weight
         self.score_weight = score_weight
         self.label_smoothing = label_smoothing

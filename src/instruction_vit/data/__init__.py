@@ -1,4 +1,4 @@
-"""Data: datasets that carry their class names, splits, templates, transforms."""
+"""Data: data sets that carry their class names (one registered entry each), splits, templates, transforms."""
 
 from .datasets import (
     FASHION_MNIST_CLASSES,
@@ -13,23 +13,24 @@ from .datasets import (
     fashion_mnist,
     few_shot,
     image_folder,
+    per_class_split,
     read_image,
     stratified_split,
 )
 from .scan import BadImage, SkipReport, drop_unreadable, image_files, probe_file, scan_unreadable
+from .sets import DataSet, dataset, list_datasets, register_dataset
 from .splits import load_splits, split_identity, split_info, training_split
 from .check import DataReport, Problem, check_data
-from .templates import COOP_TEMPLATES, TEMPLATE_SET_NAMES, check_templates, template_set
+from .templates import check_templates, template_set, template_set_names
 from .transforms import TransformedImages, eval_transform, train_transform
 
 __all__ = [
-    "COOP_TEMPLATES",
     "FASHION_MNIST_CLASSES",
-    "TEMPLATE_SET_NAMES",
     "ArrayImages",
     "BadImage",
     "DataReport",
     "DataError",
+    "DataSet",
     "FileImages",
     "LabelledImages",
     "Problem",
@@ -41,20 +42,25 @@ __all__ = [
     "check_templates",
     "class_subset",
     "coop_split",
+    "dataset",
     "drop_unreadable",
     "eval_transform",
     "fashion_mnist",
     "few_shot",
     "image_files",
     "image_folder",
+    "list_datasets",
     "load_splits",
+    "per_class_split",
     "probe_file",
     "read_image",
+    "register_dataset",
     "scan_unreadable",
     "split_identity",
     "split_info",
     "stratified_split",
     "template_set",
+    "template_set_names",
     "train_transform",
     "training_split",
 ]

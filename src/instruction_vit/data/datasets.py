@@ -6,6 +6,9 @@ Every collection has ``class_names``, ``labels`` (one per sample), ``load_image(
 * Fashion-MNIST from its original idx files (``.gz`` or not), e.g. Debian's ``dataset-fashion-mnist``;
 * an image folder, one subfolder per class;
 * a CoOp split file ``{"train"|"val"|"test": [[relpath, label, classname], ...]}`` over an image root.
+
+The data sets ``data.dataset`` names (:mod:`instruction_vit.data.sets`) read through these. The one seeded per-class
+split (:func:`per_class_split`) serves every recipe that divides a set per class.
 """
 
 from __future__ import annotations
@@ -141,7 +144,8 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(shape)
 
 
-def _find(root: Path, stem: str) -> Path:
+def fashion_mnist_file(root: Path, stem: str) -> Path:
+    """The idx file ``stem`` (or ``stem.gz``) under ``root`` or torchvision's ``root/FashionMNIST/raw``."""
     for candidate in (root / stem, root / f"{stem}.gz", root / "FashionMNIST" / "raw" / stem):
         if candidate.is_file():
             return candidate
@@ -156,8 +160,8 @@ def fashion_mnist(root: str | Path = "/usr/share/datasets/fashion-mnist") -> dic
     root = Path(root)
     out = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = _read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
-        labels = _read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+        images = _read_idx(fashion_mnist_file(root, f"{prefix}-images-idx3-ubyte"))
+        labels = _read_idx(fashion_mnist_file(root, f"{prefix}-labels-idx1-ubyte"))
         out[split] = ArrayImages(images, labels.tolist(), FASHION_MNIST_CLASSES, f"fashion_mnist/{split}")
     return out
 
@@ -209,25 +213,44 @@ def coop_split(split_file: str | Path, root: str | Path) -> dict[str, FileImages
 
 
 # -- splitting ---------------------------------------------------------------------------------
-def stratified_split(data: LabelledImages, fraction: float, seed: int) -> tuple[Subset, Subset]:
-    """Seeded split into (rest, held-out ``fraction`` of each class)."""
+def indices_by_class(labels: Sequence[int], num_classes: int) -> list[list[int]]:
+    """The sample indices of each class ``0..num_classes-1``, ascending (labels outside the range belong to none)."""
+    by_class: list[list[int]] = [[] for _ in range(num_classes)]
+    for i, y in enumerate(labels):
+        if 0 <= y < num_classes:
+            by_class[y].append(i)
+    return by_class
+
+
+def per_class_split(labels: Sequence[int], num_classes: int, fractions: Sequence[float], seed: int) -> list[list[int]]:
+    """The one seeded per-class split (CoOp's): each class in label order, with one ``random.Random(seed)`` for all,
+    has its indices shuffled and cut into consecutive pieces of ``round(n * f)`` samples, one per fraction, the rest
+    last. Returns ``len(fractions) + 1`` sorted index lists (a held-out ``(f,)`` gives ``[held, rest]``; Caltech-101's
+    ``(0.5, 0.2)`` gives ``[train, val, test]``)."""
     rng = random.Random(seed)
-    keep, held = [], []
-    for c in range(data.num_classes):
-        idx = [i for i, y in enumerate(data.labels) if y == c]
+    pieces: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for idx in indices_by_class(labels, num_classes):
         rng.shuffle(idx)
-        n_held = int(round(fraction * len(idx)))
-        held += idx[:n_held]
-        keep += idx[n_held:]
-    return Subset(data, sorted(keep)), Subset(data, sorted(held))
+        start = 0
+        for piece, fraction in zip(pieces, fractions):
+            count = round(len(idx) * fraction)
+            piece += idx[start : start + count]
+            start += count
+        pieces[-1] += idx[start:]
+    return [sorted(piece) for piece in pieces]
+
+
+def stratified_split(data: LabelledImages, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """Seeded split into (rest, held-out ``fraction`` of each class): :func:`per_class_split` as views."""
+    held, rest = per_class_split(data.labels, data.num_classes, (fraction,), seed)
+    return Subset(data, rest), Subset(data, held)
 
 
 def few_shot(data: LabelledImages, shots: int, seed: int) -> Subset:
     """CoOp's few-shot sampling: ``shots`` random samples of each class (all if it has fewer), seeded."""
     rng = random.Random(seed)
     chosen: list[int] = []
-    for c in range(data.num_classes):
-        idx = [i for i, y in enumerate(data.labels) if y == c]
+    for idx in indices_by_class(data.labels, data.num_classes):
         chosen += rng.sample(idx, min(shots, len(idx)))
     return Subset(data, sorted(chosen))
 
@@ -252,9 +275,7 @@ def balanced_limit(data: LabelledImages, limit: int | None, seed: int) -> Labell
     if limit is None or limit >= len(data):
         return data
     rng = random.Random(seed)
-    per_class: list[list[int]] = [[] for _ in range(data.num_classes)]
-    for i, y in enumerate(data.labels):
-        per_class[y].append(i)
+    per_class = indices_by_class(data.labels, data.num_classes)
     for idx in per_class:
         rng.shuffle(idx)
     chosen: list[int] = []

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
+
 # timm's RandAugment ops, in the order of timm's _RAND_TRANSFORMS.
 OPS = ("autocontrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color",
        "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
@@ -53,14 +55,15 @@ def parse_randaugment(spec: str | None) -> RandAugmentSpec | None:
         return None
     parts = spec.split("-")
     if parts[0] != "rand":
-        raise ValueError(f"device augmentation reads timm RandAugment strings such as 'rand-m9-mstd0.5', not {spec!r}")
+        raise ConfigError(f"device augmentation reads timm RandAugment strings such as 'rand-m9-mstd0.5', "
+                          f"not {spec!r}")
     fields: dict = {}
     for part in parts[1:]:
         match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)(\d+(?:\.\d*)?)", part)
         if match is None:
-            raise ValueError(f"RandAugment string {spec!r}: section {part!r} is not one of m, n, p, mstd, mmax, inc "
-                             "with a number (named transform sets 't...' are not supported by the device path; "
-                             "use data.gpu_augment=false)")
+            raise ConfigError(f"RandAugment string {spec!r}: section {part!r} is not one of m, n, p, mstd, mmax, "
+                              "inc with a number (named transform sets 't...' are not supported by the device path; "
+                              "use data.gpu_augment=false)")
         fields[match[1]] = float(match[2])
     mstd = fields.get("mstd", 0.0)
     return RandAugmentSpec(num_ops=int(fields.get("n", 2)), magnitude=int(fields.get("m", LEVELS)),

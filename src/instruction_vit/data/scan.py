@@ -31,6 +31,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..errors import ConfigError
 from .datasets import DataError, FileImages, LabelledImages, Subset
 
 log = logging.getLogger("instruction_vit.data")
@@ -173,7 +174,7 @@ def drop_unreadable(splits: Mapping[str, LabelledImages], mode: str = "error", w
     splits without them, with the report. Splits with nothing to drop are returned as they are (the same object;
     a split that is another split, like val = test, stays so)."""
     if mode not in BAD_IMAGE_MODES:
-        raise ValueError(f"bad_images={mode!r}; choose one of {', '.join(BAD_IMAGE_MODES)}")
+        raise ConfigError(f"bad_images={mode!r}; choose one of {', '.join(BAD_IMAGE_MODES)}")
     per_split = {name: image_files(data) for name, data in splits.items()}
     unique = list(dict.fromkeys(f for files in per_split.values() for f in files if f is not None))
     reasons = {p.file: p.error for p in probe_files(unique, workers, full_decode, progress=progress)

@@ -2,46 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
-from ..files import file_sha256
-from .benchmarks import BENCHMARKS, load_benchmark
-from .datasets import (
-    DataError,
-    LabelledImages,
-    _find,
-    balanced_limit,
-    class_subset,
-    coop_split,
-    fashion_mnist,
-    few_shot,
-    image_folder,
-    stratified_split,
-)
+from ..errors import ConfigError
+from .datasets import DataError, LabelledImages, balanced_limit, class_subset, few_shot, stratified_split
 from .scan import drop_unreadable
+from .sets import absolute, dataset
 
 
 def load_splits(cfg: DataConfig) -> dict[str, LabelledImages]:
-    """``{"train", "val", "test"}``; where the data has no val split, a seeded stratified one is carved from train.
+    """``{"train", "val", "test"}`` of the data set ``cfg.dataset`` (see :func:`list_datasets`), then base/novel
+    classes, few-shot sampling and limits; where the data has no val split, a seeded stratified one is carved from
+    train (``val_fraction``; with 0, val is the test split).
 
     An image folder with no split is divided into train / val / test (``val_fraction`` each for val and test).
     """
-    if cfg.dataset == "fashion_mnist":
-        splits: dict[str, LabelledImages] = dict(fashion_mnist(cfg.root))
-    elif cfg.dataset in BENCHMARKS:
-        splits = dict(load_benchmark(cfg.dataset, cfg.root, cfg.val_fraction, cfg.split_seed))
-    elif cfg.dataset == "folder":
-        everything = image_folder(cfg.root)
-        rest, test = stratified_split(everything, cfg.val_fraction, cfg.split_seed)
-        splits = {"train": rest, "test": test}
-    else:
-        splits = dict(coop_split(cfg.split_file, cfg.root))
+    splits = dict(dataset(cfg.dataset).load(cfg))
     if "test" not in splits:
-        raise DataError("the data has no test split; add 'test' to the split file")
+        raise DataError(f"{cfg.dataset} at {cfg.root} has no test split; add 'test' to the split file")
     if "val" not in splits:
         if cfg.val_fraction <= 0:
             splits["val"] = splits["test"]
@@ -66,65 +47,6 @@ def load_splits(cfg: DataConfig) -> dict[str, LabelledImages]:
 # -- provenance --------------------------------------------------------------------------------
 SPLIT_RECIPE = 1  # bump when load_splits would put images elsewhere for the same config
 
-def _sha256_or_none(path: str | Path) -> str | None:
-    return file_sha256(path) if Path(path).is_file() else None
-
-
-def _absolute(path: str | Path) -> str:
-    return str(Path(path).expanduser().resolve())
-
-
-def _files(paths: list[Path]) -> list[dict[str, str | None]]:
-    return [{"path": _absolute(p), "sha256": _sha256_or_none(p)} for p in paths]
-
-
-def _coop_file(path: Path) -> dict[str, Any]:
-    info: dict[str, Any] = {"source": "coop_split_file", "split_file": _absolute(path),
-                            "split_file_sha256": _sha256_or_none(path)}
-    try:  # a file with no val split has one carved from train (val_fraction, split_seed)
-        has_val = "val" in json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        has_val = True  # unreadable: load_splits will say so
-    if not has_val:
-        info["val_from_train"] = None  # filled by split_identity
-    return info
-
-
-def _source(cfg: DataConfig) -> dict[str, Any]:
-    """Where the train / val / test membership comes from, before few-shot, base/novel and limits."""
-    root = Path(cfg.root).expanduser()
-    if cfg.dataset == "fashion_mnist":
-        stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte")
-        found = []
-        for stem in stems:
-            try:
-                found.append(_find(root, stem))
-            except DataError:
-                pass
-        return {"source": "official", "files": _files(found), "val_from_train": None}
-    if cfg.dataset == "folder":
-        return {"source": "seeded", "seed": cfg.split_seed, "val_fraction": cfg.val_fraction,
-                "test_fraction": cfg.val_fraction}
-    if cfg.dataset == "split_file":
-        return _coop_file(Path(cfg.split_file or ""))
-    if cfg.dataset not in BENCHMARKS:
-        return {"source": "unknown"}
-    folder, split_name = BENCHMARKS[cfg.dataset]
-    base = root / folder
-    if (base / split_name).is_file():
-        return _coop_file(base / split_name)
-    if cfg.dataset == "caltech101":
-        return {"source": "seeded", "seed": cfg.split_seed, "fractions": {"train": 0.5, "val": 0.2, "test": 0.3}}
-    lists = {"oxford_pets": ["annotations/trainval.txt", "annotations/test.txt"],
-             "stanford_cars": ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat",
-                               "cars_test_annos_withlabels.mat"],
-             "oxford_flowers": ["imagelabels.mat", "setid.mat"]}[cfg.dataset]
-    info: dict[str, Any] = {"source": "official", "files": _files([base / f for f in lists])}
-    if cfg.dataset != "oxford_flowers":  # Pets, Cars: val carved from the official train(val) set
-        info["val_from_train"] = {"fraction": cfg.val_fraction, "seed": cfg.split_seed}
-    return info
-
 
 def split_identity(cfg: DataConfig) -> dict[str, Any]:
     """What identifies the splits of ``cfg`` without listing its images (no walk of the image folders): dataset,
@@ -132,7 +54,7 @@ def split_identity(cfg: DataConfig) -> dict[str, Any]:
     folder when present; official list files with their sha256; or the seed and fractions of a seeded split),
     and the settings that shape it afterwards (classes, shots, limits). Equal identities give equal splits as
     long as the images themselves are unchanged; meant as part of a cache key."""
-    source = _source(cfg)
+    source = dict(dataset(cfg.dataset).provenance(cfg))  # before few-shot, base/novel and limits
     if "val_from_train" in source and source["val_from_train"] is None:  # carved by load_splits
         source["val_from_train"] = ({"fraction": cfg.val_fraction, "seed": cfg.split_seed}
                                     if cfg.val_fraction > 0 else "test")
@@ -140,7 +62,7 @@ def split_identity(cfg: DataConfig) -> dict[str, Any]:
     return {
         "recipe": SPLIT_RECIPE,
         "dataset": cfg.dataset,
-        "root": _absolute(cfg.root),
+        "root": absolute(cfg.root),
         **source,
         "classes": cfg.classes,
         "shots": cfg.shots,
@@ -173,5 +95,5 @@ def training_split(root: str | Path, val_fraction: float = 0.1, split_seed: int 
     if bad_images == "skip":
         train = drop_unreadable({"train": train}, "skip", workers)[0]["train"]
     elif bad_images != "error":
-        raise ValueError(f"bad_images={bad_images!r}; choose error or skip")
+        raise ConfigError(f"bad_images={bad_images!r}; choose error or skip")
     return train

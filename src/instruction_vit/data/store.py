@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError, MissingFileError
 from .datasets import DataError, LabelledImages
 from .scan import BadImage, unreadable_error
 
@@ -71,7 +72,7 @@ def build_store(data: LabelledImages, size: int, folder: str | Path, workers: in
     skipped files is refused in ``"error"`` mode.
     """
     if bad_images not in ("error", "skip"):
-        raise ValueError(f"bad_images={bad_images!r}; choose error or skip")
+        raise ConfigError(f"bad_images={bad_images!r}; choose error or skip")
     skip = bad_images == "skip"
     target = Path(folder) / f"store-{size}px-{store_key(data, size)}"
     if (target / "meta.json").is_file():
@@ -141,7 +142,7 @@ class StoreDataset(Dataset):
     def __init__(self, folder: str | Path):
         folder = Path(folder)
         if not (folder / "meta.json").is_file():
-            raise FileNotFoundError(f"no image store at {folder} (build it with build_store)")
+            raise MissingFileError(f"no image store at {folder} (build it with build_store)")
         self.images = np.load(folder / "images.npy", mmap_mode="r")
         self.labels = np.load(folder / "labels.npy")
         self.meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))

@@ -6,8 +6,8 @@ is a choice recorded with every prompt bank. Named sets:
 * ``openai_imagenet``: OpenAI's 80 ImageNet templates (as shipped by open_clip);
 * ``simple``: open_clip's 7 "simple" ImageNet templates;
 * ``photo``: the single ``"a photo of a {}."``;
-* ``coop:DATASET``: CoOp's per-dataset template (``caltech101``, ``oxford_pets``, ``stanford_cars``,
-  ``oxford_flowers``, ``fashion_mnist``).
+* ``coop:DATASET``: CoOp's per-dataset template, the ``coop_template`` of a registered data set
+  (``caltech101``, ``oxford_pets``, ``stanford_cars``, ``oxford_flowers``, ``fashion_mnist``, ...).
 
 Anything else is read as a file path: one template per line, blank lines and ``#`` comments ignored.
 """
@@ -17,15 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-COOP_TEMPLATES = {
-    "caltech101": "a photo of a {}.",
-    "oxford_pets": "a photo of a {}, a type of pet.",
-    "stanford_cars": "a photo of a {}.",
-    "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fashion_mnist": "a photo of a {}, a type of clothing.",
-}
+from ..errors import ConfigError
+from .sets import DATASETS, dataset
 
-TEMPLATE_SET_NAMES = ("openai_imagenet", "simple", "photo", *(f"coop:{k}" for k in COOP_TEMPLATES))
+FIXED_SETS = ("openai_imagenet", "simple", "photo")
+
+
+def template_set_names() -> list[str]:
+    """The named sets: the fixed ones, then ``coop:NAME`` for every registered data set with a CoOp template."""
+    coop = [f"coop:{name}" for name in DATASETS.names() if dataset(name).coop_template is not None]
+    return [*FIXED_SETS, *coop]
 
 
 def _open_clip_set(attr: str) -> list[str]:
@@ -43,14 +44,16 @@ def template_set(name_or_path: str) -> list[str]:
     if name_or_path == "photo":
         return ["a photo of a {}."]
     if name_or_path.startswith("coop:"):
-        dataset = name_or_path.removeprefix("coop:")
-        if dataset not in COOP_TEMPLATES:
-            raise ValueError(f"no CoOp template for {dataset!r}; known: {', '.join(COOP_TEMPLATES)}")
-        return [COOP_TEMPLATES[dataset]]
+        name = name_or_path.removeprefix("coop:")
+        template = dataset(name).coop_template if name in DATASETS else None
+        if template is None:
+            known = ", ".join(n.removeprefix("coop:") for n in template_set_names() if n.startswith("coop:"))
+            raise ConfigError(f"no CoOp template for {name!r}; known: {known}")
+        return check_templates([template], source=name_or_path)
     path = Path(name_or_path).expanduser()
     if not path.is_file():
-        raise ValueError(
-            f"unknown template set {name_or_path!r}: not one of {', '.join(TEMPLATE_SET_NAMES)} "
+        raise ConfigError(
+            f"unknown template set {name_or_path!r}: not one of {', '.join(template_set_names())} "
             "and no such file (a template file holds one template per line, with {} for the class name)"
         )
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -62,5 +65,5 @@ def check_templates(templates: Sequence[str], source: str = "templates") -> list
     templates = list(templates)
     for t in templates:
         if t.count("{}") != 1 or t.replace("{}", "").count("{") or t.replace("{}", "").count("}"):
-            raise ValueError(f"{source}: template {t!r} must contain exactly one '{{}}' for the class name")
+            raise ConfigError(f"{source}: template {t!r} must contain exactly one '{{}}' for the class name")
     return templates

@@ -9,6 +9,7 @@ import torch
 from timm.data import create_transform
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from .datasets import DataError, LabelledImages
 
 log = logging.getLogger("instruction_vit.data")
@@ -41,7 +42,7 @@ class TransformedImages(Dataset):
 
     def __init__(self, data: LabelledImages, transform: Callable, bad_images: str = "error"):
         if bad_images not in ("error", "skip"):
-            raise ValueError(f"bad_images={bad_images!r}; choose error or skip")
+            raise ConfigError(f"bad_images={bad_images!r}; choose error or skip")
         self.data, self.transform, self.bad_images = data, transform, bad_images
         self._unreadable: set[int] = set()
 

@@ -22,18 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..classifiers import classifier_kind
 from ..config import Config, from_dict
 from ..errors import CheckpointError
 from ..files import atomic_write, file_sha256
-from ..model import build_model
-from ..prompts import load_encoder
-from ..prompts.coop import CoOpClassifier
-from ..prompts.encoders.openclip import OpenCLIPEncoder
 
 FORMAT = "instruction-vit-checkpoint/1"
 
@@ -111,33 +107,19 @@ class Checkpoint:
 
 
 def model_from_config(cfg: Config, class_names: list[str], prompt_dim, pretrained: Any = None) -> torch.nn.Module:
-    """The model a run config describes (``pretrained`` overrides ``cfg.model.pretrained``): an InstructionViT,
-    a PlainClassifier for non-ViT backbones, or a CoOpClassifier (``model.method=coop``)."""
-    if cfg.model.method == "coop":
-        encoder = load_encoder(cfg.prompts.encoder)
-        if not isinstance(encoder, OpenCLIPEncoder):
-            raise ValueError(f"model.method=coop needs an open_clip encoder (prompts.encoder=open_clip:...), "
-                             f"not {cfg.prompts.encoder!r}")
-        if cfg.data.img_size != encoder.preprocess.size:
-            raise ValueError(f"CLIP {cfg.prompts.encoder!r} reads {encoder.preprocess.size} px images: "
-                             f"set data.img_size={encoder.preprocess.size}")
-        return CoOpClassifier(encoder, class_names, cfg.model.coop_context, cfg.model.coop_init)
-    num_classes = len(class_names)
+    """The model a run config describes: the classifier kind ``cfg.model.method`` names (see
+    :mod:`instruction_vit.classifiers`) builds it. ``pretrained`` overrides ``cfg.model.pretrained``; for a kind on a
+    timm backbone, a run checkpoint there starts the backbone from that run's model (and ``weights_report`` names
+    the checkpoint)."""
+    kind = classifier_kind(cfg.model.method)
     source = cfg.model.pretrained if pretrained is None else pretrained
-    source = True if source == "timm" else source
     start = None
-    if isinstance(source, str) and _is_checkpoint(source):  # start from another run's model
+    if kind.timm_backbone and isinstance(source, str) and _is_checkpoint(source):  # start from another run's model
         start = source
         state = load_checkpoint(source).model_state()
         source = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    kwargs = {"img_size": cfg.data.img_size, **cfg.model.backbone_kwargs}
-    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.model.backbone)
-    if pretrained_cfg is not None and not pretrained_cfg.fixed_input_size:
-        kwargs.pop("img_size")  # CNNs take any input size (and refuse the argument)
-    model = build_model(cfg.model.backbone, num_classes, prompt_dim, pretrained=source,
-                        score_scale=cfg.model.score_scale, vpt_tokens=cfg.model.vpt_tokens,
-                        vpt_deep=cfg.model.vpt_deep, **kwargs)
-    if start is not None and model.weights_report is not None:  # say which run's checkpoint, not "state dict"
+    model = kind.build(cfg, class_names, prompt_dim, source)
+    if start is not None and getattr(model, "weights_report", None) is not None:  # say which run's checkpoint
         model.weights_report = dataclasses.replace(model.weights_report, source=start,
                                                    format="instruction-vit checkpoint", sha256=file_sha256(start))
     return model

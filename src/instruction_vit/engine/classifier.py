@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..errors import ConfigError
 from ..data import DataError, image_folder, read_image, template_set
 from ..model import PromptInput
 from ..prompts import build_prompt_bank
-from ..prompts.coop import CoOpClassifier
+from ..classifiers.coop import CoOpClassifier
 from ..prompts.encoders import joint_space, weights_id
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .run import resolve_device, transforms
@@ -73,7 +74,7 @@ class Classifier:
             self.model.set_classes(names)
             return ClassPrompts(names, None, "CoOp: its learned context before each new class name", "head")
         if self.model.bank_prompts() is None:
-            raise ValueError("this checkpoint is a plain classifier (no prompts): it cannot score new class names; "
+            raise ConfigError("this checkpoint is a plain classifier (no prompts): it cannot score new class names; "
                              "train with prompts.kind=text, image or mixed")
         return self._instruction_prompts(names, folder, progress)
 
@@ -108,7 +109,7 @@ class Classifier:
         elif joint_space(p.encoder) and image_encoder == p.encoder:
             prompts = build_prompt_bank("text", names, **common).model_input()
         else:
-            raise ValueError(f"this checkpoint reads {kind} prompts and its encoder {image_encoder!r} has no text "
+            raise ConfigError(f"this checkpoint reads {kind} prompts and its encoder {image_encoder!r} has no text "
                              "side in the same space: give example images for the new classes (--examples FOLDER, "
                              "one subfolder per class)")
         how = (f"text prompts from {p.encoder} in place of the checkpoint's {kind} prompts (one image-text space); "

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import RunFolderError
 from ..config import load_config
 from ..report import plot_confusion, plot_curves
 from .train import train
@@ -22,7 +23,7 @@ def run_demo(config: str | Path, out: str | Path, overrides: Sequence[str] = (),
     demo_entries = {n.replace(" ", "_") for n in VARIANTS} | {"summary.json", "accuracy.png", "confusion.png"}
     foreign = [p.name for p in out.iterdir() if p.name not in demo_entries] if out.exists() else []
     if foreign and not force:
-        raise ValueError(f"{out} exists and holds no earlier demo ({', '.join(sorted(foreign)[:3])}...); "
+        raise RunFolderError(f"{out} exists and holds no earlier demo ({', '.join(sorted(foreign)[:3])}...); "
                          "choose another --out or pass --force")
     rows, runs = [], {}
     for name, kind in VARIANTS.items():

@@ -15,6 +15,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -57,7 +59,7 @@ class World:
     def shard(self, order: torch.Tensor, global_batch: int, batches: int) -> list[int]:
         """This rank's sample indices: its slice of each of the first ``batches`` global batches of ``order``."""
         if global_batch % self.size:
-            raise ValueError(f"train.batch_size={global_batch} must divide evenly over {self.size} processes")
+            raise ConfigError(f"train.batch_size={global_batch} must divide evenly over {self.size} processes")
         grid = order[: batches * global_batch].view(batches, self.size, global_batch // self.size)
         return grid[:, self.rank].flatten().tolist()
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from ..classifiers import classifier_kind
 from ..config import Config, ConfigError, load_config
 from ..data import split_identity
 from ..files import atomic_write, file_sha256
@@ -64,12 +65,12 @@ class Cell:
     @property
     def needs_backbone(self) -> bool:
         """Whether the cell trains a timm backbone (zero-shot and CoOp cells use the CLIP encoder alone)."""
-        return not self.zero_shot and self.config.model.method == "instruction_vit"
+        return not self.zero_shot and classifier_kind(self.config.model.method).timm_backbone
 
     @property
     def uses_encoder(self) -> bool:
         c = self.config
-        return self.zero_shot or c.model.method != "instruction_vit" or c.prompts.kind != "none"
+        return self.zero_shot or classifier_kind(c.model.method).uses_encoder or c.prompts.kind != "none"
 
 
 def load_spec(name_or_path: str) -> dict[str, Any]:

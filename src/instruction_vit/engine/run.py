@@ -14,6 +14,7 @@ from torch import Tensor
 from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 
+from ..errors import ConfigError, DataError, MissingFileError
 from ..config import Config, resolved_workers
 from ..data import (
     LabelledImages,
@@ -35,7 +36,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA GPU is available here; use cpu or auto")
+        raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is available here; use cpu or auto")
     return device
 
 
@@ -89,10 +90,10 @@ def _descriptions(path: str | None) -> dict[str, list[str]] | None:
         return None
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"descriptions file not found: {file}")
+        raise MissingFileError(f"descriptions file not found: {file}")
     content = yaml.safe_load(file.read_text(encoding="utf-8"))
     if not isinstance(content, dict):
-        raise ValueError(f"{file} must map class names to lists of sentences")
+        raise ConfigError(f"{file} must map class names to lists of sentences")
     return {str(k): [str(s) for s in (v if isinstance(v, list) else [v])] for k, v in content.items()}
 
 
@@ -138,12 +139,12 @@ def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None, pro
     if p.bank_file is not None and kind == p.kind:
         bank = PromptBank.load(p.bank_file)
         if bank.class_names != train.class_names:
-            raise ValueError(
+            raise DataError(
                 f"prompt bank {p.bank_file} was built for other classes ({bank.num_classes}: "
                 f"{bank.class_names[:4]}...) than the data ({train.num_classes}: {train.class_names[:4]}...); "
                 "rebuild it for these classes, in label order")
         if bank.kind != kind:
-            raise ValueError(f"prompt bank {p.bank_file} holds {bank.kind} prompts but prompts.kind={kind}")
+            raise ConfigError(f"prompt bank {p.bank_file} holds {bank.kind} prompts but prompts.kind={kind}")
         _check_bank_file(cfg, bank, train)
         return bank
     return build_prompt_bank(
@@ -164,13 +165,13 @@ def _check_bank_file(cfg: Config, bank: PromptBank, train: LabelledImages) -> No
         outside = sorted(used - train_ids)
         if outside or m.get("image_root", train.location) != train.location:
             shown = ", ".join(outside[:3]) or f"images under {m.get('image_root')}"
-            raise ValueError(
+            raise DataError(
                 f"prompt bank {p.bank_file} draws image prompts from images that are not in this run's training "
                 f"split ({shown}): they may be test images. Rebuild it with the run's split (ivit prompts build "
                 f"--folder ROOT --val-fraction {cfg.data.val_fraction} --split-seed {cfg.data.split_seed})")
     for key, spec in (("text_weights", p.encoder), ("image_weights", p.image_encoder or p.encoder)):
         if key in m and m[key] != weights_id(spec):
-            raise ValueError(f"prompt bank {p.bank_file} was encoded with weights {m[key]!r}, but the run's encoder "
+            raise ConfigError(f"prompt bank {p.bank_file} was encoded with weights {m[key]!r}, but the run's encoder "
                              f"{spec!r} gives {weights_id(spec)!r}; set prompts.encoder to the bank's encoder")
 
 
@@ -179,7 +180,7 @@ def ranker_scores(cfg: Config, train: LabelledImages, data: LabelledImages, prog
     p = cfg.prompts
     if p.ranker == "zero_shot":
         if not joint_space(p.encoder):
-            raise ValueError(f"the zero-shot ranker needs a joint image-text encoder; {p.encoder!r} has none "
+            raise ConfigError(f"the zero-shot ranker needs a joint image-text encoder; {p.encoder!r} has none "
                              "(use prompts.encoder=conse or an open_clip model, or prompts.ranker=prototype)")
         text = prompt_bank(cfg, train, kind="text", progress=progress)
         feats = image_features(p.encoder, data, p.cache_dir, progress=progress, device=resolve_device(cfg.train.device))

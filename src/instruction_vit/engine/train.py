@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from ..config import Config, load_config, resolved_workers
 from ..data import TransformedImages
 from ..data.store import StoreDataset, build_store
-from ..errors import NonFiniteLossError, RunFolderError
+from ..classifiers import classifier_kind
+from ..errors import ConfigError, NonFiniteLossError, RunFolderError
 from ..files import atomic_write
 from ..losses import InstructionLoss
 from ..model import apply_regime
@@ -37,6 +38,7 @@ from ..prompts import forward_selected, target_mask
 from .checkpoint import CheckpointError, load_checkpoint, model_from_config, save_checkpoint
 from .distributed import close_world, init_world
 from .evaluate import autocast, classification_metrics, predict
+from .results import checkpoint_results
 from .protocols import novel_classes
 from .run import (
     PROMPT_RECORD,
@@ -45,7 +47,6 @@ from .run import (
     eval_loader,
     prompt_bank,
     prompts_line,
-    ranker_scores,
     run_splits,
     resolve_device,
     seed_everything,
@@ -153,7 +154,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
                               pretrained=False if last is not None else None)
     weights_record = last.meta.get("backbone_weights") if last is not None else \
         (model.weights_report.to_dict() if getattr(model, "weights_report", None) is not None else None)
-    if cfg.model.method == "instruction_vit":
+    if classifier_kind(cfg.model.method).timm_backbone:
         if last is not None:
             log(f"backbone {cfg.model.backbone}: from {out / 'checkpoints' / 'last.safetensors'} (it started from "
                 f"{(weights_record or {}).get('source', 'random init')})")
@@ -177,7 +178,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     val_loader = eval_loader(cfg, model.backbone, splits["val"])
     batches = len(splits["train"]) // t.batch_size
     if batches < t.accum_steps:
-        raise ValueError(f"{len(splits['train'])} training images make no full update of batch_size={t.batch_size} "
+        raise ConfigError(f"{len(splits['train'])} training images make no full update of batch_size={t.batch_size} "
                          f"x accum_steps={t.accum_steps}; lower train.batch_size")
     updates_per_epoch = batches // t.accum_steps
     local_batch = t.batch_size // world.size
@@ -185,7 +186,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     mixup = None
     if t.mixup > 0 or t.cutmix > 0:
         if local_batch % 2:
-            raise ValueError("Mixup/CutMix need an even batch per process (train.batch_size / processes)")
+            raise ConfigError("Mixup/CutMix need an even batch per process (train.batch_size / processes)")
         mixup = Mixup(mixup_alpha=t.mixup, cutmix_alpha=t.cutmix, prob=t.mixup_prob, mode=t.mixup_mode,
                       label_smoothing=t.label_smoothing, num_classes=len(class_names))
     criterion = InstructionLoss(t.head_weight, t.score_weight, 0.0 if mixup else t.label_smoothing)
@@ -272,7 +273,9 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     if world.is_main:
         if writer is not None:
             writer.close()
-        results = test_results(cfg, out, splits, progress)
+        results = checkpoint_results(out / "checkpoints" / "best.safetensors", "test", cfg.prompts.select_k, splits,
+                                     cfg, progress)
+        results.pop("split")
         results["data"] = data_info
         results["backbone_weights"] = weights_record
         if bank is not None:
@@ -367,27 +370,6 @@ def _stop_if_non_finite(bad: torch.Tensor, epoch: int, step: int, out: Path) -> 
         raise NonFiniteLossError(
             f"the loss became non-finite (nan or inf) in epoch {epoch + 1}, by step {step}; the last good "
             f"checkpoint is {out / 'checkpoints' / 'last.safetensors'}. Lower train.lr or set train.grad_clip")
-
-
-def test_results(cfg: Config, out: Path, splits, progress=None) -> dict[str, Any]:
-    """Test metrics of the best checkpoint, with all N prompts and (if configured) with K+1 selection."""
-    ckpt = load_checkpoint(out / "checkpoints" / "best.safetensors")
-    device = resolve_device(cfg.train.device)
-    model = ckpt.build_model().to(device)
-    loader = eval_loader(cfg, model.backbone, splits["test"])
-    prompts = model.bank_prompts()
-    results: dict[str, Any] = {"best_epoch": ckpt.meta["epoch"] + 1, "class_names": ckpt.class_names}
-    pred = predict(model, loader, prompts, device, cfg.train.amp)
-    results["all_prompts"] = classification_metrics(pred, ckpt.class_names)
-    routes = results["all_prompts"]
-    results["top1"] = routes["combined" if "combined" in routes else "head"]["top1"]  # the headline number
-    if prompts is not None and cfg.prompts.select_k:
-        ranking = ranker_scores(cfg, splits["train"], splits["test"], progress)
-        pred = predict(model, loader, prompts, device, cfg.train.amp, ranking, cfg.prompts.select_k)
-        results[f"select_k{cfg.prompts.select_k}"] = classification_metrics(pred, ckpt.class_names)
-        ranker_top1 = (ranking.argmax(1) == torch.tensor(splits["test"].labels)).float().mean().item()
-        results["ranker_top1"] = 100 * ranker_top1
-    return results
 
 
 def _epoch_line(row: dict[str, Any]) -> str:

@@ -3,10 +3,12 @@
 from .build import build_model
 from .instruction_vit import InstructionOutput, InstructionViT, PromptEmbed, PromptInput
 from .plain import PlainClassifier
-from .regimes import REGIMES, apply_regime
+from .protocol import ImageClassifier
+from .regimes import REGIMES, apply_regime, check_regime
 
 __all__ = [
     "REGIMES",
+    "ImageClassifier",
     "InstructionOutput",
     "InstructionViT",
     "PlainClassifier",
@@ -14,4 +16,5 @@ __all__ = [
     "PromptInput",
     "apply_regime",
     "build_model",
+    "check_regime",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 import timm
 from timm.models import VisionTransformer
 
+from ..errors import ConfigError
 from .instruction_vit import InstructionViT
 from .plain import PlainClassifier
 from .weights import Pretrained, load_weights, resolve_source
@@ -40,11 +41,11 @@ def build_model(
         backbone_kwargs: passed to ``timm.create_model`` (``img_size``, ``drop_path_rate``, ...).
     """
     if num_classes <= 0:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
+        raise ConfigError(f"num_classes must be positive, got {num_classes}")
     if not timm.is_model(backbone):
         close = difflib.get_close_matches(backbone, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-        raise ValueError(f"unknown backbone {backbone!r}{hint}")
+        raise ConfigError(f"unknown backbone {backbone!r}{hint}")
     if prompt_dim is None:
         prompt_dims: dict[str, int] = {}
     elif isinstance(prompt_dim, Mapping):

@@ -26,7 +26,9 @@ from timm.models import VisionTransformer
 from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..outputs import InstructionOutput
+from .regimes import check_regime
 
 #: Prompt features: one tensor ``[P, D]`` shared by the batch or ``[B, P, D]`` per sample, or a mapping
 #: ``{modality: tensor}`` when text and image features live in different spaces (mixed prompts
@@ -41,7 +43,7 @@ class PromptEmbed(nn.Module):
         super().__init__()
         for name, dim in prompt_dims.items():
             if int(dim) <= 0:
-                raise ValueError(f"prompt dim for {name!r} must be positive, got {dim}")
+                raise ConfigError(f"prompt dim for {name!r} must be positive, got {dim}")
         self.proj = nn.ModuleDict({name: nn.Linear(int(dim), width) for name, dim in prompt_dims.items()})
 
     @property
@@ -50,13 +52,13 @@ class PromptEmbed(nn.Module):
 
     def forward(self, prompts: PromptInput) -> Tensor:
         if not self.proj:
-            raise ValueError(
+            raise ConfigError(
                 "this model was built without a prompt embedding layer (prompt_dim=None): "
                 "it is a plain ViT; rebuild it with build_model(..., prompt_dim=D) to use prompts"
             )
         if isinstance(prompts, Tensor):
             if len(self.proj) != 1:
-                raise ValueError(
+                raise ConfigError(
                     f"this model projects several prompt sources {sorted(self.proj)}: "
                     "pass prompts as a dict {source: features}"
                 )
@@ -64,7 +66,7 @@ class PromptEmbed(nn.Module):
             return self._project(name, prompts)
         unknown = sorted(set(prompts) - set(self.proj))
         if unknown or not prompts:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt sources {unknown or '(none)'} have no projection; this model has {sorted(self.proj)}"
             )
         tokens = [self._project(name, feats) for name, feats in prompts.items()]
@@ -78,7 +80,7 @@ class PromptEmbed(nn.Module):
         if feats.dim() not in (2, 3):
             raise ValueError(f"prompt features must be [P, D] or [B, P, D], got shape {tuple(feats.shape)}")
         if feats.shape[-1] != layer.in_features:
-            raise ValueError(
+            raise ConfigError(
                 f"prompt features for {name!r} have dim {feats.shape[-1]} but the prompt embedding layer "
                 f"expects {layer.in_features}: build the prompt bank with the encoder the model was built for, "
                 f"or build the model with prompt_dim={feats.shape[-1]}"
@@ -103,6 +105,12 @@ class WrapsBackbone:
     def no_weight_decay(self) -> set[str]:
         names = getattr(self.backbone, "no_weight_decay", lambda: set())()
         return {f"backbone.{name}" for name in names}
+
+    def trainable_parameters(self, regime: str, train_prompt_features: bool = False) -> list[nn.Parameter]:
+        """What ``regime`` trains: ``full`` every parameter, ``prompt`` and ``linear`` the classification head."""
+        if check_regime(regime) == "full":
+            return list(self.parameters())
+        return list(self.head.parameters())
 
 
 class InstructionViT(WrapsBackbone, nn.Module):
@@ -138,6 +146,20 @@ class InstructionViT(WrapsBackbone, nn.Module):
             layers = len(backbone.blocks) if vpt_deep else 1
             self.visual_prompts = nn.Parameter(
                 torch.empty(layers, self.vpt_tokens, backbone.embed_dim).uniform_(-bound, bound))
+
+    def trainable_parameters(self, regime: str, train_prompt_features: bool = False) -> list[nn.Parameter]:
+        """What ``regime`` trains: ``full`` every parameter; ``prompt`` the classification head, the prompt embedding
+        layer and the VPT tokens; ``linear`` the head. Stored prompt features only with ``train_prompt_features``."""
+        stored = list(self.prompt_bank.parameters())
+        if check_regime(regime) == "full":
+            params = [p for p in self.parameters() if all(p is not s for s in stored)]
+        else:
+            params = list(self.head.parameters())
+            if regime == "prompt":
+                params += self.prompt_embed.parameters()
+                if self.visual_prompts is not None:
+                    params.append(self.visual_prompts)
+        return params + stored if train_prompt_features else params
 
     # -- stored prompts ------------------------------------------------------------------------
     def set_prompt_bank(self, prompts: PromptInput, trainable: bool = False) -> None:

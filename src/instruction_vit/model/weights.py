@@ -26,7 +26,7 @@ from timm.models import load_pretrained
 from timm.models._manipulate import adapt_input_conv
 from torch import Tensor, nn
 
-from ..errors import WeightsError, WeightsUnavailableError
+from ..errors import MissingFileError, WeightsError, WeightsUnavailableError
 from ..files import file_sha256
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
@@ -80,13 +80,13 @@ def resolve_source(pretrained: Pretrained) -> bool | Path | Mapping[str, Any]:
         return pretrained
     path = Path(pretrained).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"pretrained weights file not found: {path}; give an existing .safetensors/.pth/.bin/.npz file "
             "(model.pretrained=FILE, or weights.BACKBONE=FILE for ivit reproduce), model.pretrained=timm for timm's "
             "own sources, or model.pretrained=null for random init (in Python: pretrained=True / False)"
         )
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"cannot read weights from {path}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
+        raise WeightsError(f"cannot read weights from {path}: expected one of {', '.join(WEIGHT_SUFFIXES)}")
     return path
 
 

@@ -1,7 +1,16 @@
 """Prompts: encoders, the prompt bank, and top-K+1 prompt selection."""
 
 from .bank import KINDS, ImageSource, PromptBank, build_prompt_bank, choose_prompt_images, encode_class_texts
-from .encoders import ENCODER_SPECS, ImagePreprocess, PromptEncoder, load_encoder
+from .encoders import (
+    ImagePreprocess,
+    PromptEncoder,
+    encoder_spec_help,
+    joint_space,
+    list_encoders,
+    load_encoder,
+    register_encoder,
+    weights_id,
+)
 from .selection import (
     Selection,
     class_prototypes,
@@ -14,7 +23,6 @@ from .selection import (
 )
 
 __all__ = [
-    "ENCODER_SPECS",
     "KINDS",
     "ImagePreprocess",
     "ImageSource",
@@ -26,10 +34,15 @@ __all__ = [
     "class_prototypes",
     "cosine_scores",
     "encode_class_texts",
+    "encoder_spec_help",
     "expand_scores",
     "forward_selected",
     "gather_prompts",
+    "joint_space",
+    "list_encoders",
     "load_encoder",
+    "register_encoder",
     "select_top_k",
     "target_mask",
+    "weights_id",
 ]

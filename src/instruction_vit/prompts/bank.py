@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError, DataError
 from ..data.templates import check_templates
 from .encoders import IMAGE, TEXT, PromptEncoder, load_encoder, weights_id
 from .store import load_bank_files, save_bank_files
@@ -92,11 +93,11 @@ def class_texts(
     descriptions = descriptions or {}
     unknown = sorted(set(descriptions) - set(class_names))
     if unknown:
-        raise ValueError(f"descriptions given for classes not in the class list: {unknown[:5]}")
+        raise ConfigError(f"descriptions given for classes not in the class list: {unknown[:5]}")
     texts = [[t.format(c) for t in templates] + list(descriptions.get(c, ())) for c in class_names]
     empty = [c for c, ts in zip(class_names, texts) if not ts]
     if empty:
-        raise ValueError(f"no templates and no descriptions for classes {empty[:5]}: nothing to encode")
+        raise ConfigError(f"no templates and no descriptions for classes {empty[:5]}: nothing to encode")
     return texts
 
 
@@ -129,16 +130,16 @@ def encode_class_texts(
 def choose_prompt_images(labels: Sequence[int], num_classes: int, per_class: int = 1, seed: int = 0) -> list[list[int]]:
     """Seeded choice of ``per_class`` sample indices of each class (fewer if the class has fewer)."""
     if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
+        raise ConfigError(f"per_class must be >= 1, got {per_class}")
     by_class: list[list[int]] = [[] for _ in range(num_classes)]
     for index, label in enumerate(labels):
         label = int(label)
         if not 0 <= label < num_classes:
-            raise ValueError(f"sample {index} has label {label}, outside the {num_classes} classes")
+            raise DataError(f"sample {index} has label {label}, outside the {num_classes} classes")
         by_class[label].append(index)
     missing = [c for c, idx in enumerate(by_class) if not idx]
     if missing:
-        raise ValueError(f"classes {missing[:10]} have no image to draw an image prompt from")
+        raise DataError(f"classes {missing[:10]} have no image to draw an image prompt from")
     rng = random.Random(seed)
     return [sorted(rng.sample(idx, min(per_class, len(idx)))) for idx in by_class]
 
@@ -183,18 +184,18 @@ def build_prompt_bank(
     ``Progress``) shows the encoding; ``image_split`` says which split ``images`` is (recorded with the image ids).
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown prompt kind {kind!r}; choose one of {', '.join(KINDS)}")
+        raise ConfigError(f"unknown prompt kind {kind!r}; choose one of {', '.join(KINDS)}")
     class_names = [str(c) for c in class_names]
     if not class_names:
-        raise ValueError("the class list is empty: a prompt bank needs at least one class name")
+        raise ConfigError("the class list is empty: a prompt bank needs at least one class name")
     dupes = sorted({c for c in class_names if class_names.count(c) > 1})
     if dupes:
-        raise ValueError(f"duplicate class names {dupes[:5]}: each class needs its own name")
+        raise ConfigError(f"duplicate class names {dupes[:5]}: each class needs its own name")
     use_text, use_image = kind in ("text", "mixed"), kind in ("image", "mixed")
     if use_text and text_encoder is None:
-        raise ValueError(f"{kind} prompts need a text_encoder (a joint one such as 'conse' or 'open_clip:...')")
+        raise ConfigError(f"{kind} prompts need a text_encoder (a joint one such as 'conse' or 'open_clip:...')")
     if use_image and (image_encoder is None or images is None):
-        raise ValueError(f"{kind} prompts need an image_encoder and images (the training set) to draw from")
+        raise ConfigError(f"{kind} prompts need an image_encoder and images (the training set) to draw from")
 
     meta: dict[str, Any] = {"kind": kind, "class_names": class_names}
     texts: list[list[str]] = []
@@ -223,7 +224,7 @@ def build_prompt_bank(
         if isinstance(e, str):
             e = loaded[e] if e in loaded else loaded.setdefault(e, load_encoder(e, device=device))
         if modality not in e.modalities:
-            raise ValueError(f"prompt encoder {e.name!r} cannot encode {modality}; it encodes {sorted(e.modalities)}")
+            raise ConfigError(f"prompt encoder {e.name!r} cannot encode {modality}; it encodes {sorted(e.modalities)}")
         return e
 
     features: dict[str, Tensor] = {}

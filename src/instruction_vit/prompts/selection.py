@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import DataError
+
 Prompts = Tensor | Mapping[str, Tensor]
 
 
@@ -50,7 +52,7 @@ def class_prototypes(features: Tensor, labels: Tensor, num_classes: int) -> Tens
     sums.index_add_(0, labels.to(feats.device).long(), feats)
     counts = torch.bincount(labels.long(), minlength=num_classes)
     if (counts == 0).any():
-        raise ValueError(f"classes {torch.nonzero(counts == 0).flatten().tolist()[:10]} have no features")
+        raise DataError(f"classes {torch.nonzero(counts == 0).flatten().tolist()[:10]} have no features")
     return F.normalize(sums, dim=-1)
 
 

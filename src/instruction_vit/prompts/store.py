@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ..errors import DataError, MissingFileError
 from ..files import atomic_write
 
 
@@ -39,11 +40,11 @@ def load_bank_files(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     weights, sidecar = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     for f in (weights, sidecar):
         if not f.is_file():
-            raise FileNotFoundError(f"prompt bank file missing: {f} (a bank is NAME.safetensors + NAME.json)")
+            raise MissingFileError(f"prompt bank file missing: {f} (a bank is NAME.safetensors + NAME.json)")
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
     with safe_open(str(weights), framework="pt") as f:
         stored_key = (f.metadata() or {}).get("key")
         features = {name: f.get_tensor(name) for name in f.keys()}
     if stored_key != meta.get("key"):
-        raise ValueError(f"prompt bank {stem}: features (key {stored_key}) and metadata (key {meta.get('key')}) differ")
+        raise DataError(f"prompt bank {stem}: features (key {stored_key}) and metadata (key {meta.get('key')}) differ")
     return features, meta

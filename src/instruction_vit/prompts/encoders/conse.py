@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...errors import ConfigError
 from .base import IMAGE, TEXT, PromptEncoder
-from .efficientnet import EfficientNetLiteEncoder
+from .efficientnet import EfficientNetLiteEncoder, size_option
 from .minilm import MiniLMTextEncoder
+from .registry import register_encoder
 
 CLASS_TEMPLATE = "a photo of a {}."
 
@@ -29,13 +31,26 @@ def imagenet_class_names() -> list[str]:
     return [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
 
 
+@register_encoder("conse")
 class ConSEEncoder(PromptEncoder):
+    """Joint encoder: MiniLM for texts, the MiniLM embedding of EfficientNet-Lite0's top ImageNet classes for images."""
+
     modalities = frozenset({TEXT, IMAGE})
     shared_space = True
+    spec_help = "conse[@SIZE]  joint: ConSE over MiniLM and EfficientNet-Lite0 (offline, 384-d)"
+
+    @classmethod
+    def from_spec(cls, arg: str, device: str | torch.device = "cpu") -> ConSEEncoder:
+        return cls(device=device, image_size=size_option("conse", arg))
+
+    @classmethod
+    def spec_weights_id(cls, arg: str) -> str:
+        """The weights of its two parts (the image size does not change them)."""
+        return f"{MiniLMTextEncoder.spec_weights_id('')}+{EfficientNetLiteEncoder.spec_weights_id('')}"
 
     def __init__(self, device: str | torch.device = "cpu", image_size: int = 224, top: int = 10):
         if top < 1:
-            raise ValueError(f"ConSE top must be >= 1, got {top}")
+            raise ConfigError(f"ConSE top must be >= 1, got {top}")
         self.text = MiniLMTextEncoder(device=device)
         self.classifier = EfficientNetLiteEncoder(device=device, image_size=image_size)
         self.top = top

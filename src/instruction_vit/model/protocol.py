@@ -1,0 +1,36 @@
+"""What the engine asks of every classifier it trains, evaluates and saves (whatever its kind)."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+from ..outputs import InstructionOutput
+from .instruction_vit import PromptInput
+
+
+@runtime_checkable
+class ImageClassifier(Protocol):
+    """The classifier protocol: :class:`~.InstructionViT`, :class:`~.PlainClassifier` and CoOp follow it, and so must
+    the model of any classifier kind (``instruction_vit.classifiers``).
+
+    * ``backbone``: the image tower; its ``pretrained_cfg`` (mean, std, input size, ...) gives the transforms.
+    * ``forward(images, prompts=None)``: one :class:`InstructionOutput` (``scores`` is ``[B, 0]`` without prompts).
+    * ``bank_prompts()``: the prompt features stored in the model, as ``forward`` takes them, or ``None``.
+    * ``trainable_parameters(regime, train_prompt_features=False)``: the parameters ``regime`` (``full``,
+      ``prompt``, ``linear``) trains, stored prompt features only with ``train_prompt_features``; a regime the
+      model cannot follow is a :class:`~instruction_vit.errors.ConfigError`. :func:`~.apply_regime` freezes the rest.
+
+    Optional: ``no_weight_decay()`` (timm's optimizer factory reads it), ``set_prompt_bank(prompts, trainable)``
+    (models that read instruction prompts), ``external_state`` and ``external_weights_id`` (weights a checkpoint
+    saves by reference, see :mod:`instruction_vit.engine.checkpoint`), ``weights_report`` (what the backbone loaded).
+    """
+
+    backbone: nn.Module
+
+    def __call__(self, images: Tensor, prompts: PromptInput | None = None) -> InstructionOutput: ...
+
+    def bank_prompts(self) -> PromptInput | None: ...
+
+    def trainable_parameters(self, regime: str, train_prompt_features: bool = False) -> list[nn.Parameter]: ...
