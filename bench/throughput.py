@@ -32,14 +32,14 @@ def measure(mode: str, variant: str, compiled: bool) -> dict:
 
     from instruction_vit.losses import InstructionLoss
     from instruction_vit.model import build_model
-    from instruction_vit.prompts import forward_selected
+    from instruction_vit.prompts import Prompts, forward_selected
 
     m = MODES[mode]
     device = torch.device("cuda" if mode == "gpu" else "cpu")
     torch.manual_seed(0)
     prompt_dim = None if variant == "plain ViT" else m["prompt_dim"]
     model = build_model(m["backbone"], m["classes"], prompt_dim, **m["kwargs"]).to(device)
-    prompts = torch.randn(m["classes"], m["prompt_dim"], device=device) if prompt_dim else None
+    prompts = Prompts.of(torch.randn(m["classes"], m["prompt_dim"], device=device)) if prompt_dim else None
     images = torch.randn(m["batch"], 3, m["img"], m["img"], device=device)
     labels = torch.randint(0, m["classes"], (m["batch"],), device=device)
     ranking = torch.randn(m["batch"], m["classes"], device=device)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -113,7 +112,7 @@ def measure(mode: str, work: Path, cell: str) -> dict:
     cfg = config(mode, work / "images", work, store, select)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    train(cfg, work / "runs" / cell, force=True, log=lambda line: print(line, file=sys.stderr))
+    train(cfg, work / "runs" / cell, force=True)
     rows = [json.loads(line) for line in (work / "runs" / cell / "metrics.jsonl").read_text().splitlines()]
     rates = [r["train_images_per_second"] for r in rows[1:]] or [rows[0]["train_images_per_second"]]
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")

@@ -58,7 +58,8 @@ def test_text_bank_equals_open_clip_zero_shot_classifier(clip):
     bank = build_prompt_bank("text", CLASSES, text_encoder=clip, templates=TEMPLATES)
     reference = open_clip.build_zero_shot_classifier(clip.model, clip.tokenizer, CLASSES, TEMPLATES)
     torch.testing.assert_close(bank.features["text"], reference.T, atol=1e-6, rtol=1e-5)
-    assert bank.prompt_dim == 16 and bank.model_input().shape == (3, 16)
+    assert bank.prompt_dim == 16 and bank.model_input().sources == ("prompts",)
+    assert bank.model_input().single() is bank.features["text"]
 
 
 def test_descriptions_join_the_templates(clip):
@@ -107,6 +108,7 @@ def test_mixed_without_a_joint_space_keeps_both_for_separate_projections(clip, t
                               templates=TEMPLATES, images=Images())
     assert mixed.prompt_dim == {"text": 16, "image": 12}
     model = build_model("vit_tiny_patch16_224", 3, mixed.prompt_dim, **tiny_vit_kwargs)
+    assert mixed.model_input().sources == ("text", "image")
     assert model(torch.randn(2, 3, 32, 32), mixed.model_input()).scores.shape == (2, 3)
 
 

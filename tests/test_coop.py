@@ -51,7 +51,7 @@ def test_coop_trains_in_the_engine(tmp_path, tiny_clip_dir):
         f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", f"prompts.cache_dir={tmp_path / 'cache'}",
         "model.regime=prompt", "train.epochs=2", "train.batch_size=8", "train.lr=0.01", "train.mixup=0",
         "train.cutmix=0"])
-    results = train(cfg, tmp_path / "run", log=lambda _: None)
+    results = train(cfg, tmp_path / "run")
     assert set(results["all_prompts"]) == {"head"}
     model = load_checkpoint(tmp_path / "run").build_model()
     assert isinstance(model, CoOpClassifier)
@@ -62,8 +62,8 @@ def test_coop_trains_in_the_engine(tmp_path, tiny_clip_dir):
     # CLIP's frozen weights are saved by reference: the context alone, checked against the encoder's weights.
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
     assert not [k for k in ckpt.tensors if k.startswith("model/clip.")] and "model/prompt_embed.context" in ckpt.tensors
-    assert train(cfg, tmp_path / "resumed", log=lambda _: None, stop_after_epochs=1) == {"stopped_after_epoch": 1}
-    train(cfg, tmp_path / "resumed", resume=True, log=lambda _: None)
+    assert train(cfg, tmp_path / "resumed", stop_after_epochs=1) == {"stopped_after_epoch": 1}
+    train(cfg, tmp_path / "resumed", resume=True)
     resumed = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
     context = "model/prompt_embed.context"
     torch.testing.assert_close(resumed.tensors[context], ckpt.tensors[context])
@@ -74,7 +74,7 @@ def test_coop_trains_in_the_engine(tmp_path, tiny_clip_dir):
         load_config(None, ["model.method=coop", "prompts.kind=text"])
     cfg.data.img_size = 48
     with pytest.raises(ConfigError, match="reads 32 px images"):
-        train(cfg, tmp_path / "bad", log=lambda _: None)
+        train(cfg, tmp_path / "bad")
 
 
 def test_coop_predicts_new_class_names_with_its_learned_context(tmp_path, tiny_clip_dir):
@@ -91,7 +91,7 @@ def test_coop_predicts_new_class_names_with_its_learned_context(tmp_path, tiny_c
         "data.randaugment=null", "data.num_workers=0", "prompts.kind=none", "model.method=coop",
         f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", f"prompts.cache_dir={tmp_path / 'cache'}",
         "model.regime=prompt", "train.epochs=1", "train.batch_size=8", "train.mixup=0", "train.cutmix=0"])
-    train(cfg, tmp_path / "run", log=lambda _: None)
+    train(cfg, tmp_path / "run")
     classifier = Classifier.load(tmp_path / "run", "cpu")
     new = ["crimson", "lime", "navy", "coal"]
     ranked = classifier.predict([images / "red" / "0.png"], classes=new, top_k=10)[0]

@@ -48,7 +48,7 @@ def test_two_processes_train_like_one_and_resume_like_one(setup):
     done = _torchrun("--out", str(tmp_path / "ddp"), "--config", str(config))
     assert done.stdout.count("epoch 1:") == 1  # rank 0 alone logs
     assert len((tmp_path / "ddp" / "metrics.csv").read_text().strip().splitlines()) == 4
-    train(load_config(config), tmp_path / "single", log=lambda _: None)
+    train(load_config(config), tmp_path / "single")
     _same_weights(tmp_path / "ddp" / "checkpoints" / "last.safetensors",
                   tmp_path / "single" / "checkpoints" / "last.safetensors")
 

@@ -37,7 +37,7 @@ def _weights(path):
 
 def test_train_eval_predict_end_to_end(cfg, tmp_path):
     out = tmp_path / "run"
-    results = train(cfg, out, log=lambda _: None)
+    results = train(cfg, out)
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 4 and rows[0].startswith("epoch,step,lr,")
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
@@ -58,7 +58,7 @@ def test_train_eval_predict_end_to_end(cfg, tmp_path):
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(cfg, tmp_path, monkeypatch):
     cfg.train.mixup, cfg.train.cutmix, cfg.train.mixup_prob = 0.8, 1.0, 0.5  # NumPy RNG in play too
     cfg.data.randaugment = "rand-m9-mstd0.5"  # and Python's random
-    train(cfg, tmp_path / "straight", log=lambda _: None)
+    train(cfg, tmp_path / "straight")
 
     calls = {"n": 0}
     original = InstructionLoss.forward
@@ -71,10 +71,10 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(cfg, tmp_path, monke
 
     monkeypatch.setattr(InstructionLoss, "forward", dies_mid_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "killed", log=lambda _: None)
+        train(cfg, tmp_path / "killed")
     monkeypatch.setattr(InstructionLoss, "forward", original)
     assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.safetensors").meta["epoch"] == 0
-    train(cfg, tmp_path / "killed", resume=True, log=lambda _: None)
+    train(cfg, tmp_path / "killed", resume=True)
 
     straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     resumed = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
@@ -89,7 +89,7 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(cfg, tmp_path, monke
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint(cfg, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    train(cfg, out, log=lambda _: None)
+    train(cfg, out)
     last = out / "checkpoints" / "last.safetensors"
     before = _weights(last)
     real_save = checkpoint_module.save_file
@@ -122,7 +122,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(cfg, tmp_
 
     monkeypatch.setattr(InstructionLoss, "forward", nan_in_epoch_two)
     with pytest.raises(NonFiniteLossError, match="the loss became non-finite .* in epoch 2.*Lower train.lr"):
-        train(cfg, tmp_path / "run", log=lambda _: None)
+        train(cfg, tmp_path / "run")
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors").meta["epoch"] == 0
 
 
@@ -131,23 +131,23 @@ def test_run_folder_rules(cfg, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(RunFolderError, match="already exists.*--resume.*--force"):
-        train(cfg, out, log=lambda _: None)
+        train(cfg, out)
     with pytest.raises(RunFolderError, match="nothing to resume"):
-        train(cfg, out, resume=True, log=lambda _: None)
+        train(cfg, out, resume=True)
 
 
 def test_plain_vit_run_has_only_the_head_route(cfg, tmp_path):
     cfg.prompts.kind = "none"
     cfg.train.epochs = 1
-    results = train(cfg, tmp_path / "plain", log=lambda _: None)
+    results = train(cfg, tmp_path / "plain")
     assert set(results["all_prompts"]) == {"head"} and "select_k1" not in results
 
 
 def test_gradient_accumulation_equals_the_full_batch(cfg, tmp_path):
     cfg.train.epochs = 1
-    train(cfg, tmp_path / "full", log=lambda _: None)
+    train(cfg, tmp_path / "full")
     cfg.train.batch_size, cfg.train.accum_steps = 4, 2
-    train(cfg, tmp_path / "accum", log=lambda _: None)
+    train(cfg, tmp_path / "accum")
     a = _weights(tmp_path / "full" / "checkpoints" / "last.safetensors")
     b = _weights(tmp_path / "accum" / "checkpoints" / "last.safetensors")
     for name in a:
@@ -158,9 +158,9 @@ def test_training_with_selection_and_the_prototype_ranker(cfg, tmp_path):
     cfg.train.epochs, cfg.prompts.train_select_k, cfg.prompts.ranker = 1, 1, "prototype"
     cfg.train.mixup, cfg.train.mixup_prob = 0.8, 1.0  # soft targets: both mixed classes are kept (K=2 needed)
     with pytest.raises(ValueError, match="keeps 2 classes but only k=1"):
-        train(cfg, tmp_path / "run", log=lambda _: None)
+        train(cfg, tmp_path / "run")
     cfg.prompts.train_select_k = 2
-    results = train(cfg, tmp_path / "run", force=True, log=lambda _: None)
+    results = train(cfg, tmp_path / "run", force=True)
     assert "select_k1" in results and results["select_k1"]["score"]["top1"] >= 0
 
 
@@ -170,7 +170,7 @@ def test_a_saved_bank_must_match_the_classes(cfg, tmp_path, tiny_clip_dir):
     bank = build_prompt_bank("text", ["cat", "dog", "owl"], text_encoder=f"open_clip:local-dir:{tiny_clip_dir}")
     cfg.prompts.bank_file = str(bank.save(tmp_path / "bank"))
     with pytest.raises(ValueError, match="built for other classes"):
-        train(cfg, tmp_path / "run", log=lambda _: None)
+        train(cfg, tmp_path / "run")
 
 
 @pytest.mark.parametrize("overrides", [
@@ -183,7 +183,7 @@ def test_baselines_train_in_the_same_engine(cfg, tmp_path, overrides):
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, value)
     cfg.train.epochs = 1
-    results = train(cfg, tmp_path / "run", log=lambda _: None)
+    results = train(cfg, tmp_path / "run")
     assert set(results["all_prompts"]) == {"head"}
     model = load_checkpoint(tmp_path / "run").build_model()
     assert type(model).__name__ == ("PlainClassifier" if "resnet18" in str(overrides) else "InstructionViT")
@@ -191,7 +191,7 @@ def test_baselines_train_in_the_same_engine(cfg, tmp_path, overrides):
 
 def test_base_to_novel_predicts_unseen_classes_through_the_score_head(cfg, tmp_path):
     cfg.data.classes, cfg.train.epochs = "base", 2
-    results = train(cfg, tmp_path / "b2n", log=lambda _: None)
+    results = train(cfg, tmp_path / "b2n")
     b2n = results["base_to_novel"]
     assert results["class_names"] == ["blue", "green"] and b2n["novel_class_names"] == ["red"]
     a, b = b2n["base_top1"], b2n["novel_top1"]
@@ -209,11 +209,11 @@ def test_zero_shot_baseline(cfg, tmp_path):
 
 def test_a_run_can_start_from_another_runs_checkpoint(cfg, tmp_path):
     cfg.prompts.kind, cfg.train.epochs = "none", 1
-    train(cfg, tmp_path / "first", log=lambda _: None)
+    train(cfg, tmp_path / "first")
     first = _weights(tmp_path / "first" / "checkpoints" / "best.safetensors")
     cfg.model.pretrained = str(tmp_path / "first" / "checkpoints" / "best.safetensors")
     cfg.model.regime, cfg.train.lr = "linear", 0.0  # nothing moves: the backbone must equal the first run's
-    train(cfg, tmp_path / "second", log=lambda _: None)
+    train(cfg, tmp_path / "second")
     second = _weights(tmp_path / "second" / "checkpoints" / "last.safetensors")
     torch.testing.assert_close(second["backbone.pos_embed"], first["backbone.pos_embed"])
     torch.testing.assert_close(second["backbone.blocks.0.attn.qkv.weight"], first["backbone.blocks.0.attn.qkv.weight"])
@@ -222,7 +222,7 @@ def test_a_run_can_start_from_another_runs_checkpoint(cfg, tmp_path):
 def test_training_from_the_store_with_device_augmentation(cfg, tmp_path):
     cfg.data.gpu_augment, cfg.data.store_dir, cfg.data.randaugment = True, str(tmp_path / "stores"), "rand-m9-mstd0.5"
     cfg.train.epochs = 2
-    results = train(cfg, tmp_path / "run", log=lambda _: None)
+    results = train(cfg, tmp_path / "run")
     assert len(list((tmp_path / "stores").glob("store-18px-*/images.npy"))) == 1  # 16 / 0.875 -> 18 px
     assert results["top1"] > 50  # the colours survive the augmentation
 
@@ -233,11 +233,11 @@ def test_store_workers_persist_across_epochs_and_change_nothing(cfg, tmp_path):
     cfg.data.gpu_augment, cfg.data.store_dir, cfg.data.randaugment = True, str(tmp_path / "stores"), "rand-m9-mstd0.5"
     cfg.train.epochs, cfg.prompts.select_k = 2, None
     cfg.train.mixup, cfg.train.cutmix, cfg.train.mixup_prob, cfg.train.mixup_mode = 0.8, 1.0, 1.0, "elem"  # per sample
-    train(cfg, tmp_path / "inline", log=lambda _: None)
+    train(cfg, tmp_path / "inline")
     cfg.data.num_workers = 2
-    train(cfg, tmp_path / "workers", log=lambda _: None)
-    assert train(cfg, tmp_path / "resumed", log=lambda _: None, stop_after_epochs=1) == {"stopped_after_epoch": 1}
-    train(cfg, tmp_path / "resumed", resume=True, log=lambda _: None)
+    train(cfg, tmp_path / "workers")
+    assert train(cfg, tmp_path / "resumed", stop_after_epochs=1) == {"stopped_after_epoch": 1}
+    train(cfg, tmp_path / "resumed", resume=True)
     inline = _weights(tmp_path / "inline" / "checkpoints" / "last.safetensors")
     for run in ("workers", "resumed"):
         other = _weights(tmp_path / run / "checkpoints" / "last.safetensors")

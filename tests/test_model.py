@@ -3,7 +3,7 @@ import timm
 import torch
 
 from instruction_vit.errors import ConfigError
-from instruction_vit.model import InstructionOutput, InstructionViT, PromptEmbed, build_model
+from instruction_vit.model import InstructionOutput, InstructionViT, PromptEmbed, Prompts, build_model
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_no_prompts_is_exactly_the_timm_model(model, tiny_vit_kwargs):
 
 
 def test_prompts_are_appended_after_the_patches(model):
-    tokens = model.prompt_embed(torch.randn(7, 16))
+    tokens = model.prompt_embed(Prompts.of(torch.randn(7, 16)))
     x = model.forward_features(torch.randn(2, 3, 32, 32), tokens)
     assert x.shape == (2, 1 + 16 + 7, 32)  # [CLS; 4x4 patches; 7 prompts]
 
@@ -74,24 +74,32 @@ def test_one_projection_per_modality_and_their_tokens_are_averaged():
     embed = PromptEmbed({"text": 8, "image": 12}, width=32)
     text, image = torch.randn(5, 8), torch.randn(5, 12)
     expected = (embed.proj["text"](text) + embed.proj["image"](image)) / 2
-    torch.testing.assert_close(embed({"text": text, "image": image}), expected)
-    torch.testing.assert_close(embed({"text": text}), embed.proj["text"](text))
-    with pytest.raises(ConfigError, match="pass prompts as a dict"):
-        embed(text)
+    torch.testing.assert_close(embed(Prompts({"text": text, "image": image})), expected)
+    torch.testing.assert_close(embed(Prompts({"text": text})), embed.proj["text"](text))
+    with pytest.raises(ConfigError, match=r"pass Prompts\(\{source: features\}\)"):
+        embed(Prompts.of(text))
     with pytest.raises(ConfigError, match="no projection"):
-        embed({"audio": text})
+        embed(Prompts({"audio": text}))
+    lone = PromptEmbed({"text": 8}, width=32)  # one projection, whatever its name, reads one source's features
+    torch.testing.assert_close(lone(Prompts.of(text)), lone.proj["text"](text))
+    per_sample = torch.randn(2, 5, 12)  # shared text prompts with per-sample image prompts: the text tokens broadcast
+    torch.testing.assert_close(embed(Prompts({"text": text, "image": per_sample}))[1],
+                               (embed.proj["text"](text) + embed.proj["image"](per_sample[1])) / 2)
 
 
 def test_multi_source_model_end_to_end(tiny_vit_kwargs):
     model = build_model("vit_tiny_patch16_224", 4, {"text": 8, "image": 12}, **tiny_vit_kwargs)
-    out = model(torch.randn(2, 3, 32, 32), {"text": torch.randn(4, 8), "image": torch.randn(4, 12)})
+    out = model(torch.randn(2, 3, 32, 32), Prompts({"text": torch.randn(4, 8), "image": torch.randn(4, 12)}))
     assert out.scores.shape == (2, 4)
+    with pytest.raises(TypeError, match=r"wrap features of several sources as Prompts"):
+        model(torch.randn(2, 3, 32, 32), {"text": torch.randn(4, 8), "image": torch.randn(4, 12)})
 
 
 def test_stored_prompt_bank_round_trip(model):
     prompts = torch.randn(5, 16)
-    model.set_prompt_bank(prompts)
-    torch.testing.assert_close(model.bank_prompts(), prompts)
+    model.set_prompt_bank(Prompts.of(prompts))
+    assert isinstance(model.bank_prompts(), Prompts) and model.bank_prompts().sources == ("prompts",)
+    torch.testing.assert_close(model.bank_prompts().single(), prompts)
     assert "prompt_bank.prompts" in model.state_dict()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model(x, model.bank_prompts()).scores, model(x, prompts).scores)
@@ -113,7 +121,7 @@ def test_vpt_tokens_are_read_but_not_pooled(tiny_vit_kwargs, deep):
     model = build_model("vit_tiny_patch16_224", 5, 16, vpt_tokens=3, vpt_deep=deep, **tiny_vit_kwargs).eval()
     assert model.visual_prompts.shape == (2 if deep else 1, 3, 32)
     x, prompts = torch.randn(2, 3, 32, 32), torch.randn(4, 16)
-    assert model.forward_features(x, model.prompt_embed(prompts)).shape[1] == 1 + 16 + 3 + 4
+    assert model.forward_features(x, model.prompt_embed(Prompts.of(prompts))).shape[1] == 1 + 16 + 3 + 4
     out = model(x, prompts)
     assert out.logits.shape == (2, 5) and out.scores.shape == (2, 4)
     plain_vpt = model(x)  # VPT alone: the VPT baseline, no instruction prompts

@@ -5,6 +5,7 @@ import torch
 
 from instruction_vit.model import build_model
 from instruction_vit.prompts import (
+    Prompts,
     class_prototypes,
     cosine_scores,
     expand_scores,
@@ -36,7 +37,7 @@ def test_keep_forces_the_target_in():
 def test_gather_keeps_top_k_and_averages_the_rest():
     prompts = torch.randn(6, 4)
     sel = select_top_k(RANKER, 2)
-    got = gather_prompts(prompts, sel)
+    got = gather_prompts(Prompts.of(prompts), sel).single()
     assert got.shape == (2, 3, 4)
     for b, chosen in enumerate(sel.index.tolist()):
         torch.testing.assert_close(got[b, :2], prompts[chosen])
@@ -47,7 +48,9 @@ def test_gather_keeps_top_k_and_averages_the_rest():
 def test_gather_per_sample_and_mapping_prompts():
     per_sample = torch.randn(2, 6, 4)
     sel = select_top_k(RANKER, 4)
-    got = gather_prompts({"text": per_sample, "image": per_sample[0]}, sel)
+    got = gather_prompts(Prompts({"text": per_sample, "image": per_sample[0]}), sel)
+    assert got.sources == ("text", "image") and got.num_prompts == 5
+    got = got.features
     torch.testing.assert_close(got["text"][1, :4], per_sample[1, sel.index[1]])
     torch.testing.assert_close(got["image"][1, :4], per_sample[0, sel.index[1]])
     rest = [c for c in range(6) if c not in sel.index[1].tolist()]
@@ -76,13 +79,15 @@ def test_expand_scores_checks_width():
 def test_k_at_least_n_selects_everything_without_rest():
     sel = select_top_k(RANKER, 10)
     assert sel.k == 6 and not sel.has_rest
-    assert gather_prompts(torch.randn(6, 3), sel).shape == (2, 6, 3)
+    assert gather_prompts(Prompts.of(torch.randn(6, 3)), sel).single().shape == (2, 6, 3)
+    with pytest.raises(TypeError, match=r"Prompts.of\(features\)"):
+        gather_prompts(torch.randn(6, 3), sel)
 
 
 def test_forward_selected_with_all_classes_equals_running_all_prompts(tiny_vit_kwargs):
     torch.manual_seed(0)
     model = build_model("vit_tiny_patch16_224", 6, 8, **tiny_vit_kwargs).eval()
-    images, prompts = torch.randn(2, 3, 32, 32), torch.randn(6, 8)
+    images, prompts = torch.randn(2, 3, 32, 32), Prompts.of(torch.randn(6, 8))
     full = model(images, prompts)
     selected = forward_selected(model, images, prompts, RANKER, k=6)
     torch.testing.assert_close(selected.scores, full.scores, atol=1e-4, rtol=1e-5)
@@ -92,7 +97,7 @@ def test_forward_selected_with_all_classes_equals_running_all_prompts(tiny_vit_k
 def test_forward_selected_runs_k_plus_one_prompts(tiny_vit_kwargs):
     torch.manual_seed(0)
     model = build_model("vit_tiny_patch16_224", 6, 8, **tiny_vit_kwargs).eval()
-    images, prompts = torch.randn(2, 3, 32, 32), torch.randn(6, 8)
+    images, prompts = torch.randn(2, 3, 32, 32), Prompts.of(torch.randn(6, 8))
     sel = select_top_k(RANKER, 3)
     direct = model(images, gather_prompts(prompts, sel))
     assert direct.scores.shape == (2, 4)
@@ -106,6 +111,7 @@ def test_rankers():
     bank = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     torch.testing.assert_close(cosine_scores(feats, bank), torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7071, 0.7071]]),
                                atol=1e-4, rtol=0)
+    torch.testing.assert_close(cosine_scores(feats, Prompts.of(bank)), cosine_scores(feats, bank))
     protos = class_prototypes(feats, torch.tensor([0, 1, 1]), 2)
     torch.testing.assert_close(protos[0], torch.tensor([1.0, 0.0]))
     expected = torch.nn.functional.normalize(torch.tensor([0.7071, 1.7071]), dim=0)

@@ -63,12 +63,12 @@ def test_a_run_that_failed_before_its_first_checkpoint_is_retried_without_force(
     assert load_config(out / "config.yaml") == cfg
     (out / "notes.txt").write_text("a finished run with a file of mine: never overwritten without --force")
     with pytest.raises(RunFolderError, match="already exists"):
-        train(cfg, out, log=lambda _: None)
+        train(cfg, out)
 
 
 def test_resume_honours_safe_overrides_and_refuses_the_others(cfg, tmp_path):
     out = tmp_path / "run"
-    assert train(cfg, out, log=lambda _: None, stop_after_epochs=1) == {"stopped_after_epoch": 1}
+    assert train(cfg, out, stop_after_epochs=1) == {"stopped_after_epoch": 1}
     result = runner.invoke(app, ["train", "--out", str(out), "--resume", "train.epochs=30"])
     assert result.exit_code == 2
     message = " ".join(result.output.split())
@@ -81,7 +81,7 @@ def test_resume_honours_safe_overrides_and_refuses_the_others(cfg, tmp_path):
     assert result.exit_code == 2 and "drop --config" in result.output
 
 
-def test_results_record_the_splits_the_weights_and_the_prompts(cfg, tmp_path, tiny_vit_kwargs):
+def test_results_record_the_splits_the_weights_and_the_prompts(cfg, tmp_path, tiny_vit_kwargs, caplog):
     import hashlib
 
     import timm
@@ -92,8 +92,9 @@ def test_results_record_the_splits_the_weights_and_the_prompts(cfg, tmp_path, ti
     weights = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, weights)
     cfg = load_config(None, [f"model.pretrained={weights}"], base=cfg.to_dict())
-    lines = []
-    results = train(cfg, tmp_path / "run", log=lines.append)
+    with caplog.at_level("INFO", logger="instruction_vit"):
+        results = train(cfg, tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records]
     assert any(line.startswith("data: folder at ") and "seeded split (seed 0" in line and "3 classes" in line
                for line in lines), lines
     assert any(line.startswith("loaded ") and f"from {weights}" in line for line in lines), lines
@@ -108,16 +109,17 @@ def test_results_record_the_splits_the_weights_and_the_prompts(cfg, tmp_path, ti
     assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
 
 
-def test_select_k_at_least_the_class_count_is_said(cfg, tmp_path):
+def test_select_k_at_least_the_class_count_is_said(cfg, tmp_path, caplog):
     cfg.prompts.select_k = 5
     cfg.train.epochs = 1
-    lines = []
-    train(cfg, tmp_path / "run", log=lines.append)
+    with caplog.at_level("INFO", logger="instruction_vit"):
+        train(cfg, tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records]
     assert any("prompts.select_k=5 >= 3 classes" in line for line in lines)
 
 
 def test_epoch_line_shows_slow_throughput():
-    from instruction_vit.engine.train import _rate
+    from instruction_vit.engine.logs import _rate
 
     assert _rate(0.42) == "0.42" and _rate(12.345) == "12.3" and _rate(2413.4) == "2,413"
 
@@ -134,7 +136,7 @@ def image_run(image_root, tiny_clip_dir, tmp_path_factory):
         "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
         "train.epochs=1", "train.batch_size=8", "train.mixup=0", "train.cutmix=0",
     ])
-    train(cfg, tmp / "run", log=lambda _: None)
+    train(cfg, tmp / "run")
     return tmp
 
 
@@ -170,7 +172,7 @@ def test_prompts_build_folder_draws_image_prompts_from_the_training_split(image_
     assert used == train_ids and not used & held_out and meta["image_split"] == "train"
 
 
-def test_an_unreadable_image_stops_the_run_or_is_skipped_and_counted(cfg, tmp_path):
+def test_an_unreadable_image_stops_the_run_or_is_skipped_and_counted(cfg, tmp_path, caplog):
     import shutil
 
     from instruction_vit.data import DataError
@@ -180,11 +182,12 @@ def test_an_unreadable_image_stops_the_run_or_is_skipped_and_counted(cfg, tmp_pa
     (root / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     cfg = load_config(None, [f"data.root={root}", "train.epochs=1"], base=cfg.to_dict())
     with pytest.raises(DataError, match=r"broken\.png.*data\.bad_images=skip"):
-        train(cfg, tmp_path / "strict", log=lambda _: None)
+        train(cfg, tmp_path / "strict")
     assert not (tmp_path / "strict" / "checkpoints").exists()  # stopped before any training
     cfg.data.bad_images = "skip"
-    lines = []
-    results = train(cfg, tmp_path / "lenient", log=lines.append)
+    with caplog.at_level("INFO", logger="instruction_vit"):
+        results = train(cfg, tmp_path / "lenient")
+    lines = [r.getMessage() for r in caplog.records]
     skipped = results["data"]["skipped_images"]
     assert skipped["mode"] == "skip" and skipped["count"] == 1 and skipped["checked"] == 48 + 1
     files = [item["file"] for items in skipped["files"].values() for item in items]
@@ -263,7 +266,7 @@ def test_a_bank_file_with_test_images_or_another_encoder_is_refused(image_run, i
     assert result.exit_code == 0, result.output
     cfg = load_config(image_run / "run" / "config.yaml", [f"prompts.bank_file={bank}"])  # val_fraction 0.25, not 0.1
     with pytest.raises(ValueError, match="not in this run's training split.*--val-fraction 0.25"):
-        train(cfg, tmp_path / "run", log=lambda _: None)
+        train(cfg, tmp_path / "run")
 
 
 def test_resume_refuses_prompts_that_changed_and_keeps_its_weights(cfg, tmp_path):
@@ -271,10 +274,10 @@ def test_resume_refuses_prompts_that_changed_and_keeps_its_weights(cfg, tmp_path
     templates.write_text("a photo of a {}.\n")
     cfg.prompts.templates = str(templates)
     out = tmp_path / "run"
-    train(cfg, out, log=lambda _: None, stop_after_epochs=1)
+    train(cfg, out, stop_after_epochs=1)
     templates.write_text("a drawing of a {}.\n")
     with pytest.raises(RunFolderError, match="prompts of .* have changed since it started"):
-        train(cfg, out, resume=True, log=lambda _: None)
+        train(cfg, out, resume=True)
 
 
 def test_new_class_prompts_must_come_from_the_runs_encoder(image_run):
@@ -328,7 +331,7 @@ def test_starting_from_a_run_checkpoint_records_which(image_run, cfg, tmp_path):
 
     best = image_run / "run" / "checkpoints" / "best.safetensors"
     cfg = load_config(None, [f"model.pretrained={best}", "train.epochs=1"], base=cfg.to_dict())
-    results = train(cfg, tmp_path / "run", log=lambda _: None)
+    results = train(cfg, tmp_path / "run")
     record = results["backbone_weights"]
     assert record["source"] == str(best) and record["format"] == "instruction-vit checkpoint"
     assert record["sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()

@@ -25,7 +25,7 @@ _API = {
     "list_datasets": "data", "register_dataset": "data",
     "list_classifiers": "classifiers", "register_classifier": "classifiers",
     "Config": "config", "load_config": "config",
-    "PromptBank": "prompts", "Classifier": "engine.classifier",
+    "PromptBank": "prompts", "Prompts": "outputs", "Classifier": "engine.classifier",
     "InstructionViTError": "errors", "UserError": "errors",
 }
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on f
     from .data import list_datasets, register_dataset
     from .engine.classifier import Classifier
     from .errors import InstructionViTError, UserError
+    from .outputs import Prompts
     from .prompts import PromptBank
     from .prompts.encoders import list_encoders, load_encoder, register_encoder
 
@@ -51,8 +52,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Classifier", "Config", "InstructionViTError", "PromptBank", "UserError", "build_prompts", "create_model",
-    "evaluate", "list_classifiers", "list_datasets", "list_encoders", "list_experiments", "load_classifier",
-    "load_config", "load_encoder", "register_classifier", "register_dataset", "register_encoder", "run_config",
-    "train",
+    "Classifier", "Config", "InstructionViTError", "PromptBank", "Prompts", "UserError", "build_prompts",
+    "create_model", "evaluate", "list_classifiers", "list_datasets", "list_encoders", "list_experiments",
+    "load_classifier", "load_config", "load_encoder", "register_classifier", "register_dataset",
+    "register_encoder", "run_config", "train",
 ]

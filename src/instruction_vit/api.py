@@ -6,7 +6,7 @@ Each function is a thin, typed entry to the layer that does the work; see the RE
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +73,11 @@ def run_config(config: RunConfig) -> Config:
 
 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,
-          stop_after_epochs: int | None = None, log: Callable[[str], None] = print, progress=None) -> dict[str, Any]:
+          stop_after_epochs: int | None = None, progress=None) -> dict[str, Any]:
     """Train into run folder ``out`` (resolved config, metrics, checkpoints, ``results.json``); returns the test
-    results of the best checkpoint. ``config``: see :func:`run_config`."""
-    return _train(run_config(config), out, resume=resume, force=force, log=log, progress=progress,
+    results of the best checkpoint. ``config``: see :func:`run_config`. Messages go to the ``instruction_vit``
+    logger (``logging.basicConfig(level=logging.INFO)`` shows them)."""
+    return _train(run_config(config), out, resume=resume, force=force, progress=progress,
                   stop_after_epochs=stop_after_epochs)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Annotated, Optional
@@ -40,6 +41,23 @@ console = Console(soft_wrap=True)  # messages and log lines stay one line each (
 #: its traceback).
 USER_ERRORS = (UserError,)
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
+class _ConsoleHandler(logging.Handler):
+    """The library's log messages, one line each on the console (warnings in yellow)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        style = "yellow" if record.levelno >= logging.WARNING else None
+        console.print(record.getMessage(), style=style, highlight=False, markup=False)
+
+
+@app.callback()
+def _setup() -> None:
+    """Instruction-ViT: multi-modal prompts for instruction learning in ViT."""
+    library = logging.getLogger("instruction_vit")
+    library.setLevel(logging.INFO)
+    if not any(isinstance(h, _ConsoleHandler) for h in library.handlers):
+        library.addHandler(_ConsoleHandler())
 
 
 def user_errors(fn):
@@ -110,7 +128,7 @@ def train(
     else:
         cfg = load_config(config, overrides or [])
     with _progress() as progress:
-        results = run_train(cfg, out, resume=resume, force=force, log=console.print, progress=progress,
+        results = run_train(cfg, out, resume=resume, force=force, progress=progress,
                             stop_after_epochs=stop_after_epochs)
     _print_results(results)
 
@@ -295,7 +313,7 @@ def demo(
     from .engine.demo import run_demo
 
     with _progress() as progress:
-        rows = run_demo(config, out, overrides or [], force=force, log=console.print, progress=progress)
+        rows = run_demo(config, out, overrides or [], force=force, progress=progress)
     table = Table(title="Fashion-MNIST demo (test top-1 %, best validation epoch)")
     for col in ("variant", "head", "head+score", "top-K+1 selection", "ranker zero-shot", "time s"):
         table.add_column(col, justify="right")
@@ -362,7 +380,7 @@ def reproduce(
             console.print(f"{cell.name}: {cell.folder} ({state}; {what})", highlight=False)
         return
     with _progress() as progress:
-        done = run_cells(spec, runs, select, seed_list, rest, force, console.print, progress, weight_map, keep_last)
+        done = run_cells(spec, runs, select, seed_list, rest, force, progress, weight_map, keep_last)
     console.print(f"ran {len(done)} cell(s); summarise with: ivit report {spec_name} --runs {runs}")
 
 

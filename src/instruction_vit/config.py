@@ -120,21 +120,28 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def read_yaml_mapping(path: str | Path, what: str, shape: str = "a mapping") -> dict[str, Any]:
+    """The mapping a YAML file holds; a missing file, invalid YAML or another top level is a :class:`ConfigError`
+    naming ``what`` the file is."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: the top level must be {shape}, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = (),
                 base: dict[str, Any] | None = None) -> Config:
     """Defaults, then ``base`` (a config as a dict) or the YAML file at ``path``, then ``section.key=value``
     overrides."""
     data: dict[str, Any] = copy.deepcopy(base) if base is not None else {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+        data = read_yaml_mapping(path, "config file", "a mapping of sections")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():

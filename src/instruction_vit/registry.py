@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
@@ -44,6 +44,27 @@ class Registry(Generic[T]):
             raise ConfigError(f"{self.kind} {name!r} is registered twice ({_where(known)} and {_where(entry)})")
         self._entries[name] = entry
         return entry
+
+    def class_decorator(self, name: str, check: Callable[[str, Any], None]) -> Callable[[type], type]:
+        """A class decorator registering a class as ``name`` after ``check(name, cls)`` (which raises when the
+        class lacks what an entry must declare); the class gets ``name`` as its ``name`` attribute."""
+
+        def add(cls: type) -> type:
+            check(name, cls)
+            self.register(name, cls)
+            cls.name = name
+            return cls
+
+        return add
+
+    def instance(self, name: str, check: Callable[[str, Any], None]) -> Any:
+        """An instance of the class registered as ``name``, checked again (an entry point's class skipped the
+        decorator) and carrying its ``name``."""
+        entry = self.get(name)
+        check(name, entry)
+        obj = entry()
+        obj.name = name
+        return obj
 
     def get(self, name: str) -> T:
         """The entry called ``name``; an unknown name is a :class:`ConfigError` naming the closest ones."""

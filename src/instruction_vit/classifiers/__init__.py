@@ -87,25 +87,18 @@ def register_classifier(name: str) -> Callable[[K], K]:
     if not name or name != name.strip():
         raise ConfigError(f"a classifier kind's name is a non-empty word, got {name!r}")
 
-    def add(cls: K) -> K:
-        if not (isinstance(cls, type) and issubclass(cls, ClassifierKind)):
-            raise TypeError(f"register_classifier({name!r}) decorates a ClassifierKind subclass, not {cls!r}")
-        CLASSIFIERS.register(name, cls)
-        cls.name = name
-        return cls
+    return CLASSIFIERS.class_decorator(name, _check_kind)
 
-    return add
+
+def _check_kind(name: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, ClassifierKind)):
+        raise TypeError(f"classifier kind {name!r}: register_classifier decorates a ClassifierKind subclass, "
+                        f"not {cls!r}")
 
 
 def classifier_kind(name: str) -> ClassifierKind:
     """The classifier kind called ``name``; an unknown name is a :class:`ConfigError` naming the closest ones."""
-    entry = CLASSIFIERS.get(name)
-    if not (isinstance(entry, type) and issubclass(entry, ClassifierKind)):
-        raise ConfigError(f"classifier kind {name!r} is registered as {entry!r}, which is not a ClassifierKind "
-                          "subclass")
-    kind = entry()
-    kind.name = name  # an entry point's class may not carry it
-    return kind
+    return CLASSIFIERS.instance(name, _check_kind)
 
 
 def list_classifiers() -> list[str]:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..config import Config
 from ..errors import ConfigError
 from ..model import check_regime
-from ..outputs import InstructionOutput
+from ..outputs import InstructionOutput, Prompts
 from ..prompts import load_encoder
 from ..prompts.encoders.openclip import OpenCLIPEncoder
 from . import ClassifierKind, register_classifier
@@ -111,7 +111,7 @@ class CoOpClassifier(nn.Module):
         projection = clip.text_projection
         return projection(x) if isinstance(projection, nn.Linear) else x @ projection
 
-    def forward(self, images: Tensor, prompts=None) -> InstructionOutput:
+    def forward(self, images: Tensor, prompts: Prompts | None = None) -> InstructionOutput:
         if prompts is not None:
             raise ConfigError("CoOp reads no instruction prompts (its prompts are learned text context); "
                               "use prompts.kind=none with model.method=coop")

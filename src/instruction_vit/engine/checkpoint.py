@@ -30,6 +30,7 @@ from ..classifiers import classifier_kind
 from ..config import Config, from_dict
 from ..errors import CheckpointError
 from ..files import atomic_write, file_sha256
+from ..outputs import SINGLE_SOURCE, Prompts
 
 FORMAT = "instruction-vit-checkpoint/1"
 
@@ -58,11 +59,12 @@ class Checkpoint:
         cfg, state = self.config, self.model_state()
         dims = {k.split(".")[2]: int(v.shape[1]) for k, v in state.items()
                 if k.startswith("prompt_embed.proj.") and k.endswith(".weight")}
-        prompt_dim = dims["prompts"] if list(dims) == ["prompts"] else (dims or None)
+        # One projection named "prompts" was built from one prompt dim (an int); several, from {source: dim}.
+        prompt_dim = dims[SINGLE_SOURCE] if list(dims) == [SINGLE_SOURCE] else (dims or None)
         model = model_from_config(cfg, self.class_names, prompt_dim, pretrained=False)
         bank = {k.removeprefix("prompt_bank."): v for k, v in state.items() if k.startswith("prompt_bank.")}
-        if bank:
-            model.set_prompt_bank(bank["prompts"] if list(bank) == ["prompts"] else bank)
+        if bank:  # stored as prompt_bank.<source>: the sources the model was trained with
+            model.set_prompt_bank(Prompts(bank))
         self.load_into(model)
         return model
 

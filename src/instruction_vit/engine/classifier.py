@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from ..data import DataError, image_folder, read_image, template_set
-from ..model import PromptInput
+from ..model import Prompts
 from ..prompts import build_prompt_bank
 from ..classifiers.coop import CoOpClassifier
 from ..prompts.encoders import joint_space, weights_id
@@ -34,7 +34,7 @@ class ClassPrompts:
     """What a prediction reads: class names, their prompts (``None``: the model's own), and how they were made."""
 
     names: list[str]
-    prompts: PromptInput | None
+    prompts: Prompts | None
     how: str
     route: str  # which output ranks the classes: "combined" (head + score), "head" or "score"
 
@@ -101,11 +101,11 @@ class Classifier:
             what = f"{kind} prompts from {p.encoder}" + (f" and the example images in {images.root}" if images else "")
             if folder is not None and images is None:
                 what += " (a text run reads text prompts: the example images give only the class names)"
-            return ClassPrompts(names, self._to_device(bank.model_input()), what, "score")
-        separate = isinstance(self.model.bank_prompts(), dict)  # per-modality projections: no joint space
+            return ClassPrompts(names, bank.model_input().to(self.device), what, "score")
+        separate = len(self.model.bank_prompts().sources) > 1  # per-modality projections: no joint space
         if kind == "mixed" and separate:
             bank = build_prompt_bank("text", names, **common)
-            prompts = {"text": bank.features["text"]}
+            prompts = Prompts({"text": bank.features["text"]})
         elif joint_space(p.encoder) and image_encoder == p.encoder:
             prompts = build_prompt_bank("text", names, **common).model_input()
         else:
@@ -114,12 +114,7 @@ class Classifier:
                              "one subfolder per class)")
         how = (f"text prompts from {p.encoder} in place of the checkpoint's {kind} prompts (one image-text space); "
                f"give example images (--examples FOLDER) for {kind} prompts")
-        return ClassPrompts(names, self._to_device(prompts), how, "score")
-
-    def _to_device(self, prompts: PromptInput) -> PromptInput:
-        if isinstance(prompts, dict):
-            return {k: v.to(self.device) for k, v in prompts.items()}
-        return prompts.to(self.device)
+        return ClassPrompts(names, prompts.to(self.device), how, "score")
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, use: ClassPrompts) -> torch.Tensor:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,12 @@ from ..config import load_config
 from ..report import plot_confusion, plot_curves
 from .train import train
 
+logger = logging.getLogger(__name__)
 VARIANTS = {"plain ViT": "none", "text prompts": "text", "image prompts": "image", "mixed prompts": "mixed"}
 
 
 def run_demo(config: str | Path, out: str | Path, overrides: Sequence[str] = (), force: bool = False,
-             log: Callable[[str], None] = print, progress=None) -> list[dict[str, Any]]:
+             progress=None) -> list[dict[str, Any]]:
     """Train and test every variant into ``out/<variant>``; write ``summary.json`` and two PNG plots."""
     out = Path(out)
     demo_entries = {n.replace(" ", "_") for n in VARIANTS} | {"summary.json", "accuracy.png", "confusion.png"}
@@ -29,9 +31,9 @@ def run_demo(config: str | Path, out: str | Path, overrides: Sequence[str] = (),
     for name, kind in VARIANTS.items():
         cfg = load_config(config, [*overrides, f"prompts.kind={kind}"])
         folder = out / name.replace(" ", "_")
-        log(f"== {name} ==")
+        logger.info(f"== {name} ==")
         started = time.time()
-        results = train(cfg, folder, force=True, log=log, progress=progress)  # an earlier demo's run is replaced
+        results = train(cfg, folder, force=True, progress=progress)  # an earlier demo's run is replaced
         runs[name] = folder
         select = f"select_k{cfg.prompts.select_k}"
         row = {

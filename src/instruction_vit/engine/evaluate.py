@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
-from ..model import InstructionViT, PromptInput
+from ..model import InstructionViT, Prompts
 from ..prompts import forward_selected
 
 
@@ -40,7 +40,7 @@ def autocast(device: torch.device, enabled: bool):
 def predict(
     model: InstructionViT,
     loader: DataLoader,
-    prompts: PromptInput | None,
+    prompts: Prompts | None,
     device: torch.device,
     amp: bool = True,
     ranker_scores: Tensor | None = None,

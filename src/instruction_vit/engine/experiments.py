@@ -20,19 +20,20 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ..classifiers import classifier_kind
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config, read_yaml_mapping
 from ..data import split_identity
 from ..files import atomic_write, file_sha256
 from ..prompts.encoders import weights_id
 
+logger = logging.getLogger(__name__)
 SHIPPED = Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -80,7 +81,7 @@ def load_spec(name_or_path: str) -> dict[str, Any]:
     if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.yaml")))
         raise ConfigError(f"no experiment spec {name_or_path!r} (shipped: {shipped}; or give a YAML path)")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec = read_yaml_mapping(path, "experiment spec")
     for key in ("name", "columns", "rows"):
         if key not in spec:
             raise ConfigError(f"experiment spec {path} has no {key!r}")
@@ -92,16 +93,10 @@ def split_weights(overrides: Sequence[str], weights_file: str | Path | None = No
     ``{BACKBONE: SOURCE}`` read first. SOURCE is a weights file, ``timm`` (timm's own sources) or ``random``."""
     weights: dict[str, str] = {}
     if weights_file is not None:
-        path = Path(weights_file)
-        if not path.is_file():
-            raise ConfigError(f"weights map not found: {path}")
-        try:
-            content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"weights map {path} is not valid YAML: {err}") from err
-        if not isinstance(content, dict) or not all(isinstance(v, str) for v in content.values()):
-            raise ConfigError(f"{path} must map backbone names to weights sources, e.g. vit_base_patch16_224: "
-                              "/weights/vit_b16.safetensors")
+        content = read_yaml_mapping(weights_file, "weights map", "a mapping of backbone names to weights sources")
+        if not all(isinstance(v, str) for v in content.values()):
+            raise ConfigError(f"{weights_file} must map backbone names to weights sources, e.g. "
+                              "vit_base_patch16_224: /weights/vit_b16.safetensors")
         weights.update({str(k): v for k, v in content.items()})
     rest = []
     for item in overrides:
@@ -377,8 +372,8 @@ def _refuse_stale(stale: list[tuple[Cell, list[str]]], runs: Path) -> None:
 
 
 def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequence[int] | None = None,
-              overrides: Sequence[str] = (), force: bool = False, log: Callable[[str], None] = print,
-              progress=None, weights: Mapping[str, str] | None = None, keep_last: bool = False) -> list[Cell]:
+              overrides: Sequence[str] = (), force: bool = False, progress=None,
+              weights: Mapping[str, str] | None = None, keep_last: bool = False) -> list[Cell]:
     """Run every selected cell that has no results under its current settings; returns the cells run.
 
     A cell is keyed by :func:`cell_settings`; a finished or interrupted cell whose key differs is refused (or, with
@@ -400,11 +395,11 @@ def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequenc
         record = read_record(cell.folder) or {}
         results = cell.folder / "results.json"
         if not force and record.get("status") == "done" and record.get("key") == key and results.is_file():
-            log(f"{cell.name}: done ({results})")
+            logger.info(f"{cell.name}: done ({results})")
             continue
         if not force and record.get("key") != key and _has_run(cell.folder):
             _refuse_stale([(cell, _settings_diff(record.get("settings", {}), settings))], runs)
-        log(f"== {spec['name']}/{cell.name} ==")
+        logger.info(f"== {spec['name']}/{cell.name} ==")
         base_record = {"key": key, "settings": settings, "spec_changes": spec_changes(cell, ids), "cell": cell.name}
         resume = (cell.folder / "checkpoints" / "last.safetensors").is_file() and not force
         results.unlink(missing_ok=True)  # whatever happens next, no earlier result stands for this run
@@ -413,12 +408,12 @@ def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequenc
             if cell.zero_shot:
                 zero_shot(cell.config, cell.folder, progress)
             else:
-                train(cell.config, cell.folder, resume=resume, force=not resume, log=log, progress=progress)
+                train(cell.config, cell.folder, resume=resume, force=not resume, progress=progress)
         except WeightsUnavailableError as err:
             backbone = cell.config.model.backbone
             reason = f"no weights for {backbone}" if cell.needs_backbone and backbone in str(err) else \
                 f"no weights for the encoder {cell.config.prompts.encoder}"
-            log(f"{cell.name}: not run: {reason} ({err})")
+            logger.warning(f"{cell.name}: not run: {reason} ({err})")
             _write_record(cell.folder, {**base_record, "status": "not_run", "reason": reason})
             continue
         if not keep_last:

@@ -46,8 +46,7 @@ def novel_classes(cfg: Config, run: Path, base_top1: float) -> dict[str, Any]:
     model = load_checkpoint(run / "checkpoints" / "best.safetensors").build_model()
     device = resolve_device(cfg.train.device)
     model.to(device)
-    prompts = {k: v.to(device) for k, v in bank.model_input().items()} if isinstance(bank.model_input(), dict) \
-        else bank.model_input().to(device)
+    prompts = bank.model_input().to(device)
     pred = predict(model, eval_loader(cfg, model.backbone, splits["test"]), prompts, device, cfg.train.amp)
     novel = classification_metrics(dataclasses.replace(pred, logits=pred.scores), splits["test"].class_names)
     novel_top1 = novel["head"]["top1"]  # the "head" route of these logits is the score head

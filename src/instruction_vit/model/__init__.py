@@ -1,7 +1,7 @@
-"""The Instruction-ViT model: receives prompt features as tensors, never the encoders."""
+"""The Instruction-ViT model: receives prompt features (:class:`Prompts`, tensors), never the encoders."""
 
 from .build import build_model
-from .instruction_vit import InstructionOutput, InstructionViT, PromptEmbed, PromptInput
+from .instruction_vit import InstructionOutput, InstructionViT, PromptEmbed, Prompts
 from .plain import PlainClassifier
 from .protocol import ImageClassifier
 from .regimes import REGIMES, apply_regime, check_regime
@@ -13,7 +13,7 @@ __all__ = [
     "InstructionViT",
     "PlainClassifier",
     "PromptEmbed",
-    "PromptInput",
+    "Prompts",
     "apply_regime",
     "build_model",
     "check_regime",

@@ -15,10 +15,8 @@ With no prompts the forward pass is exactly the wrapped timm model (the plain-Vi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Union
-
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -27,17 +25,26 @@ from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..outputs import InstructionOutput
+from ..outputs import SINGLE_SOURCE, InstructionOutput, Prompts
 from .regimes import check_regime
 
-#: Prompt features: one tensor ``[P, D]`` shared by the batch or ``[B, P, D]`` per sample, or a mapping
-#: ``{modality: tensor}`` when text and image features live in different spaces (mixed prompts
-#: without a joint encoder): each modality is projected by its own layer and the tokens are averaged.
-PromptInput = Union[Tensor, Mapping[str, Tensor]]
+
+def as_prompts(prompts: Prompts | Tensor) -> Prompts:
+    """The public edge of the models: :class:`Prompts`, or one tensor of one source's features (``Prompts.of``)."""
+    if isinstance(prompts, Prompts):
+        return prompts
+    if isinstance(prompts, Tensor):
+        return Prompts.of(prompts)
+    raise TypeError(f"prompts must be Prompts (or one tensor of features), not {type(prompts).__name__}; "
+                    "wrap features of several sources as Prompts({source: features})")
 
 
 class PromptEmbed(nn.Module):
-    """The prompt embedding layer: a linear projection per prompt source, feature dim -> ViT width."""
+    """The prompt embedding layer: a linear projection per prompt source, feature dim -> ViT width.
+
+    One prompt dim gives one projection named ``"prompts"`` (the source of :meth:`Prompts.of`); several give one per
+    source, and the projected tokens of the sources are averaged. ``Prompts.of(features)`` goes through a model's only
+    projection whatever its name."""
 
     def __init__(self, prompt_dims: Mapping[str, int], width: int) -> None:
         super().__init__()
@@ -50,35 +57,30 @@ class PromptEmbed(nn.Module):
     def dims(self) -> dict[str, int]:
         return {name: layer.in_features for name, layer in self.proj.items()}
 
-    def forward(self, prompts: PromptInput) -> Tensor:
+    def forward(self, prompts: Prompts) -> Tensor:
         if not self.proj:
             raise ConfigError(
                 "this model was built without a prompt embedding layer (prompt_dim=None): "
                 "it is a plain ViT; rebuild it with build_model(..., prompt_dim=D) to use prompts"
             )
-        if isinstance(prompts, Tensor):
-            if len(self.proj) != 1:
-                raise ConfigError(
-                    f"this model projects several prompt sources {sorted(self.proj)}: "
-                    "pass prompts as a dict {source: features}"
-                )
-            (name,) = self.proj
-            return self._project(name, prompts)
-        unknown = sorted(set(prompts) - set(self.proj))
-        if unknown or not prompts:
+        if prompts.sources == (SINGLE_SOURCE,) and SINGLE_SOURCE not in self.proj:
+            if len(self.proj) == 1:  # one source's features, one projection (built as {name: dim}): that one
+                (name,) = self.proj
+                return self._project(name, prompts.single())
             raise ConfigError(
-                f"prompt sources {unknown or '(none)'} have no projection; this model has {sorted(self.proj)}"
+                f"this model projects several prompt sources {sorted(self.proj)}: "
+                "pass Prompts({source: features}), one entry per source"
             )
-        tokens = [self._project(name, feats) for name, feats in prompts.items()]
-        shapes = {tuple(t.shape) for t in tokens}
-        if len(shapes) != 1:
-            raise ValueError(f"prompt sources give different numbers of prompts: {sorted(shapes)}")
-        return torch.stack(tokens).mean(0)
+        unknown = sorted(set(prompts.sources) - set(self.proj))
+        if unknown:
+            raise ConfigError(f"prompt sources {unknown} have no projection; this model has {sorted(self.proj)}")
+        tokens = [self._project(name, feats) for name, feats in prompts.features.items()]
+        if len(tokens) == 1:
+            return tokens[0]
+        return torch.stack(torch.broadcast_tensors(*tokens)).mean(0)  # shared [P, W] tokens meet per-sample ones
 
     def _project(self, name: str, feats: Tensor) -> Tensor:
         layer = self.proj[name]
-        if feats.dim() not in (2, 3):
-            raise ValueError(f"prompt features must be [P, D] or [B, P, D], got shape {tuple(feats.shape)}")
         if feats.shape[-1] != layer.in_features:
             raise ConfigError(
                 f"prompt features for {name!r} have dim {feats.shape[-1]} but the prompt embedding layer "
@@ -162,20 +164,16 @@ class InstructionViT(WrapsBackbone, nn.Module):
         return params + stored if train_prompt_features else params
 
     # -- stored prompts ------------------------------------------------------------------------
-    def set_prompt_bank(self, prompts: PromptInput, trainable: bool = False) -> None:
-        """Store prompt features in the model (saved with its weights); see :meth:`bank_prompts`."""
-        items = {"prompts": prompts} if isinstance(prompts, Tensor) else dict(prompts)
-        self.prompt_bank = nn.ParameterDict(
-            {name: nn.Parameter(t.detach().clone().float(), requires_grad=trainable) for name, t in items.items()}
-        )
+    def set_prompt_bank(self, prompts: Prompts | Tensor, trainable: bool = False) -> None:
+        """Store prompt features in the model (saved with its weights as ``prompt_bank.<source>``, e.g.
+        ``prompt_bank.prompts``); :meth:`bank_prompts` gives them back. A tensor is one source's features."""
+        prompts = as_prompts(prompts)
+        self.prompt_bank = nn.ParameterDict({name: nn.Parameter(t.detach().clone().float(), requires_grad=trainable)
+                                             for name, t in prompts.features.items()})
 
-    def bank_prompts(self) -> PromptInput | None:
-        """The stored prompt features, in the form :meth:`forward` takes (``None`` if none stored)."""
-        if not self.prompt_bank:
-            return None
-        if list(self.prompt_bank) == ["prompts"]:
-            return self.prompt_bank["prompts"]
-        return dict(self.prompt_bank.items())
+    def bank_prompts(self) -> Prompts | None:
+        """The stored prompt features, as :meth:`forward` takes them (``None`` if none stored)."""
+        return Prompts(dict(self.prompt_bank.items())) if self.prompt_bank else None
 
     # -- forward -------------------------------------------------------------------------------
     def forward_features(self, images: Tensor, prompt_tokens: Tensor | None) -> Tensor:
@@ -208,8 +206,13 @@ class InstructionViT(WrapsBackbone, nn.Module):
             x = bb.blocks(x)
         return bb.norm(x)
 
-    def forward(self, images: Tensor, prompts: PromptInput | None = None) -> InstructionOutput:
+    def forward(self, images: Tensor, prompts: Prompts | Tensor | None = None) -> InstructionOutput:
+        """``images`` ``[B, 3, H, W]`` read with ``prompts`` (``None``: the wrapped timm model alone, or VPT).
+
+        ``prompts`` is :class:`~instruction_vit.outputs.Prompts`; for compatibility a tensor ``[P, D]`` or
+        ``[B, P, D]`` is taken too, as ``Prompts.of(tensor)`` (prompts from one source)."""
         bb = self.backbone
+        prompts = as_prompts(prompts) if prompts is not None else None
         if prompts is None and self.visual_prompts is None:
             logits = bb(images)
             return InstructionOutput(logits, logits.new_zeros(logits.shape[0], 0))

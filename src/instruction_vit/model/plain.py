@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..outputs import Prompts
 from .instruction_vit import InstructionOutput, WrapsBackbone
 
 
@@ -22,7 +23,7 @@ class PlainClassifier(WrapsBackbone, nn.Module):
     def bank_prompts(self) -> None:
         return None
 
-    def forward(self, images: Tensor, prompts=None) -> InstructionOutput:
+    def forward(self, images: Tensor, prompts: Prompts | None = None) -> InstructionOutput:
         if prompts is not None:
             raise ConfigError(f"{type(self.backbone).__name__} is not a ViT: it cannot read prompts; "
                               "use a ViT backbone for Instruction-ViT, or prompts.kind=none")

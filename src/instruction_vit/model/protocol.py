@@ -6,8 +6,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from ..outputs import InstructionOutput
-from .instruction_vit import PromptInput
+from ..outputs import InstructionOutput, Prompts
 
 
 @runtime_checkable
@@ -16,8 +15,9 @@ class ImageClassifier(Protocol):
     the model of any classifier kind (``instruction_vit.classifiers``).
 
     * ``backbone``: the image tower; its ``pretrained_cfg`` (mean, std, input size, ...) gives the transforms.
-    * ``forward(images, prompts=None)``: one :class:`InstructionOutput` (``scores`` is ``[B, 0]`` without prompts).
-    * ``bank_prompts()``: the prompt features stored in the model, as ``forward`` takes them, or ``None``.
+    * ``forward(images, prompts=None)``: one :class:`InstructionOutput` (``scores`` is ``[B, 0]`` without prompts);
+      ``prompts`` is a :class:`~instruction_vit.outputs.Prompts` (a model that reads none refuses them).
+    * ``bank_prompts()``: the prompts stored in the model (a :class:`~instruction_vit.outputs.Prompts`), or ``None``.
     * ``trainable_parameters(regime, train_prompt_features=False)``: the parameters ``regime`` (``full``,
       ``prompt``, ``linear``) trains, stored prompt features only with ``train_prompt_features``; a regime the
       model cannot follow is a :class:`~instruction_vit.errors.ConfigError`. :func:`~.apply_regime` freezes the rest.
@@ -29,8 +29,8 @@ class ImageClassifier(Protocol):
 
     backbone: nn.Module
 
-    def __call__(self, images: Tensor, prompts: PromptInput | None = None) -> InstructionOutput: ...
+    def __call__(self, images: Tensor, prompts: Prompts | None = None) -> InstructionOutput: ...
 
-    def bank_prompts(self) -> PromptInput | None: ...
+    def bank_prompts(self) -> Prompts | None: ...
 
     def trainable_parameters(self, regime: str, train_prompt_features: bool = False) -> list[nn.Parameter]: ...

@@ -11,6 +11,7 @@ from .encoders import (
     register_encoder,
     weights_id,
 )
+from ..outputs import Prompts
 from .selection import (
     Selection,
     class_prototypes,
@@ -28,6 +29,7 @@ __all__ = [
     "ImageSource",
     "PromptBank",
     "PromptEncoder",
+    "Prompts",
     "Selection",
     "build_prompt_bank",
     "choose_prompt_images",

@@ -6,6 +6,8 @@
 * mixed: the mean of the normalised text and image prompts when the encoder has a joint space; otherwise
   both are kept (``{"text", "image"}``) and the model averages their projections.
 
+What a model reads of a bank is :meth:`PromptBank.model_input`, one :class:`~instruction_vit.outputs.Prompts`.
+
 A bank is keyed by everything its numbers depend on (kind, encoder specs and weight hashes, templates,
 descriptions, class names, chosen images, seed), so a cache hit loads features and loads no encoder.
 """
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..data.templates import check_templates
+from ..outputs import Prompts
 from .encoders import IMAGE, TEXT, PromptEncoder, load_encoder, weights_id
 from .store import load_bank_files, save_bank_files
 
@@ -67,9 +70,13 @@ class PromptBank:
         dims = {name: int(t.shape[-1]) for name, t in self.features.items()}
         return next(iter(dims.values())) if len(dims) == 1 else dims
 
-    def model_input(self) -> Tensor | dict[str, Tensor]:
-        """The features in the form ``InstructionViT.forward`` takes."""
-        return next(iter(self.features.values())) if len(self.features) == 1 else dict(self.features)
+    def model_input(self) -> Prompts:
+        """The prompts a model reads: one source (whatever its name here) is ``Prompts.of(features)``, the
+        ``"prompts"`` source of a model built with ``prompt_dim=bank.prompt_dim``; text and image features in
+        different spaces are the sources ``"text"`` and ``"image"``."""
+        if len(self.features) == 1:
+            return Prompts.of(next(iter(self.features.values())))
+        return Prompts(self.features)
 
     def save(self, path: str | Path) -> Path:
         return save_bank_files(path, self.features, {**self.meta, "key": self.key})

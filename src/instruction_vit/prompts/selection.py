@@ -13,7 +13,7 @@ probability evenly over the classes it stands for. (With K >= N there is no rest
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import DataError
-
-Prompts = Tensor | Mapping[str, Tensor]
+from ..outputs import Prompts
 
 
 @dataclass(frozen=True)
@@ -40,8 +39,11 @@ class Selection:
         return self.k < self.num_classes
 
 
-def cosine_scores(features: Tensor, class_features: Tensor) -> Tensor:
-    """``[B, D] x [N, D] -> [B, N]`` cosine similarities (the zero-shot and prototype rankers)."""
+def cosine_scores(features: Tensor, class_features: Tensor | Prompts) -> Tensor:
+    """``[B, D] x [N, D] -> [B, N]`` cosine similarities (the zero-shot and prototype rankers). ``class_features``
+    may be prompts from one source (a text bank's ``model_input()``)."""
+    if isinstance(class_features, Prompts):
+        class_features = class_features.single()
     return F.normalize(features.float(), dim=-1) @ F.normalize(class_features.float(), dim=-1).T
 
 
@@ -91,15 +93,20 @@ def target_mask(target: Tensor, num_classes: int) -> Tensor:
 
 
 def gather_prompts(prompts: Prompts, selection: Selection) -> Prompts:
-    """Per-sample prompts ``[B, K(+1), D]``: the selected classes' prompts, then the mean of the rest.
+    """Per-sample prompts ``[B, K(+1), D]`` of every source: the selected classes' prompts, then the mean of the rest.
 
-    ``prompts`` is ``[N, D]`` (shared), ``[B, N, D]`` (per sample) or a mapping of those.
+    Each source of ``prompts`` is ``[N, D]`` (shared) or ``[B, N, D]`` (per sample).
     """
-    if isinstance(prompts, Mapping):
-        return {name: gather_prompts(p, selection) for name, p in prompts.items()}
+    if not isinstance(prompts, Prompts):
+        raise TypeError(f"prompts must be Prompts, not {type(prompts).__name__}: wrap one tensor of features as "
+                        "Prompts.of(features)")
+    if prompts.num_prompts != selection.num_classes:
+        raise ValueError(f"{prompts.num_prompts} prompts for a selection over {selection.num_classes} classes")
+    return prompts.map(lambda feats: _gather(feats, selection))
+
+
+def _gather(prompts: Tensor, selection: Selection) -> Tensor:
     index = selection.index
-    if prompts.shape[-2] != selection.num_classes:
-        raise ValueError(f"{prompts.shape[-2]} prompts for a selection over {selection.num_classes} classes")
     if prompts.dim() == 2:
         prompts = prompts.unsqueeze(0).expand(index.shape[0], -1, -1)
     top = torch.gather(prompts, 1, index.unsqueeze(-1).expand(-1, -1, prompts.shape[-1]))
@@ -125,7 +132,8 @@ def forward_selected(
     model: Callable[..., Any], images: Tensor, prompts: Prompts, ranker_scores: Tensor, k: int,
     keep: Tensor | None = None,
 ) -> Any:
-    """Run ``model`` on each sample's K+1 selected prompts; the output's scores cover all N classes."""
+    """Run ``model`` on each sample's K+1 selected ``prompts`` (the N classes' :class:`Prompts`); the output's scores
+    cover all N classes."""
     selection = select_top_k(ranker_scores, k, keep)
     out = model(images, gather_prompts(prompts, selection))
     return out._replace(scores=expand_scores(out.scores, selection))

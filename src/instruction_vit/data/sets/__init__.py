@@ -105,22 +105,12 @@ class DataSet(ABC):
 def register_dataset(name: str) -> Callable[[D], D]:
     """Class decorator: register a :class:`DataSet` subclass as ``data.dataset=name``."""
 
-    def add(cls: D) -> D:
-        _check_declares(name, cls)
-        DATASETS.register(name, cls)
-        cls.name = name
-        return cls
-
-    return add
+    return DATASETS.class_decorator(name, _check_declares)
 
 
 def dataset(name: str) -> DataSet:
     """The data set called ``name``; an unknown name is a :class:`ConfigError` naming the closest ones."""
-    entry = DATASETS.get(name)
-    _check_declares(name, entry)  # an entry point's class was not checked by register_dataset
-    instance = entry()
-    instance.name = name  # nor does it carry its name
-    return instance
+    return DATASETS.instance(name, _check_declares)
 
 
 def list_datasets() -> list[str]:
