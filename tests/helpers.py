@@ -17,3 +17,17 @@ def colour_folder(root: Path, per_class: int = 16, colours: dict | None = None, 
             pixels = np.clip(np.array(colour) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
+
+
+def tiny_run(image_root: Path, clip_dir: Path, cache: Path, *overrides: str):
+    """A few-second run config: a 1-block ViT on 16-px colour images, text prompts from the tiny CLIP."""
+    from instruction_vit.config import load_config
+
+    return load_config(None, [
+        "data.dataset=folder", f"data.root={image_root}", "data.val_fraction=0.25", "data.img_size=16",
+        "data.randaugment=null", "data.num_workers=0", "prompts.kind=text",
+        f"prompts.encoder=open_clip:local-dir:{clip_dir}", "prompts.templates=photo", f"prompts.cache_dir={cache}",
+        "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+        "train.batch_size=8", "train.lr=0.003", "train.warmup_epochs=0.5", "train.mixup=0", "train.cutmix=0",
+        *overrides,
+    ])

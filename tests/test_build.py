@@ -12,7 +12,9 @@ def test_unknown_backbone_names_the_problem():
 
 
 def test_non_vit_backbone_is_refused():
-    with pytest.raises(TypeError, match="VisionTransformer"):
+    from instruction_vit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="resnet18 is not a timm VisionTransformer.*prompts.kind=none"):
         build_model("resnet18", 10, 16)
 
 

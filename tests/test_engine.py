@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import colour_folder
+from helpers import colour_folder, tiny_run
 
 import instruction_vit.engine.checkpoint as checkpoint_module
 from instruction_vit.config import load_config
@@ -20,15 +20,8 @@ def image_root(tmp_path_factory):
 
 @pytest.fixture
 def cfg(image_root, tiny_clip_dir, tmp_path):
-    return load_config(None, [
-        "data.dataset=folder", f"data.root={image_root}", "data.val_fraction=0.25", "data.img_size=16",
-        "data.num_workers=0",
-        "data.randaugment=null", "prompts.kind=text", f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}",
-        "prompts.templates=photo", "prompts.select_k=1", f"prompts.cache_dir={tmp_path / 'cache'}",
-        "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
-        "train.epochs=3", "train.batch_size=8", "train.lr=0.003", "train.warmup_epochs=0.5",
-        "train.mixup=0", "train.cutmix=0", "train.deterministic=true",
-    ])
+    return tiny_run(image_root, tiny_clip_dir, tmp_path / "cache", "prompts.select_k=1", "train.epochs=3",
+                    "train.deterministic=true")
 
 
 def _weights(path):

@@ -5,7 +5,7 @@ import json
 import click
 import pytest
 import typer
-from helpers import colour_folder
+from helpers import colour_folder, tiny_run
 from typer.testing import CliRunner
 
 from instruction_vit.cli import app
@@ -37,15 +37,7 @@ def image_root(tmp_path_factory):
 
 @pytest.fixture
 def cfg(image_root, tiny_clip_dir, tmp_path):
-    return load_config(None, [
-        "data.dataset=folder", f"data.root={image_root}", "data.val_fraction=0.25", "data.img_size=16",
-        "data.randaugment=null", "data.num_workers=0", "prompts.kind=text",
-        f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", "prompts.templates=photo",
-        f"prompts.cache_dir={tmp_path / 'cache'}",
-        "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
-        "train.epochs=2", "train.batch_size=8", "train.lr=0.003", "train.warmup_epochs=0.5",
-        "train.mixup=0", "train.cutmix=0",
-    ])
+    return tiny_run(image_root, tiny_clip_dir, tmp_path / "cache", "train.epochs=2")
 
 
 def _write(cfg, path):
@@ -128,14 +120,7 @@ def test_epoch_line_shows_slow_throughput():
 def image_run(image_root, tiny_clip_dir, tmp_path_factory):
     """A run with image prompts (the tiny CLIP: one image-text space)."""
     tmp = tmp_path_factory.mktemp("image_run")
-    cfg = load_config(None, [
-        "data.dataset=folder", f"data.root={image_root}", "data.val_fraction=0.25", "data.img_size=16",
-        "data.randaugment=null", "data.num_workers=0", "prompts.kind=image",
-        f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", "prompts.templates=photo",
-        f"prompts.cache_dir={tmp / 'cache'}",
-        "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
-        "train.epochs=1", "train.batch_size=8", "train.mixup=0", "train.cutmix=0",
-    ])
+    cfg = tiny_run(image_root, tiny_clip_dir, tmp / "cache", "prompts.kind=image", "train.epochs=1")
     train(cfg, tmp / "run")
     return tmp
 

@@ -31,7 +31,7 @@ from ..classifiers import classifier_kind
 from ..config import Config, ConfigError, load_config, read_yaml_mapping
 from ..data import split_identity
 from ..files import atomic_write, file_sha256
-from ..prompts.encoders import weights_id
+from ..prompts.encoders import parse_spec, weights_id
 
 logger = logging.getLogger(__name__)
 SHIPPED = Path(__file__).resolve().parents[1] / "experiments"
@@ -265,15 +265,19 @@ def spec_changes(cell: Cell, ids: Identities | None = None) -> list[str]:
 
 
 def _encoder_model(spec: Any) -> Any:
-    """``open_clip:ViT-B-16@openai`` and ``open_clip:ViT-B-16-quickgelu@/w/clip.pt`` name the same model."""
-    return spec.partition("@")[0].removesuffix("-quickgelu") if isinstance(spec, str) else spec
+    """The model an encoder spec names: ``open_clip:ViT-B-16@openai`` and ``open_clip:ViT-B-16-quickgelu@/w/x.pt``
+    both name ``open_clip:ViT-B-16`` (the activation is compared through the weights id)."""
+    if not isinstance(spec, str):
+        return spec
+    name, arg = parse_spec(spec)
+    return f"{name}:{arg.partition('@')[0].removesuffix('-quickgelu')}" if arg else name
 
 
 def _same_encoder(a: Any, b: Any, ids: Identities) -> bool:
     """The same model, and either the same tag or a weights file whose activation matches the spec's tag."""
     if not (isinstance(a, str) and isinstance(b, str)) or _encoder_model(a) != _encoder_model(b):
         return False
-    tag_a, tag_b = a.partition("@")[2], b.partition("@")[2]
+    tag_a, tag_b = (parse_spec(x)[1].partition("@")[2] for x in (a, b))
     file_a, file_b = (any(sep in t for sep in "/\\.") for t in (tag_a, tag_b))
     if not file_a and not file_b:
         return tag_a == tag_b

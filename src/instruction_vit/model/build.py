@@ -54,7 +54,11 @@ def build_model(
         prompt_dims = {"prompts": int(prompt_dim)}
     source = resolve_source(pretrained)
     net = timm.create_model(backbone, pretrained=False, num_classes=num_classes, **backbone_kwargs)
-    if not isinstance(net, VisionTransformer) and not prompt_dims and not vpt_tokens:
+    if not isinstance(net, VisionTransformer):
+        if prompt_dims or vpt_tokens:
+            raise ConfigError(f"{backbone} is not a timm VisionTransformer: prompts and VPT tokens join a ViT's token "
+                              "sequence; pick a ViT (e.g. vit_base_patch16_224), or read no prompts "
+                              "(prompts.kind=none, model.vpt_tokens=0) for a plain baseline")
         model = PlainClassifier(net)  # a baseline backbone without prompts (ResNet, EfficientNet, CaiT, PiT, ...)
     else:
         model = InstructionViT(net, prompt_dims, score_scale=score_scale, vpt_tokens=vpt_tokens, vpt_deep=vpt_deep)

@@ -1,17 +1,8 @@
 """Prompts: encoders, the prompt bank, and top-K+1 prompt selection."""
 
 from .bank import KINDS, ImageSource, PromptBank, build_prompt_bank, choose_prompt_images, encode_class_texts
-from .encoders import (
-    ImagePreprocess,
-    PromptEncoder,
-    encoder_spec_help,
-    joint_space,
-    list_encoders,
-    load_encoder,
-    register_encoder,
-    weights_id,
-)
 from ..outputs import Prompts
+from .encoders import PromptEncoder, load_encoder  # the rest of the encoder registry: instruction_vit.prompts.encoders
 from .selection import (
     Selection,
     class_prototypes,
@@ -25,7 +16,6 @@ from .selection import (
 
 __all__ = [
     "KINDS",
-    "ImagePreprocess",
     "ImageSource",
     "PromptBank",
     "PromptEncoder",
@@ -36,15 +26,10 @@ __all__ = [
     "class_prototypes",
     "cosine_scores",
     "encode_class_texts",
-    "encoder_spec_help",
     "expand_scores",
     "forward_selected",
     "gather_prompts",
-    "joint_space",
-    "list_encoders",
     "load_encoder",
-    "register_encoder",
     "select_top_k",
     "target_mask",
-    "weights_id",
 ]
