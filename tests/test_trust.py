@@ -219,29 +219,34 @@ def test_an_error_quoting_another_ends_its_sentence_once():
 
 
 def test_prompt_encoding_shows_progress(tiny_clip_dir):
+    """The library reports long steps to the reporter its caller installed; it is handed no progress object."""
+    from instruction_vit.progress import reporting
     from instruction_vit.prompts import build_prompt_bank
 
     class Recorder:
         def __init__(self):
-            self.tasks, self.done = {}, {}
+            self.tasks, self.done, self.stopped = {}, {}, []
 
-        def add_task(self, description, total):
-            self.tasks[description] = total
-            self.done[description] = 0
+        def start(self, description, total):
+            self.tasks[description], self.done[description] = total, 0
             return description
 
-        def advance(self, task, n=1):
-            self.done[task] += n
+        def advance(self, handle, amount=1, description=None):
+            self.done[handle] += amount
 
-        def remove_task(self, task):
-            pass
+        def stop(self, handle):
+            self.stopped.append(handle)
 
-    progress = Recorder()
+    recorder = Recorder()
     names = [f"class {i}" for i in range(5)]
-    build_prompt_bank("text", names, text_encoder=f"open_clip:local-dir:{tiny_clip_dir}",
-                      templates=["a photo of a {}.", "a {}."], progress=progress)
-    (task,) = progress.tasks
-    assert "encoding 10 prompt texts" in task and progress.tasks[task] == progress.done[task] == 10
+    with reporting(recorder):
+        build_prompt_bank("text", names, text_encoder=f"open_clip:local-dir:{tiny_clip_dir}",
+                          templates=["a photo of a {}.", "a {}."])
+    (task,) = recorder.tasks
+    assert "encoding 10 prompt texts" in task and recorder.tasks[task] == recorder.done[task] == 10
+    assert recorder.stopped == [task]
+    build_prompt_bank("text", names[:2], text_encoder=f"open_clip:local-dir:{tiny_clip_dir}")  # no reporter: quiet
+    assert len(recorder.tasks) == 1
 
 
 def test_a_bank_file_with_test_images_or_another_encoder_is_refused(image_run, image_root, tiny_clip_dir, tmp_path):

@@ -38,7 +38,7 @@ def create_model(backbone: str, num_classes: int, *, prompt_dim: int | Mapping[s
 def build_prompts(class_names: Sequence[str], encoder: str | PromptEncoder = "conse", kind: str = "text", *,
                   templates: str | Sequence[str] = "simple", images: str | Path | LabelledImages | None = None,
                   image_encoder: str | PromptEncoder | None = None, per_class: int = 1, seed: int = 0,
-                  cache_dir: str | Path | None = None, device: str = "cpu", progress=None) -> PromptBank:
+                  cache_dir: str | Path | None = None, device: str = "cpu") -> PromptBank:
     """The prompt bank of ``kind`` (``text``, ``image`` or ``mixed``) for ``class_names``: one feature per class
     from ``encoder`` (a spec such as ``"open_clip:ViT-B-16@openai"`` or an encoder object). ``templates`` is a named
     set (``simple``, ``openai_imagenet``, ``coop:oxford_pets``, ...), a file, or the templates themselves.
@@ -49,7 +49,7 @@ def build_prompts(class_names: Sequence[str], encoder: str | PromptEncoder = "co
     template_list = template_set(templates) if isinstance(templates, str) else list(templates)
     return build_prompt_bank(kind, class_names, text_encoder=encoder, image_encoder=image_encoder or encoder,
                              templates=template_list, images=images, per_class=per_class, seed=seed,
-                             cache_dir=cache_dir, device=device, progress=progress,
+                             cache_dir=cache_dir, device=device,
                              image_split="train" if images is not None else None)
 
 
@@ -73,19 +73,18 @@ def run_config(config: RunConfig) -> Config:
 
 
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,
-          stop_after_epochs: int | None = None, progress=None) -> dict[str, Any]:
+          stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train into run folder ``out`` (resolved config, metrics, checkpoints, ``results.json``); returns the test
     results of the best checkpoint. ``config``: see :func:`run_config`. Messages go to the ``instruction_vit``
     logger (``logging.basicConfig(level=logging.INFO)`` shows them)."""
-    return _train(run_config(config), out, resume=resume, force=force, progress=progress,
-                  stop_after_epochs=stop_after_epochs)
+    return _train(run_config(config), out, resume=resume, force=force, stop_after_epochs=stop_after_epochs)
 
 
 def evaluate(checkpoint: str | Path, split: str = "test", select_k: int | None = None,
-             overrides: Sequence[str] = (), progress=None) -> dict[str, Any]:
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
     """A checkpoint's metrics on ``split`` of its data (per route; with ``select_k``, also with top-K+1 prompts),
     computed as at the end of training; ``overrides`` are ``data.*`` keys (other images of the same classes)."""
-    return _evaluate(checkpoint, split, select_k, overrides, progress)
+    return _evaluate(checkpoint, split, select_k, overrides)
 
 
 def list_experiments() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -28,6 +29,7 @@ from .data import training_split
 from .data.datasets import IMAGE_SUFFIXES
 from .errors import ConfigError, DataError, MissingFileError, RunFolderError, UserError
 from .api import build_prompts
+from .progress import reporting
 from .prompts import PromptBank
 
 app = typer.Typer(help="Instruction-ViT: multi-modal prompts for instruction learning in ViT.", no_args_is_help=True,
@@ -94,9 +96,32 @@ def _one_sentence_end(message: str) -> str:
     return re.sub(r"(?<!\.)\.\.(?=\s|$)", ".", message)
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+class _Bars:
+    """The library's progress reporter (:mod:`instruction_vit.progress`) as rich progress bars."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def start(self, description: str, total: int | None):
+        return self.progress.add_task(description, total=total)
+
+    def advance(self, handle, amount: int = 1, description: str | None = None) -> None:
+        if description is None:
+            self.progress.advance(handle, amount)
+        else:
+            self.progress.update(handle, advance=amount, description=description)
+
+    def stop(self, handle) -> None:
+        self.progress.remove_task(handle)
+
+
+@contextlib.contextmanager
+def _progress():
+    """Progress bars (rate, elapsed, ETA) for the library's long steps inside the block; yields the rich Progress."""
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True)
+    with bars, reporting(_Bars(bars)):
+        yield bars
 
 
 @app.command()
@@ -127,8 +152,8 @@ def train(
         cfg = load_config(out / "config.yaml", overrides or [])
     else:
         cfg = load_config(config, overrides or [])
-    with _progress() as progress:
-        results = run_train(cfg, out, resume=resume, force=force, progress=progress,
+    with _progress():
+        results = run_train(cfg, out, resume=resume, force=force,
                             stop_after_epochs=stop_after_epochs)
     _print_results(results)
 
@@ -148,8 +173,8 @@ def evaluate(
     from .api import evaluate as evaluate_checkpoint
     from .report import plot_confusion
 
-    with _progress() as progress:
-        results = evaluate_checkpoint(checkpoint, split, select_k, overrides or [], progress)
+    with _progress():
+        results = evaluate_checkpoint(checkpoint, split, select_k, overrides or [])
     names = results["class_names"]
     top_n = min(5, len(names))
     for key, title in (("all_prompts", "all prompts"), (f"select_k{select_k}", f"top-{select_k}+1 prompts")):
@@ -188,8 +213,8 @@ def predict(
 
     classifier = load_classifier(checkpoint, device)
     files = _image_files(images)
-    with _progress() as progress:
-        use = classifier.class_prompts(_class_list(classes, class_file), examples, progress)
+    with _progress():
+        use = classifier.class_prompts(_class_list(classes, class_file), examples)
     unreadable = 0
     for i, (f, ranked) in enumerate(zip(files, classifier.iter_predict(files, use, top_k, skip_unreadable=True))):
         if i == 0 and len(files) > 1:
@@ -238,9 +263,8 @@ def prompts_build(
         raise ConfigError("give the classes: --classes, --class-file or --folder")
     if data is not None and names != data.class_names:
         raise ConfigError(f"--folder has classes {data.class_names[:5]}, which differ from the given class names")
-    with _progress() as progress:
-        bank = build_prompts(names, encoder, kind, templates=templates, images=data, per_class=per_class, seed=seed,
-                             progress=progress)
+    with _progress():
+        bank = build_prompts(names, encoder, kind, templates=templates, images=data, per_class=per_class, seed=seed)
     path = bank.save(out)
     console.print(f"wrote {path} and {path.with_suffix('.json')}: {bank.num_classes} classes, "
                   f"{kind} prompts, dim {bank.prompt_dim}, key {bank.key}")
@@ -312,8 +336,8 @@ def demo(
     """Offline Fashion-MNIST: plain ViT vs Instruction-ViT with text, image and mixed prompts."""
     from .engine.demo import run_demo
 
-    with _progress() as progress:
-        rows = run_demo(config, out, overrides or [], force=force, progress=progress)
+    with _progress():
+        rows = run_demo(config, out, overrides or [], force=force)
     table = Table(title="Fashion-MNIST demo (test top-1 %, best validation epoch)")
     for col in ("variant", "head", "head+score", "top-K+1 selection", "ranker zero-shot", "time s"):
         table.add_column(col, justify="right")
@@ -379,8 +403,8 @@ def reproduce(
                 f"encoder {cell.config.prompts.encoder}"
             console.print(f"{cell.name}: {cell.folder} ({state}; {what})", highlight=False)
         return
-    with _progress() as progress:
-        done = run_cells(spec, runs, select, seed_list, rest, force, progress, weight_map, keep_last)
+    with _progress():
+        done = run_cells(spec, runs, select, seed_list, rest, force, weight_map, keep_last)
     console.print(f"ran {len(done)} cell(s); summarise with: ivit report {spec_name} --runs {runs}")
 
 

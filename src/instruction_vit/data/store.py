@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, MissingFileError
+from ..progress import task
 from .datasets import DataError, LabelledImages
 from .scan import BadImage, unreadable_error
 
@@ -62,7 +63,7 @@ def store_key(data: LabelledImages, size: int) -> str:
     return hashlib.sha256(json.dumps([size, data.location, ids, list(data.class_names)]).encode()).hexdigest()[:24]
 
 
-def build_store(data: LabelledImages, size: int, folder: str | Path, workers: int = 0, progress=None,
+def build_store(data: LabelledImages, size: int, folder: str | Path, workers: int = 0,
                 bad_images: str = "error") -> Path:
     """Write (or find) the store of ``data`` at ``size`` under ``folder``; returns its directory.
 
@@ -86,53 +87,50 @@ def build_store(data: LabelledImages, size: int, folder: str | Path, workers: in
     target.mkdir(parents=True, exist_ok=True)
     tmp = target / "images.u8.tmp"
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(data), size, size, 3))
-    task = progress.add_task(f"decoding {len(data)} images once ({size} px)", total=len(data)) if progress else None
-    bad: dict[int, str] = {}
+    with task(f"decoding {len(data)} images once ({size} px)", len(data)) as progress:
+        bad: dict[int, str] = {}
 
-    def put(index: int, pixels: np.ndarray | None, reason: str) -> None:
-        if pixels is None:
-            bad[index] = reason
+        def put(index: int, pixels: np.ndarray | None, reason: str) -> None:
+            if pixels is None:
+                bad[index] = reason
+            else:
+                array[index] = pixels
+            progress.advance()
+
+        if workers > 0:
+            jobs = [(i, size, skip) for i in range(len(data))]
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(data,)) as pool:
+                for result in pool.map(_decode, jobs, chunksize=64):
+                    put(*result)
         else:
-            array[index] = pixels
-        if progress:
-            progress.advance(task)
-
-    if workers > 0:
-        jobs = [(i, size, skip) for i in range(len(data))]
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(data,)) as pool:
-            for result in pool.map(_decode, jobs, chunksize=64):
-                put(*result)
-    else:
-        for index in range(len(data)):
-            put(*_decode_one(data, index, size, skip))
-    labels = np.asarray(data.labels, dtype=np.int64)
-    skipped = [BadImage(data.image_id(i), bad[i]) for i in sorted(bad)]
-    if bad:
-        if len(bad) == len(data):
-            raise DataError(f"no image of the {len(data)} to store could be read (e.g. {skipped[0].file}: "
-                            f"{skipped[0].reason}); check data.root")
-        for b in skipped:
-            log.warning("skipping unreadable image %s: %s", b.file, b.reason)
-        keep = np.asarray([i for i in range(len(data)) if i not in bad])
-        compact = np.lib.format.open_memmap(target / "images.u8.tmp2", mode="w+", dtype=np.uint8,
-                                            shape=(len(keep), size, size, 3))
-        for start in range(0, len(keep), 1024):
-            compact[start:start + 1024] = array[keep[start:start + 1024]]
-        compact.flush()
-        del compact, array
-        tmp.unlink()
-        tmp = target / "images.u8.tmp2"
-        labels = labels[keep]
-    else:
-        array.flush()
-        del array
-    os.replace(tmp, target / "images.npy")
-    np.save(target / "labels.npy", labels)
-    meta = {"size": size, "count": len(labels), "class_names": list(data.class_names),
-            "skipped": [b.to_dict() for b in skipped]}
-    (target / "meta.json").write_text(json.dumps(meta), encoding="utf-8")  # written last: the store is whole
-    if progress:
-        progress.remove_task(task)
+            for index in range(len(data)):
+                put(*_decode_one(data, index, size, skip))
+        labels = np.asarray(data.labels, dtype=np.int64)
+        skipped = [BadImage(data.image_id(i), bad[i]) for i in sorted(bad)]
+        if bad:
+            if len(bad) == len(data):
+                raise DataError(f"no image of the {len(data)} to store could be read (e.g. {skipped[0].file}: "
+                                f"{skipped[0].reason}); check data.root")
+            for b in skipped:
+                log.warning("skipping unreadable image %s: %s", b.file, b.reason)
+            keep = np.asarray([i for i in range(len(data)) if i not in bad])
+            compact = np.lib.format.open_memmap(target / "images.u8.tmp2", mode="w+", dtype=np.uint8,
+                                                shape=(len(keep), size, size, 3))
+            for start in range(0, len(keep), 1024):
+                compact[start:start + 1024] = array[keep[start:start + 1024]]
+            compact.flush()
+            del compact, array
+            tmp.unlink()
+            tmp = target / "images.u8.tmp2"
+            labels = labels[keep]
+        else:
+            array.flush()
+            del array
+        os.replace(tmp, target / "images.npy")
+        np.save(target / "labels.npy", labels)
+        meta = {"size": size, "count": len(labels), "class_names": list(data.class_names),
+                "skipped": [b.to_dict() for b in skipped]}
+        (target / "meta.json").write_text(json.dumps(meta), encoding="utf-8")  # written last: the store is whole
     return target
 
 

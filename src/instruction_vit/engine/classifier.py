@@ -59,7 +59,7 @@ class Classifier:
         return self.checkpoint.meta.get("bank_kind", self.config.prompts.kind)
 
     def class_prompts(self, classes: Sequence[str] | None = None, examples: str | Path | None = None,
-                      progress=None) -> ClassPrompts:
+                      ) -> ClassPrompts:
         """The prompts for ``classes`` (``None``: the checkpoint's own classes and prompts)."""
         if classes is None and examples is None:
             prompts = self.model.bank_prompts()
@@ -76,7 +76,7 @@ class Classifier:
         if self.model.bank_prompts() is None:
             raise ConfigError("this checkpoint is a plain classifier (no prompts): it cannot score new class names; "
                              "train with prompts.kind=text, image or mixed")
-        return self._instruction_prompts(names, folder, progress)
+        return self._instruction_prompts(names, folder)
 
     def _check_encoders(self, text_encoder: str, image_encoder: str) -> None:
         """New prompts must come from the encoder weights the model was trained with (recorded in the checkpoint)."""
@@ -88,12 +88,12 @@ class Classifier:
                     f"{spec!r} now gives {weights_id(spec)!r}: prompts for new classes would not match; point "
                     "prompts.encoder at the weights the run used")
 
-    def _instruction_prompts(self, names: list[str], folder, progress) -> ClassPrompts:
+    def _instruction_prompts(self, names: list[str], folder) -> ClassPrompts:
         p, kind = self.config.prompts, self.prompt_kind
         image_encoder = p.image_encoder or p.encoder
         self._check_encoders(p.encoder, image_encoder)
         common = dict(text_encoder=p.encoder, image_encoder=image_encoder, templates=template_set(p.templates),
-                      cache_dir=p.cache_dir, progress=progress, device=self.device)
+                      cache_dir=p.cache_dir, device=self.device)
         if kind == "text" or folder is not None:
             images = folder if kind != "text" else None  # a text run reads text prompts, examples or not
             bank = build_prompt_bank(kind, names, images=images, per_class=p.per_class, seed=p.seed,

@@ -19,7 +19,7 @@ VARIANTS = {"plain ViT": "none", "text prompts": "text", "image prompts": "image
 
 
 def run_demo(config: str | Path, out: str | Path, overrides: Sequence[str] = (), force: bool = False,
-             progress=None) -> list[dict[str, Any]]:
+             ) -> list[dict[str, Any]]:
     """Train and test every variant into ``out/<variant>``; write ``summary.json`` and two PNG plots."""
     out = Path(out)
     demo_entries = {n.replace(" ", "_") for n in VARIANTS} | {"summary.json", "accuracy.png", "confusion.png"}
@@ -33,7 +33,7 @@ def run_demo(config: str | Path, out: str | Path, overrides: Sequence[str] = (),
         folder = out / name.replace(" ", "_")
         logger.info(f"== {name} ==")
         started = time.time()
-        results = train(cfg, folder, force=True, progress=progress)  # an earlier demo's run is replaced
+        results = train(cfg, folder, force=True)  # an earlier demo's run is replaced
         runs[name] = folder
         select = f"select_k{cfg.prompts.select_k}"
         row = {

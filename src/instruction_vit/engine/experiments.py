@@ -376,7 +376,7 @@ def _refuse_stale(stale: list[tuple[Cell, list[str]]], runs: Path) -> None:
 
 
 def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequence[int] | None = None,
-              overrides: Sequence[str] = (), force: bool = False, progress=None,
+              overrides: Sequence[str] = (), force: bool = False,
               weights: Mapping[str, str] | None = None, keep_last: bool = False) -> list[Cell]:
     """Run every selected cell that has no results under its current settings; returns the cells run.
 
@@ -410,9 +410,9 @@ def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequenc
         _write_record(cell.folder, {**base_record, "status": "running"})
         try:
             if cell.zero_shot:
-                zero_shot(cell.config, cell.folder, progress)
+                zero_shot(cell.config, cell.folder)
             else:
-                train(cell.config, cell.folder, resume=resume, force=not resume, progress=progress)
+                train(cell.config, cell.folder, resume=resume, force=not resume)
         except WeightsUnavailableError as err:
             backbone = cell.config.model.backbone
             reason = f"no weights for {backbone}" if cell.needs_backbone and backbone in str(err) else \

@@ -17,12 +17,12 @@ from .rankers import image_features
 from .run import eval_loader, prompt_bank, resolve_device, run_splits
 
 
-def zero_shot(cfg: Config, out: str | Path | None = None, progress=None) -> dict[str, Any]:
+def zero_shot(cfg: Config, out: str | Path | None = None) -> dict[str, Any]:
     """Zero-shot classification with the prompt encoder's template ensemble: test image features against the
     text prompt bank (the CLIP baseline; offline, ConSE). No training; writes ``out/results.json`` if given."""
     splits = run_splits(cfg)[0]
     text = prompt_bank(cfg, splits["train"], kind="text")
-    feats = image_features(cfg.prompts.encoder, splits["test"], cfg.prompts.cache_dir, progress=progress)
+    feats = image_features(cfg.prompts.encoder, splits["test"], cfg.prompts.cache_dir)
     logits = 100 * cosine_scores(feats, text.features["text"])
     pred = Predictions(torch.tensor(splits["test"].labels), logits, None)
     metrics = classification_metrics(pred, splits["test"].class_names)["head"]

@@ -17,11 +17,12 @@ from torch.utils.data import DataLoader
 
 from ..data import LabelledImages, TransformedImages
 from ..prompts import PromptEncoder, class_prototypes, cosine_scores, load_encoder
+from ..progress import task
 from ..prompts.encoders import weights_id
 
 
 def image_features(encoder: PromptEncoder | str, data: LabelledImages, cache_dir: str | Path | None = None,
-                   batch_size: int = 64, num_workers: int = 0, progress=None, device="cpu") -> Tensor:
+                   batch_size: int = 64, num_workers: int = 0, device="cpu") -> Tensor:
     """``[M, D]`` features of every image of ``data`` (in order) through ``encoder`` (an object or a spec,
     loaded only when the features are not cached)."""
     ids = [data.image_id(i) for i in range(len(data))]
@@ -34,13 +35,11 @@ def image_features(encoder: PromptEncoder | str, data: LabelledImages, cache_dir
         encoder = load_encoder(encoder, device=device)
     loader = DataLoader(TransformedImages(data, encoder.image_transform()), batch_size=batch_size,
                         num_workers=num_workers)
-    task = progress.add_task(f"ranker features of {len(data)} images ({encoder.name})", total=len(data)) \
-        if progress else None
     feats = []
-    for images, _ in loader:
-        feats.append(encoder.encode_images(images).float().cpu())
-        if progress:
-            progress.advance(task, len(images))
+    with task(f"ranker features of {len(data)} images ({encoder.name})", len(data)) as progress:
+        for images, _ in loader:
+            feats.append(encoder.encode_images(images).float().cpu())
+            progress.advance(len(images))
     features = torch.cat(feats)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ def checkpoint_results(
     select_k: int | None = None,
     splits: Mapping[str, LabelledImages] | None = None,
     config: Config | None = None,
-    progress=None,
 ) -> dict[str, Any]:
     """Metrics of ``checkpoint`` (a file, or a run folder: its best checkpoint) on ``split`` of its data.
 
@@ -53,7 +52,7 @@ def checkpoint_results(
     routes = results["all_prompts"]
     results["top1"] = routes["combined" if "combined" in routes else "head"]["top1"]  # the headline number
     if prompts is not None and select_k:
-        ranking = ranker_scores(cfg, splits["train"], splits[split], progress)
+        ranking = ranker_scores(cfg, splits["train"], splits[split])
         pred = predict(model, loader, prompts, device, cfg.train.amp, ranking, select_k)
         results[f"select_k{select_k}"] = classification_metrics(pred, ckpt.class_names)
         ranker_top1 = (ranking.argmax(1) == torch.tensor(splits[split].labels)).float().mean().item()
@@ -62,7 +61,7 @@ def checkpoint_results(
 
 
 def evaluate(checkpoint: str | Path, split: str = "test", select_k: int | None = None,
-             overrides: Sequence[str] = (), progress=None) -> dict[str, Any]:
+             overrides: Sequence[str] = ()) -> dict[str, Any]:
     """:func:`checkpoint_results` with ``data.*`` overrides (other images of the same classes, say); what
     ``ivit eval`` prints."""
     ckpt = load_checkpoint(checkpoint)
@@ -71,4 +70,4 @@ def evaluate(checkpoint: str | Path, split: str = "test", select_k: int | None =
         if any(not o.startswith("data.") for o in overrides):
             raise ConfigError("eval takes only data.* overrides; the model comes from the checkpoint")
         cfg = load_config(None, overrides, base=cfg.to_dict())
-    return checkpoint_results(ckpt, split, select_k, config=cfg, progress=progress)
+    return checkpoint_results(ckpt, split, select_k, config=cfg)

@@ -97,7 +97,7 @@ def _descriptions(path: str | None) -> dict[str, list[str]] | None:
     return {str(k): [str(s) for s in (v if isinstance(v, list) else [v])] for k, v in content.items()}
 
 
-def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None, progress=None) -> PromptBank | None:
+def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None) -> PromptBank | None:
     """The run's prompt bank (``None`` for ``prompts.kind=none``), from the cache when its key matches."""
     p = cfg.prompts
     kind = kind or p.kind
@@ -117,7 +117,7 @@ def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None, pro
     return build_prompt_bank(
         kind, train.class_names, text_encoder=p.encoder, image_encoder=p.image_encoder or p.encoder,
         templates=template_set(p.templates), descriptions=_descriptions(p.descriptions), images=train,
-        per_class=p.per_class, seed=p.seed, cache_dir=p.cache_dir, progress=progress,
+        per_class=p.per_class, seed=p.seed, cache_dir=p.cache_dir,
         device=resolve_device(cfg.train.device), image_split="train",
     )
 
@@ -142,18 +142,18 @@ def _check_bank_file(cfg: Config, bank: PromptBank, train: LabelledImages) -> No
                              f"{spec!r} gives {weights_id(spec)!r}; set prompts.encoder to the bank's encoder")
 
 
-def ranker_scores(cfg: Config, train: LabelledImages, data: LabelledImages, progress=None) -> Tensor:
+def ranker_scores(cfg: Config, train: LabelledImages, data: LabelledImages) -> Tensor:
     """``[M, N]`` ranker scores of every image of ``data`` for the top-K selection."""
     p = cfg.prompts
     if p.ranker == "zero_shot":
         if not joint_space(p.encoder):
             raise ConfigError(f"the zero-shot ranker needs a joint image-text encoder; {p.encoder!r} has none "
                              "(use prompts.encoder=conse or an open_clip model, or prompts.ranker=prototype)")
-        text = prompt_bank(cfg, train, kind="text", progress=progress)
-        feats = image_features(p.encoder, data, p.cache_dir, progress=progress, device=resolve_device(cfg.train.device))
+        text = prompt_bank(cfg, train, kind="text")
+        feats = image_features(p.encoder, data, p.cache_dir, device=resolve_device(cfg.train.device))
         return zero_shot_scores(feats, text.features["text"])
     encoder = p.image_encoder or p.encoder
     device = resolve_device(cfg.train.device)
-    train_feats = image_features(encoder, train, p.cache_dir, progress=progress, device=device)
-    feats = image_features(encoder, data, p.cache_dir, progress=progress, device=device)
+    train_feats = image_features(encoder, train, p.cache_dir, device=device)
+    feats = image_features(encoder, data, p.cache_dir, device=device)
     return prototype_scores(feats, train_feats, torch.tensor(train.labels), train.num_classes)

@@ -61,14 +61,14 @@ class RunParts:
 
 
 def build_run(cfg: Config, out: Path, world: World, device: torch.device, resume: bool,
-              log: Callable[[str], None], progress=None) -> RunParts:
+              log: Callable[[str], None]) -> RunParts:
     """Data (unreadable images as ``data.bad_images`` says), the prompt bank (rank 0 builds and caches it first),
     the model (resuming: from the checkpoint, not the weights file again) in its regime, the loaders, the loss, the
     optimizer and the schedule; each start-up fact logged in one line."""
     t = cfg.train
     splits, data_info = run_splits(cfg)
     log(data_line(data_info))
-    bank = world.in_turn(lambda: prompt_bank(cfg, splits["train"], progress=progress))
+    bank = world.in_turn(lambda: prompt_bank(cfg, splits["train"]))
     if bank is not None:
         log(prompts_line(cfg, bank))
     last = load_checkpoint(out / "checkpoints" / "last.safetensors") if resume else None
@@ -88,8 +88,7 @@ def build_run(cfg: Config, out: Path, world: World, device: torch.device, resume
         augment = device_augment(cfg, model.backbone)  # (a bad RandAugment string fails before the decoding)
         size = cfg.data.store_size or round(cfg.data.img_size / 0.875)
         train_set = StoreDataset(world.in_turn(
-            lambda: build_store(splits["train"], size, cfg.data.store_dir, workers, progress,
-                                bad_images=cfg.data.bad_images)))
+            lambda: build_store(splits["train"], size, cfg.data.store_dir, workers, bad_images=cfg.data.bad_images)))
     else:
         train_set = TransformedImages(splits["train"], transforms(cfg, model.backbone)[0], cfg.data.bad_images)
     batches = len(splits["train"]) // t.batch_size

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..errors import NonFiniteLossError
 from ..losses import InstructionLoss
+from ..progress import Task, task
 from ..prompts import forward_selected, target_mask
 from .evaluate import autocast
 
@@ -56,12 +57,15 @@ class Stepper:
             return forward_selected(self.train_model, images, prompts, ranking, select_k, keep=keep)
         return self.train_model(images, prompts)
 
-    def run_epoch(self, loader: DataLoader, epoch: int, step: int, progress) -> tuple[dict[str, torch.Tensor], int]:
+    def run_epoch(self, loader: DataLoader, epoch: int, step: int) -> tuple[dict[str, torch.Tensor], int]:
+        with task(f"epoch {epoch + 1}/{self.cfg.train.epochs}", len(loader) // self.cfg.train.accum_steps) as shown:
+            return self._epoch(loader, epoch, step, shown)
+
+    def _epoch(self, loader: DataLoader, epoch: int, step: int, shown: Task) -> tuple[dict[str, torch.Tensor], int]:
         t = self.cfg.train
         sums: dict[str, torch.Tensor] = {}
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
-        task = progress.add_task(f"epoch {epoch + 1}/{t.epochs}", total=len(loader) // t.accum_steps) \
-            if progress else None
+        reported = 0
         self.optimizer.zero_grad(set_to_none=True)
         for i, (images, labels) in enumerate(loader):
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
@@ -84,12 +88,10 @@ class Stepper:
             self.scheduler.step_update(step)
             if step % t.log_every == 0 or i + 1 == len(loader):
                 _stop_if_non_finite(bad, epoch, step, self.out)
-                if progress:
-                    progress.update(task, completed=(i + 1) // t.accum_steps, description=(
-                        f"epoch {epoch + 1}/{t.epochs} loss {sums['loss'].item() / (i + 1):.3f}"))
+                done = (i + 1) // t.accum_steps
+                shown.advance(done - reported, f"epoch {epoch + 1}/{t.epochs} loss {sums['loss'].item() / (i + 1):.3f}")
+                reported = done
         _stop_if_non_finite(bad, epoch, step, self.out)
-        if progress:
-            progress.remove_task(task)
         return sums, step
 
 

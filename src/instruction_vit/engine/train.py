@@ -7,6 +7,7 @@ checkpoints, :mod:`.results` the test results, :mod:`.logs` the lines a person r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -20,8 +21,9 @@ from torch.utils.data import DataLoader
 from ..config import Config, load_config
 from ..errors import CheckpointError, NonFiniteLossError, RunFolderError
 from .checkpoint import save_checkpoint
-from .distributed import close_world, init_world
+from .distributed import World, close_world, init_world
 from .evaluate import classification_metrics, predict
+from ..progress import reporting
 from .logs import PROMPT_RECORD, epoch_line
 from .protocols import novel_classes
 from .results import checkpoint_results
@@ -41,12 +43,12 @@ from .step import EpochOrder, Stepper
 logger = logging.getLogger(__name__)
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = False, progress=None,
+def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = False,
           stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into run folder ``out``; returns the final results (also in ``results.json``).
 
-    What it reads and each epoch's line go to the ``instruction_vit`` logger (rank 0 only); ``progress`` (a rich
-    ``Progress`` or anything with its ``add_task``/``advance``/``update``/``remove_task``) shows the long steps.
+    What it reads and each epoch's line go to the ``instruction_vit`` logger (rank 0 only); the long steps are
+    reported to the caller's :mod:`~instruction_vit.progress` reporter (rank 0 only).
 
     ``stop_after_epochs`` ends this invocation after that many epochs, checkpointed and resumable (for
     time-limited jobs); it then returns ``{"stopped_after_epoch": E}``.
@@ -59,8 +61,13 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     out = Path(out)
     world, dist_device = init_world(cfg.train.device)
     log: Callable[[str], None] = logger.info if world.is_main else (lambda _: None)
-    if not world.is_main:
-        progress = None
+    with reporting(None) if not world.is_main else contextlib.nullcontext():  # rank 0 alone shows progress
+        return _run(cfg, out, resume, force, stop_after_epochs, world, dist_device, log)
+
+
+def _run(cfg: Config, out: Path, resume: bool, force: bool, stop_after_epochs: int | None, world: World,
+         dist_device: torch.device | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """The run's outline: folder and config, parts, restore, epochs (checkpointed), test results."""
     if resume and (out / "config.yaml").is_file():
         changes = resume_changes(load_config(out / "config.yaml"), cfg)
         if changes:
@@ -70,7 +77,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         prepare_run_folder(out, resume, force)
         write_config(out, cfg)
     world.barrier()
-    run = build_run(cfg, out, world, dist_device or resolve_device(cfg.train.device), resume, log, progress)
+    run = build_run(cfg, out, world, dist_device or resolve_device(cfg.train.device), resume, log)
     start_epoch, step, best, history = _restore(run, log)
     stepper = Stepper(cfg, run.model, _train_model(run), run.device, len(run.class_names), run.mixup, run.augment,
                       run.criterion, run.optimizer, run.scheduler, out)
@@ -79,7 +86,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     for epoch in range(start_epoch, cfg.train.epochs):
         loader = _loader(run, sampler, epoch, loader)
         started = time.time()
-        sums, step = stepper.run_epoch(loader, epoch, step, progress)
+        sums, step = stepper.run_epoch(loader, epoch, step)
         row = _epoch_row(run, epoch, step, sums, time.time() - started)
         if world.is_main:
             best = _end_epoch(run, row, epoch, step, best, history, started, writer)
@@ -94,7 +101,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     if world.is_main:
         if writer is not None:
             writer.close()
-        results = _results(run, progress)
+        results = _results(run)
     world.barrier()
     close_world(world)
     return results
@@ -176,11 +183,11 @@ def _end_epoch(run: RunParts, row: dict[str, Any], epoch: int, step: int, best: 
     return best
 
 
-def _results(run: RunParts, progress) -> dict[str, Any]:
+def _results(run: RunParts) -> dict[str, Any]:
     """Test results of the best checkpoint with what the run read (data, weights, prompts), in ``results.json``."""
     cfg = run.cfg
     results = checkpoint_results(run.out / "checkpoints" / "best.safetensors", "test", cfg.prompts.select_k,
-                                 run.splits, cfg, progress)
+                                 run.splits, cfg)
     results.pop("split")
     results["data"] = run.data_info
     results["backbone_weights"] = run.weights_record

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError, DataError
 from ..data.templates import check_templates
+from ..errors import ConfigError, DataError
 from ..outputs import Prompts
+from ..progress import task
 from .encoders import IMAGE, TEXT, PromptEncoder, load_encoder, weights_id
 from .store import load_bank_files, save_bank_files
 
@@ -108,24 +109,21 @@ def class_texts(
     return texts
 
 
-def _batches(items: Sequence, batch_size: int, progress, description: str):
-    """``items`` in batches, advancing a rich-style ``progress`` (``add_task``/``advance``/``remove_task``) per item."""
-    task = progress.add_task(description, total=len(items)) if progress is not None else None
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        yield batch
-        if task is not None:
-            progress.advance(task, len(batch))
-    if task is not None:
-        progress.remove_task(task)
+def _batches(items: Sequence, batch_size: int, description: str):
+    """``items`` in batches, reported as one task of ``len(items)`` (see :mod:`instruction_vit.progress`)."""
+    with task(description, len(items)) as progress:
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            yield batch
+            progress.advance(len(batch))
 
 
 def encode_class_texts(
-    encoder: PromptEncoder, texts_per_class: Sequence[Sequence[str]], batch_size: int = 256, progress=None
+    encoder: PromptEncoder, texts_per_class: Sequence[Sequence[str]], batch_size: int = 256
 ) -> Tensor:
     """``[N, D]``: per class, the normalised mean of its normalised sentence features, renormalised."""
     flat = [t for texts in texts_per_class for t in texts]
-    batches = _batches(flat, batch_size, progress, f"encoding {len(flat)} prompt texts ({encoder.name})")
+    batches = _batches(flat, batch_size, f"encoding {len(flat)} prompt texts ({encoder.name})")
     feats = F.normalize(torch.cat([encoder.encode_text(batch).float().cpu() for batch in batches]), dim=-1)
     out, start = [], 0
     for texts in texts_per_class:
@@ -152,13 +150,13 @@ def choose_prompt_images(labels: Sequence[int], num_classes: int, per_class: int
 
 
 def encode_class_images(
-    encoder: PromptEncoder, source: ImageSource, chosen: Sequence[Sequence[int]], batch_size: int = 64, progress=None
+    encoder: PromptEncoder, source: ImageSource, chosen: Sequence[Sequence[int]], batch_size: int = 64
 ) -> Tensor:
     """``[N, D]``: per class, the normalised mean of its chosen images' normalised features."""
     transform = encoder.image_transform()
     flat = [i for idx in chosen for i in idx]
     feats = [encoder.encode_images(torch.stack([transform(source.load_image(i)) for i in batch])).float().cpu()
-             for batch in _batches(flat, batch_size, progress, f"encoding {len(flat)} prompt images ({encoder.name})")]
+             for batch in _batches(flat, batch_size, f"encoding {len(flat)} prompt images ({encoder.name})")]
     feats = F.normalize(torch.cat(feats), dim=-1)
     out, start = [], 0
     for idx in chosen:
@@ -180,15 +178,15 @@ def build_prompt_bank(
     per_class: int = 1,
     seed: int = 0,
     cache_dir: str | Path | None = None,
-    progress=None,
     device: str | torch.device = "cpu",
     image_split: str | None = None,
 ) -> PromptBank:
     """Build (or load from ``cache_dir``) the prompt bank of ``kind`` for ``class_names``.
 
     Encoders are objects or spec strings (see ``load_encoder``); a spec is loaded only on a cache miss, on
-    ``device``. The same spec (or object) for text and image means one joint encoder. ``progress`` (a rich
-    ``Progress``) shows the encoding; ``image_split`` says which split ``images`` is (recorded with the image ids).
+    ``device``. The same spec (or object) for text and image means one joint encoder. The encoding is reported
+    as a task (:mod:`instruction_vit.progress`); ``image_split`` says which split ``images`` is (recorded with the
+    image ids).
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown prompt kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -236,9 +234,9 @@ def build_prompt_bank(
 
     features: dict[str, Tensor] = {}
     if use_text:
-        features[TEXT] = encode_class_texts(encoder(text_encoder, TEXT), texts, progress=progress)
+        features[TEXT] = encode_class_texts(encoder(text_encoder, TEXT), texts)
     if use_image:
-        features[IMAGE] = encode_class_images(encoder(image_encoder, IMAGE), images, chosen, progress=progress)
+        features[IMAGE] = encode_class_images(encoder(image_encoder, IMAGE), images, chosen)
     if kind == "mixed":
         t_enc, i_enc = encoder(text_encoder, TEXT), encoder(image_encoder, IMAGE)
         if t_enc.name == i_enc.name and t_enc.shared_space:
