@@ -178,11 +178,10 @@ class TinyKind(ClassifierKind):
 
 
 @pytest.fixture
-def tiny_kind(monkeypatch):
+def tiny_kind():
     """``TinyKind`` registered as ``tiny_test_kind`` for one test (the registry as it was afterwards)."""
-    CLASSIFIERS.names()  # the package's own kinds load first
-    monkeypatch.setattr(CLASSIFIERS, "_entries", dict(CLASSIFIERS._entries))
-    return register_classifier("tiny_test_kind")(TinyKind)
+    with CLASSIFIERS.isolated():
+        yield register_classifier("tiny_test_kind")(TinyKind)
 
 
 def test_a_registered_kind_is_found_by_model_method(tiny_kind):

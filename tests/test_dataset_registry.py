@@ -61,11 +61,9 @@ class PlainStripes(Stripes):
 
 
 @contextmanager
-def registry_as_it_was():
-    """Registrations made inside the block are gone afterwards (the registry's entries are put back)."""
-    sets.DATASETS.names()  # the built-ins are in before the copy
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sets.DATASETS, "_entries", dict(sets.DATASETS._entries))
+def registry_as_it_was(reload: bool = False):
+    """Registrations made inside the block are gone afterwards; ``reload``: read as a new process would."""
+    with sets.DATASETS.isolated(reload), pytest.MonkeyPatch.context() as mp:
         yield mp
 
 
@@ -161,8 +159,7 @@ def test_a_new_file_in_the_package_is_a_data_set(tmp_path):
     """A file dropped beside the built-in data sets (here: in a second folder of the package's path) is found by
     the registry and read by load_splits and template_set without touching anything else."""
     (tmp_path / "file_stripes.py").write_text(textwrap.dedent(NEW_FILE), encoding="utf-8")
-    with registry_as_it_was() as mp:
-        mp.setattr(sets.DATASETS, "_loaded", False)  # as a new process would load it
+    with registry_as_it_was(reload=True) as mp:
         mp.setattr(sets, "__path__", [*sets.__path__, str(tmp_path)])
         mp.delitem(sys.modules, "instruction_vit.data.sets.file_stripes", raising=False)
         assert list_datasets() == sorted([*SEVEN, "file_stripes"])
@@ -175,8 +172,7 @@ def test_a_new_file_in_the_package_is_a_data_set(tmp_path):
 def test_third_party_data_sets_come_in_through_entry_points(monkeypatch):
     point = EntryPoint(name="stripes", value=f"{__name__}:PlainStripes", group="instruction_vit.datasets")
     monkeypatch.setattr(registry, "entry_points", lambda group: [point] if group == point.group else [])
-    with registry_as_it_was() as mp:
-        mp.setattr(sets.DATASETS, "_loaded", False)  # as a new process would load it
+    with registry_as_it_was(reload=True):
         assert list_datasets() == sorted([*SEVEN, "stripes"])
         assert sets.DATASETS.get("stripes") is PlainStripes and dataset("stripes").name == "stripes"
         splits = load_splits(DataConfig(dataset="stripes", root="unused", val_fraction=0.0))

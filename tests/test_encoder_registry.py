@@ -141,12 +141,10 @@ class LetterCountEncoder(PromptEncoder):
 
 
 @pytest.fixture
-def fresh_registry(monkeypatch):
+def fresh_registry():
     """The encoder registry as a new process would build it (built-ins kept: their modules are imported once)."""
-    ENCODERS.names()
-    monkeypatch.setattr(ENCODERS, "_entries", dict(ENCODERS._entries))
-    monkeypatch.setattr(ENCODERS, "_loaded", False)
-    return ENCODERS
+    with ENCODERS.isolated(reload=True):
+        yield ENCODERS
 
 
 def test_a_new_module_in_the_package_is_an_encoder_without_touching_anything_else(tmp_path, monkeypatch,

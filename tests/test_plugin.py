@@ -68,11 +68,9 @@ def plugin(tmp_path, monkeypatch):
     (site / "ivit_plugin_demo.py").write_text(textwrap.dedent(PLUGIN), encoding="utf-8")
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ivit-plugin-demo\nVersion: 0.1\n", encoding="utf-8")
     (info / "entry_points.txt").write_text(ENTRY_POINTS.lstrip(), encoding="utf-8")
-    ENCODERS.names()  # the built-ins first: their modules register once per process
-    monkeypatch.setattr(ENCODERS, "_entries", dict(ENCODERS._entries))
-    monkeypatch.setattr(ENCODERS, "_loaded", False)
     monkeypatch.syspath_prepend(str(site))
-    yield site
+    with ENCODERS.isolated(reload=True):  # read again, as a process started after `pip install` would
+        yield site
     sys.modules.pop("ivit_plugin_demo", None)
 
 

@@ -217,16 +217,14 @@ def predict(
         use = classifier.class_prompts(_class_list(classes, class_file), examples)
     unreadable = 0
     for i, (f, ranked) in enumerate(zip(files, classifier.iter_predict(files, use, top_k, skip_unreadable=True))):
-        if i == 0 and len(files) > 1:
+        if isinstance(ranked, DataError) and len(files) == 1:
+            raise ranked  # one image, unreadable: its error alone
+        if i == 0:
             console.print(f"{len(use.names)} classes; {use.how}", highlight=False)
         if isinstance(ranked, DataError):
-            if len(files) == 1:
-                raise ranked
             unreadable += 1
             console.print(f"{f}: [red]unreadable[/] ({ranked})", highlight=False)
             continue
-        if i == 0 and len(files) == 1:
-            console.print(f"{len(use.names)} classes; {use.how}", highlight=False)
         console.print(f"{f}: " + ", ".join(f"{name} {p:.1%}" for name, p in ranked), highlight=False)
     if unreadable:
         console.print(f"[bold red]error:[/] {unreadable} of {len(files)} images could not be read (listed above)")

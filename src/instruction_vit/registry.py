@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
@@ -86,6 +87,20 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         self._load()
         return name in self._entries
+
+    @contextmanager
+    def isolated(self, reload: bool = False) -> Iterator[Registry[T]]:
+        """Entries registered inside the block are gone after it (for tests and notebooks). With ``reload``, the
+        first lookup inside reads the package and the entry points again, as a new process would (the package's
+        own modules register once per process, so their entries are kept)."""
+        self._load()
+        saved = dict(self._entries), self._loaded
+        if reload:
+            self._loaded = False
+        try:
+            yield self
+        finally:
+            self._entries, self._loaded = saved
 
     def _load(self) -> None:
         if self._loaded or self._loading:

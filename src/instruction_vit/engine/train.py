@@ -188,7 +188,6 @@ def _results(run: RunParts) -> dict[str, Any]:
     cfg = run.cfg
     results = checkpoint_results(run.out / "checkpoints" / "best.safetensors", "test", cfg.prompts.select_k,
                                  run.splits, cfg)
-    results.pop("split")
     results["data"] = run.data_info
     results["backbone_weights"] = run.weights_record
     if run.bank is not None:
