@@ -3,6 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo lint
@@ -18,10 +19,15 @@ $(FMNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
+# Debian's chromium: the browser the demo-page test drives through playwright (tests/test_app.py).
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq chromium
+
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-test: lint
+test: lint $(CHROMIUM)
 	$(PY) -m pytest
 
 demo: $(STAMP) $(FMNIST)

@@ -102,4 +102,4 @@ def test_coop_predicts_new_class_names_with_its_learned_context(tmp_path, tiny_c
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(images / "red" / "0.png"),
                                       "--classes", ",".join(new)])
     assert result.exit_code == 0, result.output
-    assert "CoOp: its learned context before each new class name" in result.output and "plain" not in result.output
+    assert "coop: its learned prompts with each new class name" in result.output and "plain" not in result.output

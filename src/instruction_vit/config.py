@@ -68,6 +68,8 @@ class ModelConfig:
     # VPT, linear probe, CNNs) | coop (CLIP + learned context)
     coop_context: int = 16  # CoOp: learned context vectors (ignored when coop_init sets them)
     coop_init: str | None = "a photo of a"  # CoOp: initial context phrase; None: random, coop_context long
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own options (its kind's Options dataclass);
+    # filled with the kind's defaults when the config is validated, so the resolved config records every value
     backbone: str = "vit_tiny_patch16_224"
     pretrained: str | None = None  # None: random init; "timm": timm's sources; else a weights file
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model kwargs, e.g. patch_size
@@ -208,6 +210,7 @@ def from_dict(data: dict[str, Any]) -> Config:
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError("config key 'data.val_fraction' must be in [0, 1)")
     kind = importlib.import_module("instruction_vit.classifiers").classifier_kind(cfg.model.method)
+    cfg.model.options = kind.resolve_options(cfg.model.options)
     if not kind.reads_prompts and cfg.prompts.kind != "none":
         raise ConfigError(f"model.method={cfg.model.method} reads no instruction prompts: set prompts.kind=none")
     if cfg.data.dataset == "split_file" and not cfg.data.split_file:

@@ -39,6 +39,11 @@ class InstructionLoss(nn.Module):
             score = F.cross_entropy(scores.float(), target, label_smoothing=self.label_smoothing)
             parts["score"] = score
             total = total + self.score_weight * score
+        for name, value in (output.aux or {}).items():  # the method's own terms, weighted by the method
+            if name in ("head", "score", "loss"):
+                raise ValueError(f"a classifier's extra loss term may not be called {name!r}")
+            parts[name] = value.float()
+            total = total + value.float()
         parts["loss"] = total
         return parts
 

@@ -89,3 +89,7 @@ class Prompts:
 class InstructionOutput(NamedTuple):
     logits: Tensor  # [B, num_classes]: the classification head (CoOp: CLIP's scaled cosine to the class texts)
     scores: Tensor  # [B, P]: scaled cosine between the [CLS] output and each prompt output; [B, 0] without prompts
+    #: Extra loss terms of the method, already weighted (KgCoOp's knowledge-guided term, PromptSRC's regularisers):
+    #: the training loss adds each, under its name. ``None`` (or empty) for none; a model returns them only when
+    #: training.
+    aux: Mapping[str, Tensor] | None = None

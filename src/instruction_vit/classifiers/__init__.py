@@ -27,6 +27,7 @@ This layer sits above ``model`` and ``prompts``: a kind may load prompt encoders
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -53,13 +54,34 @@ class ClassifierKind(ABC):
       ``prompts.kind`` must be ``none``;
     * ``timm_backbone``: it is built on the timm backbone ``model.backbone`` from the weights ``model.pretrained``
       (a run checkpoint included); if not, those keys are unused;
-    * ``uses_encoder``: it is built on ``prompts.encoder`` itself, whatever ``prompts.kind`` says.
+    * ``uses_encoder``: it is built on ``prompts.encoder`` itself, whatever ``prompts.kind`` says;
+    * ``Options``: a dataclass of the kind's own options (``model.options.NAME=value``), or ``None`` for none. The
+      config is validated against it: an unknown name or a value of the wrong type is a :class:`ConfigError`, and
+      the defaults are filled in (the resolved config, and so each run folder and checkpoint, records them all).
+      Read them in :meth:`build` with :meth:`options`.
     """
 
     name: str = ""
     reads_prompts: bool = True
     timm_backbone: bool = True
     uses_encoder: bool = False
+    Options: type | None = None
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """``model.options`` checked against :attr:`Options`, with its defaults filled in."""
+        if self.Options is None:
+            if given:
+                raise ConfigError(f"model.method={self.name} takes no model.options (got {', '.join(given)})")
+            return {}
+        from ..config import _build  # the config's own type checks and unknown-key hints
+
+        return dataclasses.asdict(_build(self.Options, dict(given), "model.options"))
+
+    def options(self, cfg: Config) -> Any:
+        """The kind's :attr:`Options` as ``cfg.model.options`` sets them."""
+        if self.Options is None:
+            raise TypeError(f"classifier kind {self.name!r} declares no Options")
+        return self.Options(**self.resolve_options(cfg.model.options))
 
     @abstractmethod
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,

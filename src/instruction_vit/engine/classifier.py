@@ -23,7 +23,6 @@ from ..errors import ConfigError
 from ..data import DataError, image_folder, read_image, template_set
 from ..model import Prompts
 from ..prompts import build_prompt_bank
-from ..classifiers.coop import CoOpClassifier
 from ..prompts.encoders import joint_space, weights_id
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .run import resolve_device, transforms
@@ -70,9 +69,10 @@ class Classifier:
         if folder is not None and folder.class_names != names:
             raise DataError(f"the example folder {examples} has classes {folder.class_names[:4]}..., not the class "
                             f"names given ({names[:4]}...): name its subfolders after the classes, in the same order")
-        if isinstance(self.model, CoOpClassifier):
+        if callable(getattr(self.model, "set_classes", None)):  # CLIP prompt learners: classes are text, re-encoded
             self.model.set_classes(names)
-            return ClassPrompts(names, None, "CoOp: its learned context before each new class name", "head")
+            return ClassPrompts(names, None, f"{self.config.model.method}: its learned prompts with each new class "
+                                "name", "head")
         if self.model.bank_prompts() is None:
             raise ConfigError("this checkpoint is a plain classifier (no prompts): it cannot score new class names; "
                              "train with prompts.kind=text, image or mixed")

@@ -87,6 +87,9 @@ def _run(cfg: Config, out: Path, resume: bool, force: bool, stop_after_epochs: i
         loader = _loader(run, sampler, epoch, loader)
         started = time.time()
         sums, step = stepper.run_epoch(loader, epoch, step)
+        end_epoch = getattr(run.model, "end_epoch", None)
+        if callable(end_epoch):  # a method's own per-epoch step, before validation (PromptSRC's prompt aggregation)
+            end_epoch(epoch, cfg.train.epochs)
         row = _epoch_row(run, epoch, step, sums, time.time() - started)
         if world.is_main:
             best = _end_epoch(run, row, epoch, step, best, history, started, writer)
