@@ -11,7 +11,7 @@ import socket  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from pytest_socket import SocketBlockedError  # noqa: E402
+from pytest_socket import SocketBlockedError, SocketConnectBlockedError  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
@@ -24,15 +24,28 @@ TINY_CLIP_CFG = {
 
 @pytest.fixture(autouse=True)
 def _no_network():
-    """pytest-socket (addopts) blocks sockets; this asserts the guard is really on in every test."""
-    with pytest.raises(SocketBlockedError):
-        socket.create_connection(("127.0.0.1", 9), timeout=0.1)
+    """pytest-socket (addopts) blocks sockets; this asserts the guard is really on in every test. A test marked
+    ``allow_hosts(["127.0.0.1"])`` (a local server: the demo page) may reach the loopback, never another host."""
+    with pytest.raises((SocketBlockedError, SocketConnectBlockedError)):
+        socket.create_connection(("192.0.2.1", 9), timeout=0.1)  # TEST-NET-1: blocked under either mode
     yield
 
 
 @pytest.fixture
 def tiny_vit_kwargs():
     return dict(TINY_VIT)
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face hub cache that huggingface_hub (offline, HF_HUB_OFFLINE=1) looks in; fill it with
+    ``helpers.fill_hf_cache``."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read at import: the env var is too late
+    return cache
 
 
 @pytest.fixture(scope="session")

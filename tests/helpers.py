@@ -1,5 +1,6 @@
 """Small data the tests generate."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +32,29 @@ def tiny_run(image_root: Path, clip_dir: Path, cache: Path, *overrides: str):
         "train.batch_size=8", "train.lr=0.003", "train.warmup_epochs=0.5", "train.mixup=0", "train.cutmix=0",
         *overrides,
     ])
+
+
+HF_REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fill_hf_cache(cache: Path, repo: str, files: dict, rev: str = HF_REV) -> Path:
+    """Lay ``files`` out as huggingface_hub does (``models--ORG--NAME/{refs/main, snapshots/REV/...}``): name -> a
+    path (copied), bytes, a state dict (for ``.safetensors``) or a dict (written as JSON). Returns the snapshot."""
+    from safetensors.torch import save_file
+
+    org, name = repo.split("/")
+    root = cache / f"models--{org}--{name}"
+    snapshot = root / "snapshots" / rev
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(rev)
+    for filename, content in files.items():
+        if isinstance(content, Path):
+            (snapshot / filename).write_bytes(content.read_bytes())
+        elif isinstance(content, bytes):
+            (snapshot / filename).write_bytes(content)
+        elif filename.endswith(".safetensors"):
+            save_file({k: v.contiguous() for k, v in content.items()}, snapshot / filename)
+        else:
+            (snapshot / filename).write_text(json.dumps(content))
+    return snapshot

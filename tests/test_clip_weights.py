@@ -16,6 +16,8 @@ from open_clip.model import CLIP, convert_weights_to_fp16
 from safetensors.torch import save_file
 from torch import nn
 
+from helpers import fill_hf_cache  # the hf_cache fixture is in conftest.py
+
 from instruction_vit.errors import WeightsError, WeightsUnavailableError
 from instruction_vit.prompts import load_encoder
 from instruction_vit.prompts.encoders import weights_id
@@ -28,7 +30,6 @@ OPENAI_TINY = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1},
 }
 TEXTS = ["a photo of a dog.", "a diagram of a tax form.", "a blurry photo of a sneaker."]
-REV = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
@@ -64,33 +65,6 @@ def tiny_names(monkeypatch):
     for name, extra in (("tiny-clip", {}), ("tiny-clip-quickgelu", {"quick_gelu": True}),
                         ("tiny-clip-wide", {"embed_dim": 32})):
         monkeypatch.setitem(factory._MODEL_CONFIGS, name, {**copy.deepcopy(OPENAI_TINY), **extra})
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face hub cache that huggingface_hub (offline, HF_HUB_OFFLINE=1) looks in."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf-hub-cache"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read at import: the env var is too late
-    return cache
-
-
-def fill_hf_cache(cache: Path, repo: str, files: dict) -> Path:
-    """Lay ``files`` (name -> bytes, dict for JSON, or a state dict for safetensors) out as huggingface_hub does."""
-    org, name = repo.split("/")
-    root = cache / f"models--{org}--{name}"
-    snapshot = root / "snapshots" / REV
-    snapshot.mkdir(parents=True)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(REV)
-    for filename, content in files.items():
-        if filename.endswith(".safetensors"):
-            save_file({k: v.contiguous() for k, v in content.items()}, snapshot / filename)
-        else:
-            (snapshot / filename).write_text(json.dumps(content))
-    return snapshot
 
 
 def save_openai_archive(state: dict, path: Path) -> Path:

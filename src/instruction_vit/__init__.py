@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _API = {
     "create_model": "api", "build_prompts": "api", "load_classifier": "api", "train": "api", "evaluate": "api",
-    "run_config": "api", "list_experiments": "api",
+    "run_config": "api", "list_experiments": "api", "save_pretrained": "api", "push_to_hub": "api",
+    "export_onnx": "api",
     "load_encoder": "prompts.encoders", "list_encoders": "prompts.encoders", "register_encoder": "prompts.encoders",
     "list_datasets": "data", "register_dataset": "data",
     "list_classifiers": "classifiers", "register_classifier": "classifiers",
@@ -30,7 +31,8 @@ _API = {
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from .api import build_prompts, create_model, evaluate, list_experiments, load_classifier, run_config, train
+    from .api import (build_prompts, create_model, evaluate, export_onnx, list_experiments, load_classifier,
+                      push_to_hub, run_config, save_pretrained, train)
     from .classifiers import list_classifiers, register_classifier
     from .config import Config, load_config
     from .data import list_datasets, register_dataset
@@ -53,7 +55,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Classifier", "Config", "InstructionViTError", "PromptBank", "Prompts", "UserError", "build_prompts",
-    "create_model", "evaluate", "list_classifiers", "list_datasets", "list_encoders", "list_experiments",
-    "load_classifier", "load_config", "load_encoder", "register_classifier", "register_dataset",
-    "register_encoder", "run_config", "train",
+    "create_model", "evaluate", "export_onnx", "list_classifiers", "list_datasets", "list_encoders",
+    "list_experiments", "load_classifier", "load_config", "load_encoder", "push_to_hub", "register_classifier",
+    "register_dataset", "register_encoder", "run_config", "save_pretrained", "train",
 ]

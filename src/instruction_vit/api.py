@@ -16,6 +16,8 @@ from .config import Config, from_dict, load_config
 from .data import LabelledImages, image_folder, list_datasets, register_dataset, template_set, training_split
 from .engine import train as _train
 from .engine.classifier import Classifier
+from .engine.export import OnnxExport
+from .engine.export import export_onnx as _export_onnx
 from .engine.results import evaluate as _evaluate
 from .errors import ConfigError
 from .model import build_model
@@ -54,9 +56,41 @@ def build_prompts(class_names: Sequence[str], encoder: str | PromptEncoder = "co
 
 
 def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
-    """A checkpoint file or run folder as a classifier: ``.classes``, ``.transform``, ``.model``, ``.to(device)``,
+    """A checkpoint file, run folder, model folder (``save_pretrained``) or ``hf-hub:ORG/NAME[@REVISION]`` (offline:
+    from the Hugging Face cache) as a classifier: ``.classes``, ``.transform``, ``.model``, ``.to(device)``,
     ``.predict(images_or_paths, classes=None, top_k=5)``; new class names work as in ``ivit predict --classes``."""
     return Classifier.load(path, device)
+
+
+def save_pretrained(run: str | Path, folder: str | Path, *, license: str = "mit", repo_id: str | None = None) -> Path:
+    """Write a trained model (a run folder, checkpoint file or model folder) as a shareable model folder:
+    ``model.safetensors`` (weights), ``prompts.safetensors`` + ``prompts.json`` (its prompt bank), ``config.json``
+    (config, classes, preprocessing) and a ``README.md`` model card with the ``license``; what ``ivit save`` does.
+    :func:`load_classifier` reads the folder back, locally or as ``hf-hub:ORG/NAME`` once pushed."""
+    from .engine.hub import save_pretrained as _save
+
+    return _save(run, folder, license=license, repo_id=repo_id)
+
+
+def push_to_hub(run: str | Path, repo_id: str, *, private: bool = False, license: str = "mit",
+                token: str | None = None) -> str:
+    """Upload a trained model to the Hugging Face Hub repo ``repo_id`` (``ORG/NAME``, created if missing) as the
+    folder :func:`save_pretrained` writes; returns the commit URL. Then ``load_classifier("hf-hub:ORG/NAME")``
+    loads it anywhere (offline from the Hugging Face cache)."""
+    from .engine.hub import push_to_hub as _push
+
+    return _push(run, repo_id, private=private, license=license, token=token)
+
+
+def export_onnx(run: str | Path, out: str | Path, *, prompts_input: bool = False, select_k: int | None = None,
+                opset: int = 17, fmt: str = "onnx") -> OnnxExport:
+    """Export a trained model (run folder or checkpoint) to the ONNX file ``out``: input ``image`` (preprocessed),
+    outputs ``logits`` and ``scores``, dynamic batch; the checkpoint's prompts baked in, or with ``prompts_input``
+    one ``[P, D]`` input per prompt source (new class names); ``select_k`` adds the input ``ranking`` and top-K+1
+    selection in the graph. Class names and preprocessing go into the metadata. The file is written only if ONNX
+    Runtime reproduces PyTorch (1e-4); returns what was written and the measured difference. Needs the extra
+    ``instruction-vit[onnx]``."""
+    return _export_onnx(run, out, prompts_input=prompts_input, select_k=select_k, opset=opset, fmt=fmt)
 
 
 def run_config(config: RunConfig) -> Config:
@@ -97,14 +131,17 @@ __all__ = [
     "build_prompts",
     "create_model",
     "evaluate",
+    "export_onnx",
     "image_folder",
     "list_datasets",
     "list_encoders",
     "list_experiments",
     "load_classifier",
     "load_encoder",
+    "push_to_hub",
     "register_dataset",
     "register_encoder",
     "run_config",
+    "save_pretrained",
     "train",
 ]

@@ -161,7 +161,8 @@ def train(
 @app.command("eval")
 @user_errors
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file, or a run folder (its best checkpoint).")],
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file, a run folder (its best checkpoint), a model "
+                                                    "folder (ivit save) or hf-hub:ORG/NAME[@REVISION].")],
     split: Annotated[str, typer.Option(help="val or test.")] = "test",
     select_k: Annotated[Optional[int], typer.Option(help="Evaluate with top-K + 1 prompts.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write metrics JSON and confusion PNG here.")] = None,
@@ -198,7 +199,8 @@ def evaluate(
 @app.command()
 @user_errors
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file, or a run folder.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file, a run folder, a model folder (ivit save) "
+                                                    "or hf-hub:ORG/NAME[@REVISION].")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     top_k: Annotated[int, typer.Option(help="How many classes to show per image (at most the class count).")] = 5,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated new class names (score head).")] = None,
@@ -229,6 +231,75 @@ def predict(
     if unreadable:
         console.print(f"[bold red]error:[/] {unreadable} of {len(files)} images could not be read (listed above)")
         raise typer.Exit(2)
+
+
+@app.command()
+@user_errors
+def serve(
+    run: Annotated[str, typer.Argument(help="A checkpoint file or run folder (any source `ivit predict` takes).")],
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """The demo page: drop an image, edit the class names, see the top-5 per output and which prompts were used
+    (needs the app extra: pip install 'instruction-vit\\[app]'). Offline; runs until Ctrl-C."""
+    from .app import serve as serve_page
+
+    serve_page(run, host, port, device,
+               on_ready=lambda url: console.print(f"demo page for {run}: {url} (Ctrl-C stops it)", highlight=False))
+
+
+@app.command()
+@user_errors
+def save(
+    run: Annotated[str, typer.Argument(help="A run folder, checkpoint file or model folder.")],
+    folder: Annotated[Path, typer.Argument(help="The model folder to write (new, empty, or written by ivit save).")],
+    license: Annotated[str, typer.Option(help="License in the model card's front matter.")] = "mit",
+) -> None:
+    """Write a trained model as a shareable folder: model.safetensors, prompts.safetensors (+ prompts.json),
+    config.json and a README.md model card; ivit predict/eval and model.pretrained / prompts.bank_file read it."""
+    from .api import save_pretrained
+
+    with _progress():
+        save_pretrained(run, folder, license=license)  # its log line says what was written
+
+
+@app.command()
+@user_errors
+def push(
+    run: Annotated[str, typer.Argument(help="A run folder, checkpoint file or model folder.")],
+    repo_id: Annotated[str, typer.Argument(help="Hugging Face repo ORG/NAME (created if missing).")],
+    private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
+    license: Annotated[str, typer.Option(help="License in the model card's front matter.")] = "mit",
+) -> None:
+    """Upload the folder ivit save writes to the Hugging Face Hub (token: `hf auth login` or HF_TOKEN); then
+    hf-hub:ORG/NAME works wherever a checkpoint does."""
+    from .api import push_to_hub
+
+    with _progress():
+        url = push_to_hub(run, repo_id, private=private, license=license)
+    console.print(f"pushed to {url}; load it with: ivit predict hf-hub:{repo_id} IMAGE", highlight=False)
+
+
+@app.command("export")
+@user_errors
+def export(
+    run: Annotated[str, typer.Argument(help="A checkpoint file or run folder (any source `ivit predict` takes).")],
+    out: Annotated[Path, typer.Option(help="The .onnx file to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="Export format (onnx).")] = "onnx",
+    prompts_input: Annotated[bool, typer.Option(
+        help="Prompt features as graph inputs (new class names; features from the run's encoder) instead of "
+             "the checkpoint's own, baked in.")] = False,
+    select_k: Annotated[Optional[int], typer.Option(
+        help="Top-K+1 prompt selection in the graph; adds the input `ranking` [B, N] (the ranker's scores).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
+) -> None:
+    """Export the model to ONNX (image -> logits, scores; dynamic batch; class names and preprocessing in the
+    metadata), checked in ONNX Runtime against PyTorch before it is written (needs the onnx extra:
+    pip install 'instruction-vit\\[onnx]')."""
+    from .api import export_onnx
+
+    export_onnx(run, out, fmt=fmt, prompts_input=prompts_input, select_k=select_k, opset=opset)
 
 
 @prompts_app.command("build")
@@ -351,7 +422,8 @@ def demo(
 @user_errors
 def reproduce(
     target: Annotated[str, typer.Argument(help="SPEC, SPEC/COLUMN or SPEC/COLUMN/ROW: table1, table2, fewshot, "
-                                               "base2novel, offline, or a spec YAML path.")],
+                                               "base2novel, crossdata, offline, or a spec YAML path "
+                                               "(PATH.yaml/COLUMN/ROW selects in it).")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="section.key=value for every cell, e.g. "
                                                                   "data.root=/data/torchvision; weights.BACKBONE=FILE "
                                                                   "gives one backbone its weights.")] = None,
@@ -381,7 +453,11 @@ def reproduce(
         stale_cells,
     )
 
-    spec_name, _, select = target.partition("/") if not target.endswith(".yaml") else (target, "", "")
+    if ".yaml" in target:  # a spec file, maybe with a selection after it: PATH.yaml/COLUMN/ROW
+        spec_name, _, select = target.partition(".yaml")
+        spec_name, select = spec_name + ".yaml", select.removeprefix("/")
+    else:
+        spec_name, _, select = target.partition("/")
     spec = load_spec(spec_name)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     rest, weight_map = split_weights(overrides or [], weights)
@@ -399,6 +475,8 @@ def reproduce(
                 source = f"{source} (not there yet)"
             what = f"{cell.config.model.backbone} weights {source or 'random init'}" if cell.needs_backbone else \
                 f"encoder {cell.config.prompts.encoder}"
+            if cell.source is not None:  # an evaluate column: no training, the source cell's model on other data
+                what = f"evaluates {cell.source.name}'s model on {cell.config.data.dataset}, no training"
             console.print(f"{cell.name}: {cell.folder} ({state}; {what})", highlight=False)
         return
     with _progress():
@@ -409,8 +487,8 @@ def reproduce(
 @app.command()
 @user_errors
 def report(
-    spec_name: Annotated[str, typer.Argument(help="table1, table2, fewshot, base2novel, offline, or a spec YAML "
-                                                  "path.")],
+    spec_name: Annotated[str, typer.Argument(help="table1, table2, fewshot, base2novel, crossdata, offline, or a "
+                                                  "spec YAML path.")],
     runs: Annotated[Path, typer.Option(help="The runs folder reproduce wrote to.")] = Path("runs"),
     out: Annotated[Optional[Path], typer.Option(help="Folder for NAME.md and NAME.png (default: RUNS/SPEC).")] = None,
 ) -> None:

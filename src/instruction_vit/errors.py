@@ -47,5 +47,9 @@ class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "InstructionViTError", "MissingFileError",
+class ExportError(UserError, RuntimeError):
+    """An export that does not reproduce the PyTorch model, or cannot be made; nothing was written."""
+
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "ExportError", "InstructionViTError", "MissingFileError",
            "NonFiniteLossError", "RunFolderError", "UserError", "WeightsError", "WeightsUnavailableError"]

@@ -10,12 +10,16 @@ function of the config and the step, so it needs no state of its own.
 
 A write goes to a temporary file in the same folder, then ``os.replace``: a kill during a save leaves the
 previous checkpoint whole.
+
+:func:`load_checkpoint` also reads a shared model folder (``ivit save``'s format, local or ``hf-hub:ORG/NAME``;
+see :mod:`instruction_vit.hub_source`) as a weights-only checkpoint, so whatever takes a checkpoint takes those too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +34,19 @@ from ..classifiers import classifier_kind
 from ..config import Config, from_dict
 from ..errors import CheckpointError
 from ..files import atomic_write, file_sha256
+from ..hub_source import (
+    CONFIG_FILE,
+    FOLDER_FORMAT,
+    MODEL_FILE,
+    ModelSource,
+    is_hub_spec,
+    is_model_folder,
+    resolve_model_source,
+)
 from ..outputs import SINGLE_SOURCE, Prompts
 
 FORMAT = "instruction-vit-checkpoint/1"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +56,12 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     train: dict[str, Any] | None
     external: dict[str, Any] | None = None  # {"prefixes", "weights_id"}: weights saved by reference
+    source: ModelSource | None = None  # set when read from a model folder (local, or a Hugging Face repo)
+
+    @property
+    def name(self) -> str:
+        """What the checkpoint was loaded from, in one phrase (the file, or ``hf-hub:ORG/NAME (revision ...)``)."""
+        return self.source.describe() if self.source is not None else str(self.path)
 
     @property
     def config(self) -> Config:
@@ -74,18 +94,21 @@ class Checkpoint:
         prefixes = tuple(self.external["prefixes"]) if self.external else ()
         if prefixes and getattr(model, "external_weights_id", None) != self.external["weights_id"]:
             raise CheckpointError(
-                f"{self.path} was trained over encoder weights {self.external['weights_id']!r}, but prompts.encoder "
+                f"{self.name} was trained over encoder weights {self.external['weights_id']!r}, but prompts.encoder "
                 f"now gives {getattr(model, 'external_weights_id', None)!r}; point prompts.encoder at those weights")
         device = next(iter(model.parameters()), torch.empty(0)).device
         missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in self.model_state().items()},
                                                     strict=False)
-        if unexpected or any(not (prefixes and k.startswith(prefixes)) for k in missing):
-            raise CheckpointError(f"{self.path} does not fit the model: missing {missing[:5]}, "
+        # Parts kept by reference are rebuilt by the model: its own external_state names them (an older checkpoint
+        # may name them otherwise, e.g. CoOp's ``clip.`` before its towers were split; the weights id was checked).
+        rebuilt = (*prefixes, *getattr(model, "external_state", ())) if prefixes else ()
+        if unexpected or any(not (rebuilt and k.startswith(rebuilt)) for k in missing):
+            raise CheckpointError(f"{self.name} does not fit the model: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}")
 
     def restore_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         if self.train is None:
-            raise CheckpointError(f"{self.path} holds no training state (a weights-only checkpoint)")
+            raise CheckpointError(f"{self.name} holds no training state (a weights-only checkpoint)")
         state: dict[int, dict[str, Any]] = {}
         for key, value in self.tensors.items():
             if key.startswith("optim/"):
@@ -97,7 +120,7 @@ class Checkpoint:
 
     def restore_rng(self) -> None:
         if self.train is None:
-            raise CheckpointError(f"{self.path} holds no training state (a weights-only checkpoint)")
+            raise CheckpointError(f"{self.name} holds no training state (a weights-only checkpoint)")
         torch.set_rng_state(self.tensors["rng/torch"])
         cuda = [self.tensors[k] for k in sorted(k for k in self.tensors if k.startswith("rng/cuda/"))]
         if cuda and torch.cuda.is_available():
@@ -116,14 +139,15 @@ def model_from_config(cfg: Config, class_names: list[str], prompt_dim, pretraine
     kind = classifier_kind(cfg.model.method)
     source = cfg.model.pretrained if pretrained is None else pretrained
     start = None
-    if kind.timm_backbone and isinstance(source, str) and _is_checkpoint(source):  # start from another run's model
-        start = source
-        state = load_checkpoint(source).model_state()
+    if kind.timm_backbone and isinstance(source, (str, Path)) and _is_checkpoint(str(source)):
+        start = load_checkpoint(source)  # another run's model, or a shared model folder / hf-hub repo
+        state = start.model_state()
         source = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     model = kind.build(cfg, class_names, prompt_dim, source)
-    if start is not None and getattr(model, "weights_report", None) is not None:  # say which run's checkpoint
-        model.weights_report = dataclasses.replace(model.weights_report, source=start,
-                                                   format="instruction-vit checkpoint", sha256=file_sha256(start))
+    if start is not None and getattr(model, "weights_report", None) is not None:  # say which checkpoint
+        what = "instruction-vit model folder" if start.source is not None else "instruction-vit checkpoint"
+        model.weights_report = dataclasses.replace(model.weights_report, source=start.name, format=what,
+                                                   sha256=file_sha256(start.path))
     return model
 
 
@@ -168,7 +192,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint file (or ``RUN_DIR``, meaning ``RUN_DIR/checkpoints/best.safetensors``)."""
+    """Read a checkpoint file (or ``RUN_DIR``, meaning ``RUN_DIR/checkpoints/best.safetensors``), or a model folder
+    written by ``ivit save`` (local, or ``hf-hub:ORG/NAME[@REVISION]``: fetched, or read from the cache offline)."""
+    source = resolve_model_source(path)
+    if source is not None:
+        return _load_model_folder(source)
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "best.safetensors"
@@ -187,7 +215,39 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, json.loads(header["meta"]), tensors, train, external)
 
 
+def _load_model_folder(source: ModelSource) -> Checkpoint:
+    """A model folder as a weights-only checkpoint: ``model.safetensors`` holds the model state, ``config.json`` the
+    checkpoint's meta (config, classes, prompt record) and what was kept by reference (a CoOp model's CLIP)."""
+    folder = source.path
+    missing = [f for f in (CONFIG_FILE, MODEL_FILE) if not (folder / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{source.describe()} is not a complete model folder: {' and '.join(missing)} missing "
+                              "(a folder written by `ivit save RUN DIR` holds config.json and model.safetensors); "
+                              "write it again with ivit save")
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{source.describe()}: {CONFIG_FILE} is not valid JSON ({err})") from err
+    if not isinstance(config, dict) or config.get("format") != FOLDER_FORMAT:
+        found = config.get("format") if isinstance(config, dict) else None
+        raise CheckpointError(f"{source.describe()}: {CONFIG_FILE} is not an instruction-vit model config (format "
+                              f"{found!r}, expected {FOLDER_FORMAT!r}); write the folder with ivit save")
+    try:
+        with safe_open(str(folder / MODEL_FILE), framework="pt") as f:
+            tensors = {f"model/{k}": f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as err:
+        raise CheckpointError(f"{source.describe()}: {MODEL_FILE} is not a readable safetensors file: {err}") from err
+    meta = {**config.get("checkpoint", {}), "config": config["config"], "class_names": config["class_names"]}
+    external = config.get("external")
+    log.info("loaded %s", source.describe())
+    return Checkpoint(folder / MODEL_FILE, meta, tensors, None,
+                      {k: external[k] for k in ("prefixes", "weights_id")} if external else None, source)
+
+
 def _is_checkpoint(path: str) -> bool:
+    """A run checkpoint file, or a model folder (``ivit save``'s format, local or ``hf-hub:``)."""
+    if is_hub_spec(path) or is_model_folder(path):
+        return True
     if not path.endswith(".safetensors") or not Path(path).is_file():
         return False
     with safe_open(path, framework="pt") as f:

@@ -84,7 +84,7 @@ class Classifier:
         for spec, key in ((text_encoder, "text_weights"), (image_encoder, "image_weights")):
             if recorded.get(key) and weights_id(spec) != recorded[key]:
                 raise CheckpointError(
-                    f"{self.checkpoint.path} was trained on prompts from encoder weights {recorded[key]!r}, but "
+                    f"{self.checkpoint.name} was trained on prompts from encoder weights {recorded[key]!r}, but "
                     f"{spec!r} now gives {weights_id(spec)!r}: prompts for new classes would not match; point "
                     "prompts.encoder at the weights the run used")
 

@@ -70,4 +70,4 @@ def evaluate(checkpoint: str | Path, split: str = "test", select_k: int | None =
         if any(not o.startswith("data.") for o in overrides):
             raise ConfigError("eval takes only data.* overrides; the model comes from the checkpoint")
         cfg = load_config(None, overrides, base=cfg.to_dict())
-    return checkpoint_results(ckpt, split, select_k, config=cfg)
+    return {**checkpoint_results(ckpt, split, select_k, config=cfg), "checkpoint": ckpt.name}  # what was loaded

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..data.templates import check_templates
 from ..errors import ConfigError, DataError
+from ..hub_source import bank_stem
 from ..outputs import Prompts
 from ..progress import task
 from .encoders import IMAGE, TEXT, PromptEncoder, load_encoder, weights_id
@@ -84,7 +85,9 @@ class PromptBank:
 
     @classmethod
     def load(cls, path: str | Path) -> PromptBank:
-        features, meta = load_bank_files(path)
+        """A bank file pair (``NAME.safetensors`` + ``NAME.json``), or the bank of a model folder that ``ivit save``
+        wrote, local or ``hf-hub:ORG/NAME`` (see :mod:`instruction_vit.hub_source`)."""
+        features, meta = load_bank_files(bank_stem(path))
         return cls(meta["kind"], features, list(meta["class_names"]), meta)
 
 

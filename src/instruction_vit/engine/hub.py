@@ -1,0 +1,294 @@
+"""Sharing a trained model: ``ivit save`` writes a model folder, ``ivit push`` uploads one to the Hugging Face Hub.
+
+The folder (:mod:`instruction_vit.hub_source` names its files) holds the model's weights (``model.safetensors``:
+the checkpoint's model state, no optimizer or RNG state), its prompt bank (``prompts.safetensors`` +
+``prompts.json``, a bank file pair ``prompts.bank_file`` reads), ``config.json`` (the resolved run config, the
+classes, the preprocessing and the checkpoint's record: prompt kind, encoder weights, weights kept by reference) and
+a model card (``README.md``). :func:`~instruction_vit.engine.checkpoint.load_checkpoint` reads it back, local or as
+``hf-hub:ORG/NAME``. The upload is a thin call of ``huggingface_hub`` (``create_repo`` then ``upload_folder``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from timm.data import resolve_data_config
+
+from ..errors import ConfigError, RunFolderError, UserError
+from ..files import atomic_write
+from ..hub_source import (
+    CARD_FILE,
+    CONFIG_FILE,
+    FOLDER_FILES,
+    FOLDER_FORMAT,
+    MODEL_FILE,
+    PROMPTS_FILE,
+    PROMPTS_META,
+    is_model_folder,
+)
+from ..outputs import SINGLE_SOURCE
+from ..prompts.bank import bank_key
+from .checkpoint import Checkpoint, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+#: The paper, for the model card's citation.
+CITATION = """@article{xiao2023instructionvit,
+  title   = {Instruction-ViT: Multi-Modal Prompts for Instruction Learning in ViT},
+  author  = {Xiao, Zhenxiang and Chen, Yuzhong and Zhang, Lu and Yao, Junjie and Wu, Zihao and Yu, Xiaowei and
+             Pan, Yi and Zhao, Lin and Ma, Chong and Liu, Xinyu and Liu, Wei and Li, Xiang and Yuan, Yixuan and
+             Shen, Dinggang and Zhu, Dajiang and Liu, Tianming and Jiang, Xi},
+  journal = {arXiv preprint arXiv:2305.00201},
+  year    = {2023}
+}"""
+
+
+class HubUploadError(UserError, RuntimeError):
+    """The Hugging Face Hub refused or could not be reached for an upload; the message says what to do."""
+
+
+def save_pretrained(run: str | Path, folder: str | Path, *, license: str = "mit", repo_id: str | None = None) -> Path:
+    """Write ``run`` (a run folder, a checkpoint file or a model folder) as a model folder in ``folder``; returns it.
+
+    ``folder`` must be new, empty, or a model folder written before (its files are replaced). ``license`` goes to
+    the model card's front matter; ``repo_id`` (``ORG/NAME``) names the model in the card's usage snippet."""
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not is_model_folder(folder))):
+        raise RunFolderError(f"{folder} exists and is not an empty folder or a model folder: choose a new folder")
+    ckpt = load_checkpoint(run)
+    model = ckpt.build_model()  # the weights must load (CLIP kept by reference included) before anything is shared
+    folder.mkdir(parents=True, exist_ok=True)
+    state = ckpt.model_state()
+    atomic_write(folder / MODEL_FILE, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp,
+                                                            metadata={"format": "pt", "instruction_vit": FOLDER_FORMAT}))
+    results = _results(run, ckpt)
+    bank = _bank(ckpt, state, results)
+    for name in (PROMPTS_FILE, PROMPTS_META):
+        (folder / name).unlink(missing_ok=True)  # a model without prompts leaves no stale bank behind
+    if bank is not None:
+        features, meta = bank
+        atomic_write(folder / PROMPTS_FILE, lambda tmp: save_file(features, tmp, metadata={
+            "key": meta["key"], "kind": meta["kind"], "class_names": json.dumps(meta["class_names"])}))
+        atomic_write(folder / PROMPTS_META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2),
+                                                                             encoding="utf-8"))
+    config = model_config(ckpt, model)
+    atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2),
+                                                                        encoding="utf-8"))
+    card = model_card(config, results, repo_id or folder.resolve().name, license)
+    atomic_write(folder / CARD_FILE, lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
+    log.info("wrote %s: %s", folder, ", ".join(f for f in FOLDER_FILES if (folder / f).is_file()))
+    return folder
+
+
+def push_to_hub(run: str | Path, repo_id: str, *, private: bool = False, license: str = "mit",
+                token: str | None = None, commit_message: str | None = None) -> str:
+    """Write ``run`` as a model folder (:func:`save_pretrained`) in a temporary folder and upload it to the Hugging
+    Face Hub repo ``repo_id`` (``ORG/NAME``; created if missing, ``private`` then). Returns the commit's URL.
+    The token is ``token``, else the one ``hf auth login`` saved or ``HF_TOKEN``."""
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ConfigError(f"the repo id is ORG/NAME (a user or organisation, then the model's name), not {repo_id!r}")
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory(prefix="ivit-push-") as tmp:
+        folder = save_pretrained(run, Path(tmp) / repo_id.split("/")[1], license=license, repo_id=repo_id)
+        api = HfApi(token=token)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder),
+                                       commit_message=commit_message or f"Upload {folder.name} with ivit push")
+        except Exception as err:  # noqa: BLE001 - token, network, permission, hub errors: one line with the fix
+            raise HubUploadError(_push_failure(repo_id, err)) from err
+    url = str(getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}")
+    log.info("pushed %s to %s", run, url)
+    return url
+
+
+def _push_failure(repo_id: str, err: BaseException) -> str:
+    from huggingface_hub import constants
+
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    if constants.is_offline_mode():
+        fix = "HF_HUB_OFFLINE=1 is set: unset it to upload"
+    elif "token" in f"{type(err).__name__} {first}".lower() or "401" in first or "403" in first:
+        fix = "log in with `hf auth login` (or set HF_TOKEN) with a token that may write to it"
+    else:
+        fix = "check the network and the token (`hf auth whoami`), then run ivit push again"
+    return f"could not upload to the Hugging Face repo {repo_id} ({type(err).__name__}: {first}); {fix}"
+
+
+def model_config(ckpt: Checkpoint, model: torch.nn.Module) -> dict[str, Any]:
+    """``config.json``: what rebuilds and preprocesses the model, and the record of how it was trained."""
+    cfg = ckpt.config
+    dc = resolve_data_config({}, model=model.backbone)
+    external = dict(ckpt.external or {})
+    if external:
+        external["encoder"] = cfg.prompts.encoder  # the weights kept by reference come from this spec
+    return {
+        "format": FOLDER_FORMAT,
+        "library": "instruction-vit",
+        "library_version": _version(),
+        "method": cfg.model.method,
+        "backbone": cfg.model.backbone,
+        "class_names": ckpt.class_names,
+        "preprocessing": {"size": cfg.data.img_size, "mean": list(dc["mean"]), "std": list(dc["std"]),
+                          "interpolation": dc["interpolation"], "crop_pct": 1.0},
+        "prompts": {"kind": ckpt.meta.get("bank_kind", cfg.prompts.kind), "key": ckpt.meta.get("bank_key"),
+                    "encoders": ckpt.meta.get("bank_encoders") or {}},
+        "external": external or None,
+        "config": ckpt.meta["config"],
+        "checkpoint": {k: v for k, v in ckpt.meta.items() if k not in ("config", "class_names", "history")},
+    }
+
+
+def _version() -> str:
+    """The installed package's version (read from its metadata: the package root is above this layer)."""
+    try:
+        return importlib.metadata.version("instruction-vit")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _bank(ckpt: Checkpoint, state: dict[str, torch.Tensor], results: dict[str, Any] | None,
+          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The model's prompt features as a bank file pair (features per source, and the bank's record), or ``None``."""
+    stored = {k.removeprefix("prompt_bank."): v for k, v in state.items() if k.startswith("prompt_bank.")}
+    if not stored:
+        return None
+    kind = ckpt.meta.get("bank_kind") or ckpt.config.prompts.kind
+    # One source is stored as "prompts" in the model: in a bank it is named after its kind (text, image, mixed).
+    features = {(kind if name == SINGLE_SOURCE else name): v.float().contiguous() for name, v in stored.items()}
+    recorded = (results or {}).get("prompt_bank") or {}
+    meta: dict[str, Any] = {"kind": kind, "class_names": ckpt.class_names, **(ckpt.meta.get("bank_encoders") or {})}
+    if "templates" in recorded:
+        meta["templates"] = recorded["templates"]
+    trained = ckpt.config.model.train_prompt_features
+    meta["from_model"] = {"bank_key": ckpt.meta.get("bank_key"), "prompt_features_trained": trained}
+    meta["key"] = ckpt.meta["bank_key"] if ckpt.meta.get("bank_key") and not trained else bank_key(meta)
+    return features, meta
+
+
+def _results(run: str | Path, ckpt: Checkpoint) -> dict[str, Any] | None:
+    """The run's ``results.json`` when ``run`` is its run folder or its best checkpoint (the one those results are
+    of), else ``None``."""
+    path = Path(run)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        file = path / "results.json"
+    elif path.name == "best.safetensors" and path.parent.name == "checkpoints":
+        file = path.parent.parent / "results.json"
+    else:
+        return None
+    if not file.is_file():
+        return None
+    results = json.loads(file.read_text(encoding="utf-8"))
+    return results if results.get("class_names", ckpt.class_names) == ckpt.class_names else None
+
+
+# -- the model card --------------------------------------------------------------------------------------------
+def model_card(config: dict[str, Any], results: dict[str, Any] | None, name: str, license: str = "mit") -> str:
+    """``README.md``: YAML front matter (library, license, tags, datasets), what the model is, its data and splits,
+    its test metrics, how to use it, the citation."""
+    cfg, names = config["config"], config["class_names"]
+    method, kind = config["method"], config["prompts"]["kind"]
+    data = (results or {}).get("data") or {}
+    dataset = _dataset_name(cfg["data"])
+    tags = ["image-classification", "instruction-vit", "vision-transformer", "prompt-learning", method]
+    if kind not in (None, "none"):
+        tags.append(f"{kind}-prompts")
+    repo = name if "/" in name else f"ORG/{name}"
+    front = ["---", "library_name: instruction-vit", f"license: {license}", "pipeline_tag: image-classification",
+             "tags:", *[f"- {t}" for t in dict.fromkeys(tags)], "datasets:", f"- {dataset}", "metrics:", "- accuracy",
+             "---", ""]
+    shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+    lines = [f"# {name.split('/')[-1]}", "", _what(config), "", f"Classes ({len(names)}): {shown}.", "",
+             "## Data and splits", "", *_data_lines(cfg["data"], data), "", "## Results", "", *_metric_lines(results),
+             "", "## Use", "", "```bash", "pip install instruction-vit",
+             f"ivit predict hf-hub:{repo} img.jpg", f"ivit predict hf-hub:{repo} img.jpg --classes \"{', '.join(names[:2])}, "
+             "a new class\"", "```", "", "```python", "import instruction_vit as ivit", "",
+             f"classifier = ivit.load_classifier(\"hf-hub:{repo}\")",
+             "print(classifier.predict([\"img.jpg\"]))                                  # its own classes",
+             "print(classifier.predict([\"img.jpg\"], classes=[\"tabby cat\", \"lynx\"]))  # any class names",
+             "```", "", "Offline (`HF_HUB_OFFLINE=1`) it loads from the Hugging Face cache. The same folder works as "
+             f"`model.pretrained=hf-hub:{repo}` (start a new run from its backbone) and, with prompts, "
+             f"`prompts.bank_file=hf-hub:{repo}`.", "", *_files_lines(config), "", "## Citation", "", "```bibtex",
+             CITATION, "```", ""]
+    return "\n".join(front + lines)
+
+
+def _what(config: dict[str, Any]) -> str:
+    cfg, kind = config["config"], config["prompts"]["kind"]
+    pre = config["preprocessing"]
+    size = f"{pre['size']} px images (mean {_fmt(pre['mean'])}, std {_fmt(pre['std'])}, {pre['interpolation']})"
+    regime = cfg["model"]["regime"]
+    if config["method"] == "instruction_vit" and kind not in (None, "none"):
+        encoder = cfg["prompts"]["encoder"]
+        return (f"An [Instruction-ViT](https://arxiv.org/abs/2305.00201) image classifier: a `{config['backbone']}` "
+                f"ViT that reads one {kind} prompt per class (from `{encoder}`) beside the image tokens, and scores "
+                f"each class by its head and by the similarity of the image to the class's prompt; trained "
+                f"(regime `{regime}`) with instruction-vit {config['library_version']} on {size}. New class names "
+                "work through their prompts.")
+    if config["method"] == "instruction_vit":
+        return (f"A `{config['backbone']}` image classifier without prompts (the plain baseline of Instruction-ViT), "
+                f"trained (regime `{regime}`) with instruction-vit {config['library_version']} on {size}.")
+    external = config.get("external") or {}
+    kept = (f" The encoder's own weights are not in this folder: `{external.get('encoder')}` (weights "
+            f"`{external.get('weights_id')}`) must be available where it is loaded.") if external else ""
+    return (f"A `{config['method']}` classifier trained with instruction-vit {config['library_version']} on {size} "
+            f"(regime `{regime}`).{kept}")
+
+
+def _data_lines(data_cfg: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    lines = [f"- data set: `{data.get('dataset', data_cfg.get('dataset'))}`"
+             + (f" (split file `{data_cfg['split_file']}`)" if data_cfg.get("split_file") else "")]
+    sizes = data.get("sizes")
+    if sizes:
+        lines.append("- images per split: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    recipe = {k: data[k] for k in ("source", "seed", "val_fraction", "test_fraction", "classes", "shots",
+                                   "shots_seed") if data.get(k) is not None}
+    if recipe:
+        lines.append("- splits: " + ", ".join(f"{k} {v}" for k, v in recipe.items()))
+    if not data:
+        lines.append("- (no results.json was saved with this model: sizes and splits unknown)")
+    return lines
+
+
+def _metric_lines(results: dict[str, Any] | None) -> list[str]:
+    if not results or "all_prompts" not in results:
+        return ["No test results were saved with this model."]
+    routes = ("head", "score", "combined")
+    lines = [f"Top-1 accuracy (%) on the {results.get('split', 'test')} split, best validation epoch "
+             f"({results.get('best_epoch', '?')}):", "", "| prompts | " + " | ".join(routes) + " |",
+             "|---|" + "---:|" * len(routes)]
+    for key, value in results.items():
+        if isinstance(value, dict) and "head" in value:
+            label = "all prompts" if key == "all_prompts" else key.replace("select_k", "top-") + "+1 prompts"
+            cells = [f"{value[r]['top1']:.2f}" if r in value else "-" for r in routes]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _files_lines(config: dict[str, Any]) -> list[str]:
+    prompts = config["prompts"]["kind"] not in (None, "none")
+    return ["## Files", "", f"- `{MODEL_FILE}`: the weights (safetensors)",
+            *([f"- `{PROMPTS_FILE}` + `{PROMPTS_META}`: the prompt bank (features per source, class names, encoders)"]
+              if prompts else []),
+            f"- `{CONFIG_FILE}`: the resolved run config, classes, preprocessing and training record"]
+
+
+def _dataset_name(data_cfg: dict[str, Any]) -> str:
+    if data_cfg.get("dataset") == "folder":
+        return Path(str(data_cfg.get("root") or "images")).name or "images"  # a local folder: its name only
+    return str(data_cfg.get("dataset"))
+
+
+def _fmt(values: list[float]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+__all__ = ["HubUploadError", "model_card", "model_config", "push_to_hub", "save_pretrained"]
