@@ -37,9 +37,9 @@ def _all(model):
     return {name for name, _ in model.named_parameters()}
 
 
-def _coop_cfg(tiny_clip_dir):
-    return load_config(None, ["model.method=coop", "prompts.kind=none", "data.img_size=32",
-                              f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}"])
+def _coop_cfg(tiny_clip_dir, method="coop", extra=()):
+    return load_config(None, [f"model.method={method}", "prompts.kind=none", "data.img_size=32",
+                              f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", *extra])
 
 
 # One case per built-in way of building a model: overrides, prompt_dim, model class, and per regime what trains
@@ -57,19 +57,33 @@ CASES = {
                                        "PlainClassifier", {"full": "all", "prompt": RESNET_HEAD, "linear": RESNET_HEAD}),
     "coop": ("coop", None, None, "CoOpClassifier",
              {"full": ConfigError, "prompt": {"prompt_embed.context"}, "linear": ConfigError}),
+    "cocoop": ("cocoop", None, None, "CoCoOpClassifier",
+               {"full": ConfigError, "linear": ConfigError, "prompt": {
+                   "prompt_embed.context", "meta_net.linear1.weight", "meta_net.linear1.bias",
+                   "meta_net.linear2.weight", "meta_net.linear2.bias"}}),
+    "kgcoop": ("kgcoop", None, None, "KgCoOpClassifier",
+               {"full": ConfigError, "prompt": {"prompt_embed.context"}, "linear": ConfigError}),
+    # The tiny CLIP has 1 layer per tower: shallow MaPLe / PromptSRC (tests/test_maple.py, test_promptsrc.py go deep).
+    "maple": ("maple", ["model.options.depth=1"], None, "MaPLeClassifier",
+              {"full": ConfigError, "linear": ConfigError, "prompt": {
+                  "prompt_learner.context", "prompt_learner.coupling.0.weight", "prompt_learner.coupling.0.bias"}}),
+    "promptsrc": ("promptsrc", ["model.options.depth_text=1", "model.options.depth_vision=1"], None,
+                  "PromptSRCClassifier", {"full": ConfigError, "linear": ConfigError,
+                                          "prompt": {"prompt_learner.context", "prompt_learner.vision"}}),
 }
 
 
 def _build(case, tiny_clip_dir):
     method, overrides, prompt_dim, _, _ = CASES[case]
-    cfg = _coop_cfg(tiny_clip_dir) if method == "coop" else load_config(None, overrides)
+    cfg = load_config(None, overrides) if method == "instruction_vit" else _coop_cfg(tiny_clip_dir, method,
+                                                                                        overrides or ())
     assert cfg.model.method == method
     return model_from_config(cfg, CLASSES, prompt_dim)
 
 
 def test_every_built_in_kind_has_cases():
     built_in = {name for name, cls in CLASSIFIERS.items() if cls.__module__.startswith("instruction_vit.classifiers")}
-    assert built_in == {"instruction_vit", "coop"} == {method for method, *_ in CASES.values()}
+    assert built_in == {method for method, *_ in CASES.values()}
     assert {"instruction_vit", "coop"} <= set(list_classifiers())
 
 
@@ -81,9 +95,9 @@ def test_each_kind_builds_from_a_config_and_says_what_each_regime_trains(case, t
     assert set(per_regime) == set(REGIMES)
     for regime, expected in per_regime.items():
         if isinstance(expected, type):
-            with pytest.raises(expected, match="nothing to train|does not fit CoOp"):
+            with pytest.raises(expected, match="nothing to train|does not fit"):
                 model.trainable_parameters(regime)
-            with pytest.raises(expected, match="nothing to train|does not fit CoOp"):
+            with pytest.raises(expected, match="nothing to train|does not fit"):
                 apply_regime(model, regime)
             continue
         expected = _all(model) if expected == "all" else expected

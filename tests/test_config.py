@@ -71,3 +71,37 @@ def test_num_workers_default_to_what_the_machine_has():
     assert resolved_workers(DataConfig(num_workers=0)) == 0
     with pytest.raises(ConfigError, match="data.num_workers"):
         load_config(None, ["data.num_workers=-1"])
+
+
+def test_a_kinds_options_are_validated_and_filled_with_its_defaults():
+    """model.options belong to the classifier kind: its Options dataclass types them, names the unknown ones and
+    fills the defaults, so the resolved config records every value."""
+    from dataclasses import dataclass
+
+    from torch import nn
+
+    from instruction_vit.classifiers import CLASSIFIERS, ClassifierKind, register_classifier
+
+    @dataclass
+    class KindOptions:
+        weight: float = 8.0
+        depth: int = 9
+
+    with CLASSIFIERS.isolated():
+        @register_classifier("optioned")
+        class Optioned(ClassifierKind):
+            """A kind with options."""
+            Options = KindOptions
+
+            def build(self, cfg, class_names, prompt_dim=None, pretrained=None) -> nn.Module:
+                return nn.Identity()
+
+        cfg = load_config(overrides=["model.method=optioned", "model.options.weight=2"])
+        assert cfg.model.options == {"weight": 2.0, "depth": 9}
+        assert Optioned().options(cfg) == KindOptions(weight=2.0, depth=9)
+        with pytest.raises(ConfigError, match=r"model\.options\.dpth.*did you mean model\.options\.depth"):
+            load_config(overrides=["model.method=optioned", "model.options.dpth=3"])
+        with pytest.raises(ConfigError, match=r"model\.options\.depth.*must be int"):
+            load_config(overrides=["model.method=optioned", "model.options.depth=deep"])
+    with pytest.raises(ConfigError, match="takes no model.options"):
+        load_config(overrides=["model.options.weight=2"])

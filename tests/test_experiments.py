@@ -15,7 +15,8 @@ from instruction_vit.engine.experiments import SHIPPED, cells, collect, load_spe
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("name", ["table1", "table2", "offline", "fewshot", "base2novel"])
+@pytest.mark.parametrize("name", ["table1", "table2", "offline", "fewshot", "base2novel", "crossdata",
+                                  "offline_learners"])
 def test_shipped_specs_resolve_to_valid_configs(name, tmp_path):
     spec = load_spec(name)
     all_cells = list(cells(spec, tmp_path))

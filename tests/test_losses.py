@@ -57,3 +57,13 @@ def test_bad_settings():
         InstructionLoss(label_smoothing=1.0)
     with pytest.raises(ValueError):
         InstructionLoss(score_weight=-1)
+
+
+def test_a_methods_extra_terms_are_added_under_their_names():
+    logits, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    kg = torch.tensor(0.25)
+    parts = InstructionLoss()(InstructionOutput(logits, logits.new_zeros(4, 0), {"kg": kg}), target)
+    assert torch.allclose(parts["kg"], kg)
+    assert torch.allclose(parts["loss"], F.cross_entropy(logits, target) + kg)
+    with pytest.raises(ValueError, match="may not be called 'loss'"):
+        InstructionLoss()(InstructionOutput(logits, logits.new_zeros(4, 0), {"loss": kg}), target)

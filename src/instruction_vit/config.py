@@ -65,9 +65,9 @@ class PromptConfig:
 @dataclass
 class ModelConfig:
     method: str = "instruction_vit"  # a classifier kind (ivit.list_classifiers()): instruction_vit (also plain ViT,
-    # VPT, linear probe, CNNs) | coop (CLIP + learned context)
-    coop_context: int = 16  # CoOp: learned context vectors (ignored when coop_init sets them)
-    coop_init: str | None = "a photo of a"  # CoOp: initial context phrase; None: random, coop_context long
+    # VPT, linear probe, CNNs) | coop (CLIP + learned context) | cocoop | kgcoop (CoOp family: CLIP, or offline conse)
+    coop_context: int = 16  # CoOp family: learned context vectors (ignored when coop_init sets them)
+    coop_init: str | None = "a photo of a"  # CoOp family: initial context phrase; None: random, coop_context long
     options: dict[str, Any] = field(default_factory=dict)  # the method's own options (its kind's Options dataclass);
     # filled with the kind's defaults when the config is validated, so the resolved config records every value
     backbone: str = "vit_tiny_patch16_224"

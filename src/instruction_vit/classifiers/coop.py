@@ -1,10 +1,18 @@
-"""CoOp (Zhou et al., 2022): learned text context before each class name, CLIP frozen.
+"""CoOp (Zhou et al., IJCV 2022): learned text context before each class name, the towers frozen; and the part of
+the CoOp family (CoOp, CoCoOp, KgCoOp) that its methods share.
 
 The prompt-learning baseline users compare Instruction-ViT with. Each class's text is
 ``[SOS] v_1 ... v_M <class name>. [EOS]`` where the M context vectors are learned (shared by all classes,
-CoOp's unified context, class token at the end) and everything else is CLIP's frozen text and image towers;
-the logits are CLIP's scaled cosine between image and class-text features. Initialised from a phrase
-(default "a photo of a"), it starts exactly at CLIP's zero-shot classifier for that template.
+CoOp's unified context, class token at the end) and everything else is frozen: the text and image towers of CLIP
+(``prompts.encoder=open_clip:...``), or offline MiniLM against ConSE image features (``prompts.encoder=conse``, see
+:mod:`.towers`). The logits are the scaled cosine between image and class-text features. Initialised from a
+phrase (default "a photo of a"), it starts exactly at the zero-shot classifier of the template
+``"a photo of a {}."``.
+
+:class:`CoOpFamily` owns what the methods share: the frozen towers (kept by reference in checkpoints, checked on
+load), the context, the class prompts (:meth:`~CoOpFamily.set_classes`), :meth:`~CoOpFamily.text_features` for a
+shared or per-image context, and what trains (the ``prompt`` regime only). Each method is a small subclass
+with its own ``forward`` and kind: :mod:`.cocoop`, :mod:`.kgcoop`.
 """
 
 from __future__ import annotations
@@ -21,8 +29,11 @@ from ..errors import ConfigError
 from ..model import check_regime
 from ..outputs import InstructionOutput, Prompts
 from ..prompts import load_encoder
-from ..prompts.encoders.openclip import OpenCLIPEncoder
 from . import ClassifierKind, register_classifier
+from .towers import Towers, towers_from_encoder
+
+#: Per-image prompts (CoCoOp) are encoded this many class texts at a time at most (images in chunks).
+MAX_TEXTS_PER_PASS = 4096
 
 
 class CoOpContext(nn.Module):
@@ -33,61 +44,68 @@ class CoOpContext(nn.Module):
         self.context = nn.Parameter(init.detach().clone().float())
 
 
-class CoOpClassifier(nn.Module):
-    """The classifier protocol (:class:`~instruction_vit.model.ImageClassifier`) over CLIP + CoOp (``scores`` is
-    ``[B, 0]``). Regimes: ``prompt`` trains the context alone, ``full`` the context and CLIP; it has no
-    classification head, so ``linear`` is refused."""
+class CoOpFamily(nn.Module):
+    """The classifier protocol (:class:`~instruction_vit.model.ImageClassifier`) over frozen towers and a learned
+    text context (``scores`` is ``[B, 0]``), shared by the CoOp family. Only the ``prompt`` regime: the towers are
+    kept by reference in checkpoints, so a tuned tower would be lost, and there is no classification head.
 
-    external_state = ("clip.",)  # CLIP's frozen weights: rebuilt from prompts.encoder, left out of checkpoints
+    Args:
+        encoder: the prompt encoder whose towers the prompts are learned through (open_clip's CLIP or ConSE), or
+            :class:`~.towers.Towers` already built from one.
+        class_names: the classes, in label order.
+        context_length: the number of context vectors when ``init`` is ``None`` (random init, std 0.02).
+        init: the phrase whose word embeddings start the context (its length sets the context length).
+    """
 
-    def __init__(self, encoder: OpenCLIPEncoder, class_names: Sequence[str], context_length: int = 16,
+    #: The frozen towers' weights: rebuilt from prompts.encoder, left out of checkpoints (checked by weights id).
+    external_state = ("text_tower.", "image_tower.")
+    method = "CoOp"  # the method's name in messages
+
+    def __init__(self, encoder: Any, class_names: Sequence[str], context_length: int = 16,
                  init: str | None = "a photo of a"):
         super().__init__()
-        clip = encoder.model
-        if not hasattr(clip, "token_embedding"):
-            raise ConfigError(f"CoOp needs an open_clip CLIP with its own text transformer; {encoder.name!r} has a "
-                              "different text tower")
-        self.tokenizer = encoder.tokenizer
-        if init:
-            init_tokens = self.tokenizer([init])
-            context_length = int((init_tokens[0] > 0).sum()) - 2  # without [SOS] and [EOS]
+        towers = encoder if isinstance(encoder, Towers) else towers_from_encoder(encoder, type(self).method.lower())
+        self.text_tower, self.image_tower = towers.text, towers.image
+        self.register_buffer("logit_scale", torch.tensor(towers.logit_scale), persistent=False)
+        self.register_buffer("logit_bias", torch.tensor(towers.logit_bias), persistent=False)
         with torch.no_grad():
-            start = clip.token_embedding(init_tokens)[0, 1:1 + context_length] if init else \
-                torch.randn(context_length, clip.token_embedding.weight.shape[-1]) * 0.02
+            start = self.text_tower.phrase_embeddings(init) if init else \
+                torch.randn(context_length, self.text_tower.width) * 0.02
         self.prompt_embed = CoOpContext(start)  # named like Instruction-ViT's trainable prompt part
-        self.clip = clip.requires_grad_(False)
+        self.external_weights_id = towers.weights_id  # checked when a checkpoint is loaded into this model
         self.set_classes(class_names)
-        cfg = encoder.preprocess
-        # What timm's resolve_data_config reads, so the engine's transforms use CLIP's own preprocessing.
-        clip.visual.pretrained_cfg = {"mean": cfg.mean, "std": cfg.std, "interpolation": cfg.interpolation,
-                                        "input_size": (3, cfg.size, cfg.size), "crop_pct": 1.0}
-        self.external_weights_id = encoder.weights_id()  # checked when a checkpoint is loaded into this model
 
     def set_classes(self, class_names: Sequence[str]) -> None:
-        """Classify among ``class_names``: the learned context goes before each name (CoOp's class-agnostic
-        context transfers to new classes as it is)."""
+        """Classify among ``class_names``: the learned context goes before each name (the family's context is
+        class-agnostic, so it transfers to new classes as it is)."""
         length = self.prompt_embed.context.shape[0]
         placeholder = " ".join(["X"] * length)
-        tokens = self.tokenizer([f"{placeholder} {name}." for name in class_names]).to(self.clip.positional_embedding.device)
+        tokens = self.text_tower.tokenize([f"{placeholder} {name}." for name in class_names])
         with torch.no_grad():
-            embedded = self.clip.token_embedding(tokens)
+            embedded = self.text_tower.embed(tokens)
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("prefix", embedded[:, :1].clone(), persistent=False)
         self.register_buffer("suffix", embedded[:, 1 + length:].clone(), persistent=False)
+        self.class_names = list(class_names)
         self.num_classes = len(class_names)
 
     @property
     def backbone(self) -> nn.Module:
-        return self.clip.visual  # not a second registered copy: the weights are saved once, under clip.*
+        """The image tower (its ``pretrained_cfg`` gives the engine's transforms)."""
+        return self.image_tower
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """What the method trains; the family's context, and a subclass's own parts after it."""
+        return [self.prompt_embed]
 
     def trainable_parameters(self, regime: str, train_prompt_features: bool = False) -> list[nn.Parameter]:
-        """``prompt``: the learned context, all CoOp trains. CLIP stays frozen (its checkpoints keep CLIP by
-        reference, so a tuned CLIP would be lost): ``full`` is a :class:`ConfigError`, and so is ``linear`` (CoOp has
-        no classification head: its classifier is the class texts)."""
+        """``prompt``: what the method trains (:meth:`trainable_modules`). The towers stay frozen (checkpoints keep
+        them by reference, so tuned towers would be lost): ``full`` is a :class:`ConfigError`, and so is ``linear``
+        (no classification head: the classifier is the class texts)."""
         if check_regime(regime) != "prompt":
-            raise ConfigError(f"regime {regime!r} does not fit CoOp: it trains its context over a frozen CLIP (no "
-                              "head, CLIP kept by reference in checkpoints); use model.regime=prompt")
-        return list(self.prompt_embed.parameters())
+            raise ConfigError(f"regime {regime!r} does not fit {self.method}: it trains its prompts over frozen towers "
+                              "(no head, the towers kept by reference in checkpoints); use model.regime=prompt")
+        return [p for module in self.trainable_modules() for p in module.parameters()]
 
     def no_weight_decay(self) -> set[str]:
         return {"prompt_embed.context"}
@@ -95,47 +113,72 @@ class CoOpClassifier(nn.Module):
     def bank_prompts(self) -> None:
         return None
 
-    def text_features(self) -> Tensor:
-        """``[N, D]`` CLIP text features of the N class prompts with the learned context (open_clip's encode_text,
-        from embeddings instead of token ids)."""
-        clip = self.clip
-        cast = clip.transformer.get_cast_dtype()
-        n = self.prefix.shape[0]
-        context = self.prompt_embed.context.unsqueeze(0).expand(n, -1, -1)
-        x = torch.cat([self.prefix, context.to(self.prefix.dtype), self.suffix], dim=1).to(cast)
-        x = clip.transformer(x + clip.positional_embedding.to(cast), attn_mask=clip.attn_mask)
-        x = clip.ln_final(x)
-        from open_clip.transformer import text_global_pool
+    def image_features(self, images: Tensor) -> Tensor:
+        """``[B, D]`` normalised image features of the frozen image tower."""
+        with torch.no_grad():
+            return F.normalize(self.image_tower(images).float(), dim=-1)
 
-        x = text_global_pool(x, self.tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
-        projection = clip.text_projection
-        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+    def text_features(self, context: Tensor | None = None) -> Tensor:
+        """Text-tower features of the class prompts: ``[N, D]`` for a ``[M, W]`` context (default: the learned one),
+        ``[B, N, D]`` for per-image contexts ``[B, M, W]`` (not normalised)."""
+        context = self.prompt_embed.context if context is None else context
+        if context.dim() == 2:
+            return self._encode(context.unsqueeze(0))[0]
+        per_pass = max(1, MAX_TEXTS_PER_PASS // self.num_classes)
+        return torch.cat([self._encode(chunk) for chunk in context.split(per_pass)])
+
+    def _encode(self, context: Tensor) -> Tensor:
+        """``[B, N, D]`` for ``[B, M, W]`` contexts: every class prompt with each context."""
+        b, (n, m) = context.shape[0], (self.prefix.shape[0], context.shape[1])
+        context = context.to(self.prefix.dtype).unsqueeze(1).expand(b, n, m, context.shape[-1])
+        x = torch.cat([self.prefix.expand(b, *self.prefix.shape), context,
+                       self.suffix.expand(b, *self.suffix.shape)], dim=2).flatten(0, 1)
+        features = self.text_tower.encode(x, self.tokens.repeat(b, 1))
+        return features.unflatten(0, (b, n))
+
+    def scaled_cosine(self, image: Tensor, text: Tensor) -> Tensor:
+        """Logits from normalised image features ``[B, D]`` and class-text features ``[N, D]`` or ``[B, N, D]``."""
+        text = F.normalize(text.float(), dim=-1)
+        cosine = image @ text.T if text.dim() == 2 else torch.einsum("bd,bnd->bn", image, text)
+        return self.logit_scale * cosine + self.logit_bias
+
+    def _check_no_prompts(self, prompts: Prompts | None) -> None:
+        if prompts is not None:
+            raise ConfigError(f"{self.method} reads no instruction prompts (its prompts are learned text context); "
+                              f"use prompts.kind=none with model.method={self.method.lower()}")
 
     def forward(self, images: Tensor, prompts: Prompts | None = None) -> InstructionOutput:
-        if prompts is not None:
-            raise ConfigError("CoOp reads no instruction prompts (its prompts are learned text context); "
-                              "use prompts.kind=none with model.method=coop")
-        image = F.normalize(self.clip.encode_image(images).float(), dim=-1)
-        text = F.normalize(self.text_features().float(), dim=-1)
-        logits = self.clip.logit_scale.exp() * image @ text.T
+        self._check_no_prompts(prompts)
+        logits = self.scaled_cosine(self.image_features(images), self.text_features())
         return InstructionOutput(logits, logits.new_zeros(logits.shape[0], 0))
 
 
-@register_classifier("coop")
-class CoOpKind(ClassifierKind):
-    """CoOp: a learned text context before each class name, over the CLIP that prompts.encoder names."""
+class CoOpClassifier(CoOpFamily):
+    """CoOp: one learned context shared by all classes, over frozen towers."""
+
+
+class CoOpFamilyKind(ClassifierKind):
+    """Base of the CoOp family's kinds: built on prompts.encoder's towers, reading no instruction prompts."""
 
     reads_prompts = False
     timm_backbone = False
     uses_encoder = True
+    model_class: type[CoOpFamily] = CoOpClassifier
+
+    def load_towers(self, cfg: Config) -> Towers:
+        """The towers ``prompts.encoder`` names, checked against ``data.img_size``."""
+        encoder = load_encoder(cfg.prompts.encoder)
+        towers = towers_from_encoder(encoder, self.name)
+        size = encoder.preprocess.size
+        if cfg.data.img_size != size:
+            raise ConfigError(f"{cfg.prompts.encoder!r} reads {size} px images: set data.img_size={size}")
+        return towers
 
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
-              pretrained: Any = None) -> CoOpClassifier:
-        encoder = load_encoder(cfg.prompts.encoder)
-        if not isinstance(encoder, OpenCLIPEncoder):
-            raise ConfigError(f"model.method=coop needs an open_clip encoder (prompts.encoder=open_clip:...), "
-                              f"not {cfg.prompts.encoder!r}")
-        if cfg.data.img_size != encoder.preprocess.size:
-            raise ConfigError(f"CLIP {cfg.prompts.encoder!r} reads {encoder.preprocess.size} px images: "
-                              f"set data.img_size={encoder.preprocess.size}")
-        return CoOpClassifier(encoder, class_names, cfg.model.coop_context, cfg.model.coop_init)
+              pretrained: Any = None) -> CoOpFamily:
+        return self.model_class(self.load_towers(cfg), class_names, cfg.model.coop_context, cfg.model.coop_init)
+
+
+@register_classifier("coop")
+class CoOpKind(CoOpFamilyKind):
+    """CoOp: a learned text context before each class name, over the CLIP (or ConSE) that prompts.encoder names."""

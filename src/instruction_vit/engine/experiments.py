@@ -6,12 +6,24 @@ A spec (YAML; shipped ones in ``instruction_vit/experiments/``) holds::
     seeds: [1, 2, 3]
     base:    {config sections}            # the recipe every cell shares
     columns: {NAME: {config: {...}, metrics: {label: results.json path}, paper: {ROW: number}}}
-    rows:    {NAME: {label: ..., config: {...}, zero_shot: false}}
+    rows:    {NAME: {label: ..., config: {...}, by: {KEY: {VALUE: {...}}}, zero_shot: false}}
 
-A cell's config is ``base`` <- column <- row <- ``{train.seed, data.shots_seed}`` <- command-line overrides;
-``{runs}`` in a string value is replaced by the runs folder (so a cell can start from another cell's
-checkpoint). Runs go to ``RUNS/SPEC/COLUMN/ROW/seedK``; a cell with ``results.json`` is done and skipped, one
-with a checkpoint but no results is resumed.
+A cell's config is ``base`` <- column <- row <- the row's ``by`` entry <- ``{train.seed, data.shots_seed}`` <-
+command-line overrides. ``by`` gives a row's recipe per value of a resolved key (``by: {data.shots: {1: {train:
+{epochs: 50}}, ...}}``: CoOp's epochs per shot count); every value the row meets must be listed. ``{runs}`` in a
+string value is replaced by the runs folder (so a cell can start from another cell's checkpoint). Runs go to
+``RUNS/SPEC/COLUMN/ROW/seedK``; a cell with ``results.json`` is done and skipped, one with a checkpoint but no
+results is resumed.
+
+Two more column kinds:
+
+* ``evaluate: {from: COLUMN}``: no training; each cell evaluates the best checkpoint of the same row and seed of
+  ``COLUMN`` on other data, with that data's own class names (cross-data-set transfer,
+  :func:`~.protocols.transfer`). Its ``config`` changes only ``data`` and the keys that build prompts for the new
+  names (``prompts.templates``, ``descriptions``, ``per_class``, ``seed``). Such a cell is keyed by its data and the
+  source cell's key, runs after its source, and is refused while the source is not done.
+* ``average: [COLUMN, ...]``: no cells; the report's per-seed mean over those columns (the peers' "average over
+  target data sets").
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from typing import Any
 from ..classifiers import classifier_kind
 from ..config import Config, ConfigError, load_config, read_yaml_mapping
 from ..data import split_identity
+from ..errors import RunFolderError
 from ..files import atomic_write, file_sha256
 from ..prompts.encoders import parse_spec, weights_id
 
@@ -58,6 +71,7 @@ class Cell:
     folder: Path
     zero_shot: bool = False
     spec_config: Config | None = None  # the same cell from the spec alone (no command-line overrides or weights)
+    source: Cell | None = None  # an ``evaluate`` column's cell: the cell whose checkpoint it evaluates
 
     @property
     def name(self) -> str:
@@ -65,8 +79,9 @@ class Cell:
 
     @property
     def needs_backbone(self) -> bool:
-        """Whether the cell trains a timm backbone (zero-shot and CoOp cells use the CLIP encoder alone)."""
-        return not self.zero_shot and classifier_kind(self.config.model.method).timm_backbone
+        """Whether the cell trains a timm backbone (zero-shot and CLIP prompt-learner cells use the CLIP encoder
+        alone; an evaluating cell trains nothing)."""
+        return not self.zero_shot and self.source is None and classifier_kind(self.config.model.method).timm_backbone
 
     @property
     def uses_encoder(self) -> bool:
@@ -126,9 +141,112 @@ def _fill(value: Any, runs: Path) -> Any:
     return value
 
 
+#: What an ``evaluate`` column may change: the data, and how prompts for the new class names are built.
+TARGET_KEYS = {"data": None, "prompts": {"templates", "descriptions", "per_class", "seed"}}
+
+
+def _column(spec: dict[str, Any], column: str) -> dict[str, Any]:
+    if column not in spec["columns"]:
+        raise ConfigError(f"{spec['name']} has no column {column!r}; it has {', '.join(spec['columns'])}")
+    return spec["columns"][column] or {}
+
+
+def evaluated_column(spec: dict[str, Any], column: str) -> str | None:
+    """The column whose checkpoints an ``evaluate`` column reads (``None`` for a training column)."""
+    col = _column(spec, column)
+    if "evaluate" not in col:
+        return None
+    ev = col["evaluate"]
+    if not isinstance(ev, dict) or set(ev) != {"from"}:
+        raise ConfigError(f"{spec['name']}/{column}: write evaluate as {{from: COLUMN}} (the column whose "
+                          f"checkpoints it evaluates), not {ev!r}")
+    source = ev["from"]
+    if source not in spec["columns"] or "evaluate" in (spec["columns"][source] or {}) \
+            or "average" in (spec["columns"][source] or {}):
+        trained = [c for c, v in spec["columns"].items() if not {"evaluate", "average"} & set(v or {})]
+        raise ConfigError(f"{spec['name']}/{column} evaluates column {source!r}, which is not a training column of "
+                          f"the spec ({', '.join(trained)})")
+    for section, value in (col.get("config") or {}).items():
+        allowed = TARGET_KEYS.get(section, set())
+        bad = [section] if section not in TARGET_KEYS else \
+            [f"{section}.{k}" for k in (value or {}) if allowed is not None and k not in allowed]
+        if bad:
+            raise ConfigError(f"{spec['name']}/{column} evaluates {source}'s models without training: its config may "
+                              f"change data.* and prompts.{{{', '.join(sorted(TARGET_KEYS['prompts']))}}}, not "
+                              f"{', '.join(bad)} (the model comes from the checkpoint)")
+    return source
+
+
+def column_rows(spec: dict[str, Any], column: str) -> list[str]:
+    col = _column(spec, column)
+    source = evaluated_column(spec, column)
+    return list(col.get("rows", _column(spec, source).get("rows", spec["rows"]) if source else spec["rows"]))
+
+
+def column_seeds(spec: dict[str, Any], column: str) -> list[int]:
+    col = _column(spec, column)
+    source = evaluated_column(spec, column)
+    default = _column(spec, source).get("seeds", spec.get("seeds", [1])) if source else spec.get("seeds", [1])
+    return list(col.get("seeds", default))
+
+
+def _lookup_key(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _by(spec: dict[str, Any], row: str, tree: dict[str, Any]) -> dict[str, Any]:
+    """The row's ``by`` entries for the values ``tree`` resolves to (a value not listed is an error)."""
+    for key, table in ((spec["rows"][row] or {}).get("by") or {}).items():
+        value = _lookup_key(load_config(None, (), base=tree).to_dict(), key)  # the defaults count as values too
+        entry = next((v for k, v in (table or {}).items() if k == value or str(k) == str(value)), None)
+        if entry is None:
+            raise ConfigError(f"{spec['name']} row {row!r} sets its recipe by {key}, but lists no entry for {value!r} "
+                              f"(it has {', '.join(map(str, table or {}))})")
+        tree = _merge(tree, entry)
+    return tree
+
+
+def _tree(spec: dict[str, Any], column: str, row: str, seed: int) -> dict[str, Any]:
+    """A training cell's config as the spec writes it: base <- column <- row <- by <- seeds."""
+    tree = _merge(_merge(spec.get("base", {}), _column(spec, column).get("config", {})),
+                  (spec["rows"][row] or {}).get("config", {}))
+    return _merge(_by(spec, row, tree), {"train": {"seed": seed}, "data": {"shots_seed": seed}})
+
+
+def _make_cell(spec: dict[str, Any], runs: Path, column: str, row: str, seed: int, overrides: Sequence[str],
+               weights: Mapping[str, str]) -> Cell:
+    if row not in spec["rows"]:
+        raise ConfigError(f"{spec['name']} has no row {row!r}; it has {', '.join(spec['rows'])}")
+    row_spec = spec["rows"][row] or {}
+    zero_shot = bool(row_spec.get("zero_shot", False))
+    source_column = evaluated_column(spec, column)
+    source = None
+    if source_column is None:
+        tree = _tree(spec, column, row, seed)
+    else:
+        if row not in column_rows(spec, source_column):
+            raise ConfigError(f"{spec['name']}/{column} evaluates {source_column}'s models, which has no row {row!r}")
+        tree = _merge(_tree(spec, source_column, row, seed), _column(spec, column).get("config", {}))
+        if not zero_shot:  # zero-shot trains nothing: it runs on the target as it is
+            source = _make_cell(spec, runs, source_column, row, seed, overrides, weights)
+    data = _fill(tree, runs)
+    cfg = load_config(None, overrides, base=data)
+    folder = runs / spec["name"] / column / row / f"seed{seed}"
+    cell = Cell(column, row, seed, cfg, folder, zero_shot, load_config(None, (), base=data), source)
+    backbone_source = weights.get(cfg.model.backbone)
+    if cell.needs_backbone and backbone_source is not None and cfg.model.pretrained == "timm":
+        model = dataclasses.replace(cfg.model, pretrained=None if backbone_source == "random" else backbone_source)
+        cell = dataclasses.replace(cell, config=dataclasses.replace(cfg, model=model))
+    return cell
+
+
 def cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequence[int] | None = None,
           overrides: Sequence[str] = (), weights: Mapping[str, str] | None = None) -> Iterator[Cell]:
-    """The cells of ``spec`` matching ``select`` (``COLUMN`` or ``COLUMN/ROW``), in spec order.
+    """The cells of ``spec`` matching ``select`` (``COLUMN`` or ``COLUMN/ROW``), in spec order (``average``
+    columns have none).
 
     ``weights`` maps backbone names to weights sources; it fills the cells whose spec asks for pretrained weights
     (``model.pretrained: timm``) and leaves explicit files and random init alone. A ``model.pretrained`` override
@@ -137,29 +255,13 @@ def cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequence[in
     want_col, _, want_row = select.partition("/")
     found = []
     for column in (want_col,) if want_col else spec["columns"]:
-        if column not in spec["columns"]:
-            raise ConfigError(f"{spec['name']} has no column {column!r}; it has {', '.join(spec['columns'])}")
-        col = spec["columns"][column] or {}
-        rows = col.get("rows", list(spec["rows"]))
-        for row in (want_row,) if want_row else rows:
-            if row not in spec["rows"]:
-                raise ConfigError(f"{spec['name']} has no row {row!r}; it has {', '.join(spec['rows'])}")
-            row_spec = spec["rows"][row] or {}
-            for seed in seeds or col.get("seeds", spec.get("seeds", [1])):
-                data = _fill(_merge(_merge(_merge(spec.get("base", {}), col.get("config", {})),
-                                           row_spec.get("config", {})),
-                                    {"train": {"seed": seed}, "data": {"shots_seed": seed}}), runs)
-                spec_cfg = load_config(None, (), base=data)
-                cfg = load_config(None, overrides, base=data)
-                folder = runs / spec["name"] / column / row / f"seed{seed}"
-                found.append(Cell(column, row, seed, cfg, folder, bool(row_spec.get("zero_shot", False)), spec_cfg))
+        if "average" in _column(spec, column):
+            continue
+        for row in (want_row,) if want_row else column_rows(spec, column):
+            for seed in seeds or column_seeds(spec, column):
+                found.append(_make_cell(spec, runs, column, row, seed, overrides, weights))
     _check_table_wide_weights(found, overrides)
-    for cell in found:
-        source = weights.get(cell.config.model.backbone)
-        if cell.needs_backbone and source is not None and cell.config.model.pretrained == "timm":
-            model = dataclasses.replace(cell.config.model, pretrained=None if source == "random" else source)
-            cell = dataclasses.replace(cell, config=dataclasses.replace(cell.config, model=model))
-        yield cell
+    yield from found
 
 
 def _check_table_wide_weights(found: list[Cell], overrides: Sequence[str]) -> None:
@@ -222,7 +324,8 @@ class Identities:
 
 def cell_settings(cell: Cell, ids: Identities) -> dict[str, Any]:
     """Everything a cell's numbers depend on: its resolved config (less :data:`UNKEYED`), the identity of its
-    splits, and the content ids of its backbone weights, prompt encoders, template and description files."""
+    splits, the content ids of its backbone weights, prompt encoders, template and description files, and for an
+    evaluating cell the key of the cell whose model it evaluates."""
     c = cell.config
     config = {k: v for k, v in _flat(c.to_dict()).items() if k not in UNKEYED}
     settings: dict[str, Any] = {"config": config, "split": split_identity(c.data), "zero_shot": cell.zero_shot}
@@ -235,6 +338,8 @@ def cell_settings(cell: Cell, ids: Identities) -> dict[str, Any]:
         settings["descriptions"] = ids.text_file(c.prompts.descriptions)
     if c.prompts.bank_file:
         settings["bank_file"] = ids.file(str(bank_stem(c.prompts.bank_file).with_suffix(".safetensors")))
+    if cell.source is not None:  # what it evaluates: that cell's model, as keyed by that cell's settings
+        settings["source"] = {"cell": cell.source.name, "key": settings_key(cell_settings(cell.source, ids))}
     return settings
 
 
@@ -375,6 +480,40 @@ def _refuse_stale(stale: list[tuple[Cell, list[str]]], runs: Path) -> None:
                       f"with --force, or keep both with a new runs folder (--runs {runs}-new)")
 
 
+def _source_state(cell: Cell, ids: Identities) -> tuple[str, str]:
+    """(state, why) of the cell an evaluating cell reads: ``done`` (finished under its current settings, its best
+    checkpoint there), ``not_run`` (recorded as not run: why), or ``missing`` (not run yet, running, or run under
+    other settings)."""
+    source = cell.source
+    record = read_record(source.folder) or {}
+    if record.get("status") == "not_run":
+        return "not_run", record.get("reason", "not run")
+    if record.get("status") != "done" or not (source.folder / "results.json").is_file():
+        return "missing", "not run yet" if not record else f"its status is {record.get('status')!r}"
+    if record.get("key") != settings_key(cell_settings(source, ids)):
+        return "missing", "it was run under other settings than the spec's now"
+    if not (source.folder / "checkpoints" / "best.safetensors").is_file():
+        return "missing", f"its checkpoint {source.folder / 'checkpoints' / 'best.safetensors'} is gone"
+    return "done", ""
+
+
+def _check_sources(spec: dict[str, Any], found: Sequence[Cell], ids: Identities) -> None:
+    """Every evaluating cell's source is done or is run in this invocation (before it); otherwise nothing runs."""
+    to_run = {c.folder for c in found if c.source is None}
+    for cell in found:
+        if cell.source is None or cell.source.folder in to_run:
+            continue
+        state, why = _source_state(cell, ids)
+        if state == "missing":
+            raise RunFolderError(
+                f"{spec['name']}/{cell.name} evaluates the model of {spec['name']}/{cell.source.name}, which is not "
+                f"done ({why}): run `ivit reproduce {spec['name']}/{cell.source.column}` first (or select both)")
+
+
+def _source_checkpoint(cell: Cell) -> Path:
+    return cell.source.folder / "checkpoints" / "best.safetensors"
+
+
 def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequence[int] | None = None,
               overrides: Sequence[str] = (), force: bool = False,
               weights: Mapping[str, str] | None = None, keep_last: bool = False) -> list[Cell]:
@@ -382,37 +521,61 @@ def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequenc
 
     A cell is keyed by :func:`cell_settings`; a finished or interrupted cell whose key differs is refused (or, with
     ``force``, rerun from scratch). A cell whose backbone weights cannot be had is recorded as not run and the
-    others go on. Finished cells keep only ``best.safetensors`` unless ``keep_last``."""
+    others go on. Finished cells keep only ``best.safetensors`` unless ``keep_last``. Evaluating cells
+    (``evaluate`` columns) run after the training cells; one whose source is not done and not selected is refused
+    before anything runs, one whose source was not run is recorded as not run, and one is rerun when its source's
+    checkpoint changed."""
     from ..errors import WeightsUnavailableError
-    from .protocols import zero_shot
+    from .protocols import FixedClassesError, transfer, zero_shot
     from .train import train
 
     ids = Identities()
     check_weights_map(spec, runs, weights or {})
-    found = list(cells(spec, runs, select, seeds, overrides, weights))
+    found = sorted(cells(spec, runs, select, seeds, overrides, weights), key=lambda c: c.source is not None)
     if not force and (stale := stale_cells(found, ids)):
         _refuse_stale(stale, runs)
+    _check_sources(spec, found, ids)
     done = []
     for cell in found:
         settings = cell_settings(cell, ids)  # again: an earlier cell may have made the file this one starts from
         key = settings_key(settings)
         record = read_record(cell.folder) or {}
         results = cell.folder / "results.json"
-        if not force and record.get("status") == "done" and record.get("key") == key and results.is_file():
+        base_record = {"key": key, "settings": settings, "spec_changes": spec_changes(cell, ids), "cell": cell.name}
+        if cell.source is not None:
+            state, why = _source_state(cell, ids)
+            if state != "done":
+                reason = f"its source {cell.source.name} was not run: {why}" if state == "not_run" else \
+                    f"its source {cell.source.name} is not done: {why}"
+                logger.warning(f"{cell.name}: not run: {reason}")
+                _write_record(cell.folder, {**base_record, "status": "not_run", "reason": reason})
+                continue
+            base_record["source_checkpoint"] = f"sha256:{file_sha256(_source_checkpoint(cell))}"
+        if not force and record.get("status") == "done" and record.get("key") == key and results.is_file() \
+                and record.get("source_checkpoint") == base_record.get("source_checkpoint"):
             logger.info(f"{cell.name}: done ({results})")
             continue
         if not force and record.get("key") != key and _has_run(cell.folder):
             _refuse_stale([(cell, _settings_diff(record.get("settings", {}), settings))], runs)
         logger.info(f"== {spec['name']}/{cell.name} ==")
-        base_record = {"key": key, "settings": settings, "spec_changes": spec_changes(cell, ids), "cell": cell.name}
         resume = (cell.folder / "checkpoints" / "last.safetensors").is_file() and not force
         results.unlink(missing_ok=True)  # whatever happens next, no earlier result stands for this run
         _write_record(cell.folder, {**base_record, "status": "running"})
         try:
             if cell.zero_shot:
                 zero_shot(cell.config, cell.folder)
+            elif cell.source is not None:
+                source_results = json.loads((cell.source.folder / "results.json").read_text(encoding="utf-8"))
+                transfer(cell.config, _source_checkpoint(cell), cell.folder, {
+                    "cell": f"{spec['name']}/{cell.source.name}", "dataset": cell.source.config.data.dataset,
+                    "top1": source_results.get("top1")})
             else:
                 train(cell.config, cell.folder, resume=resume, force=not resume)
+        except FixedClassesError:  # a plain classifier's cell in a transfer column: said so, not a number
+            reason = "a plain classifier (no prompts, a head fixed to its training classes) cannot read new class names"
+            logger.warning(f"{cell.name}: not run: {reason}")
+            _write_record(cell.folder, {**base_record, "status": "not_run", "reason": reason})
+            continue
         except WeightsUnavailableError as err:
             backbone = cell.config.model.backbone
             reason = f"no weights for {backbone}" if cell.needs_backbone and backbone in str(err) else \
@@ -436,33 +599,63 @@ def _lookup(results: dict[str, Any], path: str) -> float | None:
     return float(node) if isinstance(node, (int, float)) else None
 
 
+def _seed_results(spec: dict[str, Any], runs: Path, column: str, row: str, path: str
+                  ) -> tuple[dict[int, float], list[str], list[str]]:
+    """``{seed: value}`` of the finished seeds of a cell row, how their settings departed from the spec, and why
+    seeds were not run."""
+    values: dict[int, float] = {}
+    changes: list[str] = []
+    not_run: list[str] = []
+    for seed_dir in sorted((runs / spec["name"] / column / row).glob("seed*")):
+        record = read_record(seed_dir) or {}
+        if record.get("status") == "not_run":
+            not_run.append(record.get("reason", "not run"))
+            continue
+        if record and record.get("status") != "done":  # running, killed or unreadable: no result
+            continue
+        f = seed_dir / "results.json"
+        if f.is_file() and seed_dir.name.removeprefix("seed").isdigit():
+            value = _lookup(json.loads(f.read_text(encoding="utf-8")), path)
+            if value is not None:
+                values[int(seed_dir.name.removeprefix("seed"))] = value
+                changes += [c for c in record.get("spec_changes", []) if c not in changes]
+                if not record:
+                    changes.append("settings not recorded (run by an older version)")
+    return values, changes, not_run
+
+
+def _average_columns(spec: dict[str, Any], column: str) -> list[str]:
+    of = _column(spec, column)["average"]
+    if not isinstance(of, list) or not of or any(c not in spec["columns"] or "average" in (spec["columns"][c] or {})
+                                                for c in of):
+        raise ConfigError(f"{spec['name']}/{column}: average takes a list of the spec's other columns, not {of!r}")
+    return of
+
+
 def collect(spec: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
     """One record per (column, metric, row): the values over seeds, the paper's number if any, how the runs'
-    settings departed from the spec (``changes``), and why seeds were not run (``not_run``)."""
+    settings departed from the spec (``changes``), and why seeds were not run (``not_run``). An ``average``
+    column's values are per-seed means over its columns (a seed counts when every one of them has it)."""
     records = []
     for column, col in spec["columns"].items():
         col = col or {}
+        averaged = _average_columns(spec, column) if "average" in col else None
         metrics = col.get("metrics", {"top-1": "top1"})
+        rows = col.get("rows") or (list(dict.fromkeys(r for c in averaged for r in column_rows(spec, c)))
+                                   if averaged else column_rows(spec, column))
         for label, path in metrics.items():
-            for row in col.get("rows", list(spec["rows"])):
-                values, changes, not_run = [], [], []
-                for seed_dir in sorted((runs / spec["name"] / column / row).glob("seed*")):
-                    record = read_record(seed_dir) or {}
-                    if record.get("status") == "not_run":
-                        not_run.append(record.get("reason", "not run"))
-                        continue
-                    if record and record.get("status") != "done":  # running, killed or unreadable: no result
-                        continue
-                    f = seed_dir / "results.json"
-                    if f.is_file():
-                        value = _lookup(json.loads(f.read_text(encoding="utf-8")), path)
-                        if value is not None:
-                            values.append(value)
-                            changes += [c for c in record.get("spec_changes", []) if c not in changes]
-                            if not record:
-                                changes.append("settings not recorded (run by an older version)")
+            for row in rows:
+                if averaged:
+                    parts = [_seed_results(spec, runs, c, row, path) if row in column_rows(spec, c) else ({}, [], [])
+                             for c in averaged]
+                    common = set.intersection(*(set(v) for v, _, _ in parts))
+                    per_seed = {seed: sum(v[seed] for v, _, _ in parts) / len(parts) for seed in sorted(common)}
+                    changes = list(dict.fromkeys(c for _, ch, _ in parts for c in ch))
+                    not_run = [n for _, _, nr in parts for n in nr]  # a plain ViT's targets: said so here too
+                else:
+                    per_seed, changes, not_run = _seed_results(spec, runs, column, row, path)
                 records.append({"column": column, "metric": label, "row": row,
-                                "label": (spec["rows"][row] or {}).get("label", row), "values": values,
+                                "label": (spec["rows"][row] or {}).get("label", row), "values": list(per_seed.values()),
                                 "paper": (col.get("paper") or {}).get(row) if label == next(iter(metrics)) else None,
                                 "changes": changes, "not_run": sorted(set(not_run))})
     return records

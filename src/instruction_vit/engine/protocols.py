@@ -1,4 +1,5 @@
-"""Evaluation protocols beyond plain test accuracy: zero-shot classification and base-to-novel."""
+"""Evaluation protocols beyond plain test accuracy: zero-shot classification, base-to-novel and cross-data-set
+transfer (a trained model on another data set's class names)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ from typing import Any
 import torch
 
 from ..config import Config
+from ..errors import ConfigError
+from ..files import atomic_write, file_sha256
 from ..prompts import cosine_scores
 from .checkpoint import load_checkpoint
 from .evaluate import Predictions, classification_metrics, predict
 from .rankers import image_features
 from .run import eval_loader, prompt_bank, resolve_device, run_splits
+
+
+class FixedClassesError(ConfigError):
+    """A model that cannot classify new class names (a plain classifier: no prompts, a head fixed to its classes)."""
 
 
 def zero_shot(cfg: Config, out: str | Path | None = None) -> dict[str, Any]:
@@ -35,21 +42,68 @@ def zero_shot(cfg: Config, out: str | Path | None = None) -> dict[str, Any]:
     return results
 
 
-def novel_classes(cfg: Config, run: Path, base_top1: float) -> dict[str, Any]:
-    """Base-to-novel (CoOp protocol): the model trained on the base classes predicts the novel classes through
-    its score head, reading prompts built for the novel class names (text prompts from the names; image prompts
-    from one training image per novel class, which is the "instruction by example" that only Instruction-ViT can
-    take). Returns base, novel and their harmonic mean (top-1 %)."""
-    novel_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, classes="novel"))
-    splits = run_splits(novel_cfg)[0]
-    bank = prompt_bank(novel_cfg, splits["train"])
-    model = load_checkpoint(run / "checkpoints" / "best.safetensors").build_model()
+def new_classes(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
+    """A trained model, without further training, on the test images of ``cfg.data`` with that data's own class
+    names: the "new classes" step of base-to-novel and of cross-data-set transfer.
+
+    Each kind of model takes new class names by its own route: a CLIP prompt learner (a model with
+    ``set_classes``) puts its learned prompts before the new names and its logits are the prediction;
+    Instruction-ViT reads prompts built for the new names (text prompts from the names; image prompts from the
+    data's training images, the "instruction by example") through its score head. A plain classifier (no prompts,
+    a head fixed to its training classes) cannot: a :class:`FixedClassesError` says so. Returns top-1 and top-5 (%),
+    per-class top-1, the class names and how the names reached the model."""
+    cfg = dataclasses.replace(cfg, prompts=dataclasses.replace(cfg.prompts, bank_file=None))  # a saved bank: old names
+    ckpt = load_checkpoint(checkpoint)
+    splits = run_splits(cfg)[0]
+    test = splits["test"]
     device = resolve_device(cfg.train.device)
-    model.to(device)
-    prompts = bank.model_input().to(device)
-    pred = predict(model, eval_loader(cfg, model.backbone, splits["test"]), prompts, device, cfg.train.amp)
-    novel = classification_metrics(dataclasses.replace(pred, logits=pred.scores), splits["test"].class_names)
-    novel_top1 = novel["head"]["top1"]  # the "head" route of these logits is the score head
+    model = ckpt.build_model().to(device)
+    if callable(getattr(model, "set_classes", None)):
+        model.set_classes(test.class_names)
+        prompts, how = None, f"{ckpt.config.model.method}: its learned prompts with each new class name"
+    elif model.bank_prompts() is not None:
+        bank = prompt_bank(cfg, splits["train"], kind=ckpt.meta.get("bank_kind", cfg.prompts.kind))
+        prompts = bank.model_input().to(device)
+        how = f"{bank.kind} prompts for the new class names, through the score head"
+    else:
+        raise FixedClassesError(f"{checkpoint} is a plain classifier (no prompts, a head fixed to its "
+                          f"{len(ckpt.class_names)} training classes): it cannot classify new class names; only "
+                          "models with prompts (Instruction-ViT, CLIP prompt learners) take part")
+    pred = predict(model, eval_loader(cfg, model.backbone, test), prompts, device, cfg.train.amp)
+    if prompts is not None:  # the score head is the prediction over the new names
+        pred = dataclasses.replace(pred, logits=pred.scores)
+    metrics = classification_metrics(pred, test.class_names)["head"]
+    top5 = next((k for k in metrics if k.startswith("top") and k != "top1"), None)
+    return {"top1": metrics["top1"], **({top5: metrics[top5]} if top5 else {}), "per_class": metrics["per_class"],
+            "class_names": test.class_names, "how": how}
+
+
+def novel_classes(cfg: Config, run: Path, base_top1: float) -> dict[str, Any]:
+    """Base-to-novel (CoOp protocol): the model trained on the base classes predicts the novel classes by
+    :func:`new_classes` (Instruction-ViT through prompts for the novel names, a CLIP prompt learner through its
+    learned prompts before them). Returns base, novel and their harmonic mean (top-1 %)."""
+    novel_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, classes="novel"))
+    novel = new_classes(novel_cfg, run / "checkpoints" / "best.safetensors")
+    novel_top1 = novel["top1"]
     hm = 2 * base_top1 * novel_top1 / (base_top1 + novel_top1) if base_top1 + novel_top1 > 0 else 0.0
     return {"base_top1": base_top1, "novel_top1": novel_top1, "hm": hm,
-            "novel_class_names": splits["test"].class_names, "novel_per_class": novel["head"]["per_class"]}
+            "novel_class_names": novel["class_names"], "novel_per_class": novel["per_class"], "how": novel["how"]}
+
+
+def transfer(cfg: Config, checkpoint: str | Path, out: str | Path | None = None,
+             source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Cross-data-set transfer: ``checkpoint`` (trained on another data set) on ``cfg.data`` with its own class
+    names, no further training (:func:`new_classes`). ``source`` (what the checkpoint is: cell, data set, top-1)
+    is recorded beside the numbers; writes ``out/config.yaml`` and ``out/results.json`` if given."""
+    metrics = new_classes(cfg, checkpoint)
+    results = {"top1": metrics["top1"], "transfer": {**metrics, "source": source or {},
+                                                     "checkpoint": str(checkpoint),
+                                                     "checkpoint_sha256": file_sha256(Path(checkpoint))},
+               "data": {"dataset": cfg.data.dataset, "classes": len(metrics["class_names"])}}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        atomic_write(out / "results.json",
+                     lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2), encoding="utf-8"))
+    return results

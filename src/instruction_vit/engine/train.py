@@ -179,8 +179,9 @@ def _end_epoch(run: RunParts, row: dict[str, Any], epoch: int, step: int, best: 
     append_metrics(run.out, row, writer)
     score = row.get("val_top1_combined", row.get("val_top1_head", -1.0))
     meta = {**run.meta, "epoch": epoch, "step": step, "history": history, "best": max(best, score), "metrics": row}
-    if score > best:
-        best = score
+    # A model whose result is its last epoch (final_model = "last": PromptSRC's prompt aggregate) is its own best.
+    if score > best or getattr(run.model, "final_model", "best") == "last":
+        best = max(best, score)
         save_checkpoint(run.out / "checkpoints" / "best.safetensors", run.model, meta)
     save_checkpoint(run.out / "checkpoints" / "last.safetensors", run.model, meta, run.optimizer)
     return best
@@ -195,7 +196,9 @@ def _results(run: RunParts) -> dict[str, Any]:
     results["backbone_weights"] = run.weights_record
     if run.bank is not None:
         results["prompt_bank"] = {k: run.bank.meta.get(k) for k in PROMPT_RECORD if k in run.bank.meta}
-    if cfg.data.classes == "base" and run.bank is not None:
+    # Base-to-novel: a model that takes new class names (prompts, or a CLIP prompt learner's set_classes) is given
+    # the novel ones; a plain classifier has no novel number.
+    if cfg.data.classes == "base" and (run.bank is not None or callable(getattr(run.model, "set_classes", None))):
         results["base_to_novel"] = novel_classes(cfg, run.out, results["top1"])
     (run.out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results
