@@ -129,6 +129,14 @@ def test_hf_hub_repo_starts_a_new_run_as_pretrained_weights_and_bank(run, folder
     assert further.meta["bank_key"] == load_checkpoint(run).meta["bank_key"]  # the folder's bank, not a new one
     assert "prompt bank: prompts.safetensors of hf-hub:someorg/tiny-ivit" in result.output
 
+    # A reproduce cell that starts from the repo is keyed by the content of its files, not by the name.
+    from instruction_vit.engine.experiments import Identities
+    from instruction_vit.files import file_sha256
+
+    ids = Identities()
+    assert ids.file(f"hf-hub:{REPO}") == f"sha256:{file_sha256(folder / 'model.safetensors')}"
+    assert ids.file(str(folder)) == ids.file(f"hf-hub:{REPO}")
+
 
 def test_push_uploads_the_saved_folder(run, monkeypatch):
     from huggingface_hub import HfApi, constants

@@ -44,6 +44,8 @@ from ..config import Config, ConfigError, load_config, read_yaml_mapping
 from ..data import split_identity
 from ..errors import RunFolderError
 from ..files import atomic_write, file_sha256
+from ..hub_source import MODEL_FILE, resolve_model_source
+from ..hub_source import bank_stem as hub_bank_stem
 from ..prompts.encoders import parse_spec, weights_id
 
 logger = logging.getLogger(__name__)
@@ -300,12 +302,14 @@ class Identities:
         return self._seen[key]
 
     def file(self, source: str | None) -> str:
-        """``random-init``, ``timm`` (timm's own sources), ``sha256:...`` of a file, or ``missing:PATH``."""
+        """``random-init``, ``timm`` (timm's own sources), ``sha256:...`` of a file (of a model folder's or
+        ``hf-hub:`` repo's ``model.safetensors``), or ``missing:PATH``."""
         if source is None:
             return "random-init"
         if source == "timm":
             return "timm"
-        path = Path(source).expanduser()
+        folder = self._memo(("folder", source), lambda: _model_folder(source))
+        path = Path(folder) / MODEL_FILE if folder else Path(source).expanduser()
         return f"sha256:{file_sha256(path)}" if path.is_file() else f"missing:{path.resolve()}"
 
     def encoder(self, spec: str | None) -> dict[str, str] | None:
@@ -336,8 +340,10 @@ def cell_settings(cell: Cell, ids: Identities) -> dict[str, Any]:
         settings["image_encoder"] = ids.encoder(c.prompts.image_encoder)
         settings["templates"] = ids.text_file(c.prompts.templates)
         settings["descriptions"] = ids.text_file(c.prompts.descriptions)
-    if c.prompts.bank_file:
-        settings["bank_file"] = ids.file(str(bank_stem(c.prompts.bank_file).with_suffix(".safetensors")))
+    if c.prompts.bank_file:  # a bank file pair, or a model folder's / hf-hub repo's bank
+        stem = Path(hub_bank_stem(c.prompts.bank_file)) if _model_folder(c.prompts.bank_file) else \
+            bank_stem(c.prompts.bank_file)
+        settings["bank_file"] = ids.file(str(stem.with_suffix(".safetensors")))
     if cell.source is not None:  # what it evaluates: that cell's model, as keyed by that cell's settings
         settings["source"] = {"cell": cell.source.name, "key": settings_key(cell_settings(cell.source, ids))}
     return settings
@@ -391,6 +397,12 @@ def _same_encoder(a: Any, b: Any, ids: Identities) -> bool:
     except (OSError, ValueError, RuntimeError):
         return False
     return act[0] == act[1]
+
+
+def _model_folder(source: str) -> str:
+    """The local folder a model folder or ``hf-hub:`` source names ("" for any other source)."""
+    found = resolve_model_source(source)
+    return str(found.path) if found is not None else ""
 
 
 def bank_stem(path: str | Path) -> Path:
