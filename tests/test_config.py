@@ -105,3 +105,15 @@ def test_a_kinds_options_are_validated_and_filled_with_its_defaults():
             load_config(overrides=["model.method=optioned", "model.options.depth=deep"])
     with pytest.raises(ConfigError, match="takes no model.options"):
         load_config(overrides=["model.options.weight=2"])
+
+
+def test_sgd_with_plain_momentum_is_the_prompt_learners_optimizer():
+    """Dassl's SGD (CoOp, CoCoOp, KgCoOp, MaPLe, PromptSRC) is plain momentum 0.9; train.optimizer=sgd is Nesterov."""
+    import torch
+    from timm.optim import create_optimizer_v2
+
+    model = torch.nn.Linear(2, 2)
+    for name, nesterov in (("momentum", False), ("sgd", True)):
+        opt = create_optimizer_v2(model, opt=load_config(overrides=[f"train.optimizer={name}"]).train.optimizer, lr=0.1)
+        assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+        assert opt.defaults["nesterov"] is nesterov

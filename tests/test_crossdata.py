@@ -154,7 +154,7 @@ def test_the_learners_keep_their_papers_recipes(tmp_path):
     for row in ("coop", "cocoop", "kgcoop", "maple", "promptsrc"):
         c = b2n[row]
         assert c.prompts.encoder == "open_clip:ViT-B-16@openai" and c.data.img_size == 224
-        assert c.train.optimizer == "sgd" and c.data.randaugment is None and c.data.shots == 16
+        assert c.train.optimizer == "momentum" and c.data.randaugment is None and c.data.shots == 16
     few = {(c.column, c.row): c.config for c in cells(load_spec("fewshot"), tmp_path, seeds=[1])}
     assert [few[f"caltech101_{k}shot", "coop"].train.epochs for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
     assert few["caltech101_1shot", "coop"].model.coop_init is None  # CoOp's few-shot context: 16 random vectors

@@ -85,7 +85,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 256
     accum_steps: int = 1
-    optimizer: str = "adamw"  # adam | adamw | sgd (momentum 0.9, nesterov; timm)
+    optimizer: str = "adamw"  # adam | adamw | sgd (momentum 0.9, Nesterov) | momentum (SGD, plain momentum 0.9: Dassl's)
     lr: float = 1e-4
     min_lr: float = 1e-5
     warmup_epochs: float = 5.0
@@ -164,7 +164,7 @@ CHOICES = {
     "data.bad_images": ("error", "skip"),
     "prompts.ranker": ("zero_shot", "prototype"),
     "model.regime": ("full", "prompt", "linear"),
-    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.optimizer": ("adam", "adamw", "sgd", "momentum"),
     "train.mixup_mode": ("batch", "pair", "elem"),
 }
 POSITIVE = ("data.img_size", "train.epochs", "train.batch_size", "train.accum_steps", "prompts.per_class",
