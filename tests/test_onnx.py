@@ -16,6 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from instruction_vit.api import export_onnx, load_classifier
+from instruction_vit.classifiers.cocoop import CoCoOpClassifier
 from instruction_vit.classifiers.coop import CoOpClassifier
 from instruction_vit.cli import app
 from instruction_vit.engine import train
@@ -141,6 +142,14 @@ def test_plain_and_clip_prompt_learner_models_export_their_logits(tiny_clip_dir,
     (logits,) = _session(tmp_path / "coop.onnx").run(None, {"image": x.numpy()})
     with torch.no_grad():
         _close(logits, coop(x).logits)
+    # CoCoOp: a context per image (its meta-net token), so class texts per image, at any batch size.
+    cocoop = CoCoOpClassifier(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), ["blue", "green", "red"])
+    torch.nn.init.normal_(cocoop.meta_net.linear2.weight, std=0.5)  # a token that really differs per image
+    export_model_onnx(cocoop.eval(), tmp_path / "cocoop.onnx", class_names=["blue", "green", "red"], img_size=32)
+    x = torch.randn(5, 3, 32, 32)
+    (logits,) = _session(tmp_path / "cocoop.onnx").run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        _close(logits, cocoop(x).logits)
     for bad in (dict(prompts_input=True), dict(select_k=1)):
         with pytest.raises(ConfigError, match="class-name text"):
             export_model_onnx(coop, tmp_path / "x.onnx", class_names=["a", "b", "c"], img_size=32, **bad)

@@ -125,6 +125,8 @@ class CoOpFamily(nn.Module):
         if context.dim() == 2:
             return self._encode(context.unsqueeze(0))[0]
         per_pass = max(1, MAX_TEXTS_PER_PASS // self.num_classes)
+        if torch.onnx.is_in_onnx_export():  # one pass: a loop over chunks would fix the batch size in the graph
+            return self._encode(context)
         return torch.cat([self._encode(chunk) for chunk in context.split(per_pass)])
 
     def _encode(self, context: Tensor) -> Tensor:
