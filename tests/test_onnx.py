@@ -203,14 +203,18 @@ def test_the_readme_onnx_runtime_example_runs(run, classifier, tmp_path, monkeyp
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     code = re.search(r"## Export\n.*?```python\n(.*?)```", readme, re.S).group(1)
     export_onnx(run, tmp_path / "mine.onnx")
-    picture = Image.fromarray(np.random.default_rng(5).integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    picture = Image.fromarray(np.random.default_rng(5).integers(0, 255, (45, 20, 3), dtype=np.uint8))  # not square
     picture.save(tmp_path / "img.jpg")
     monkeypatch.chdir(tmp_path)
     printed = []
-    exec(compile(code, "README.md", "exec"), {"print": printed.append})
+    namespace = {"print": printed.append}
+    exec(compile(code, "README.md", "exec"), namespace)
     with torch.no_grad():
         scores = classifier.model(classifier.transform(Image.open(tmp_path / "img.jpg").convert("RGB"))[None],
                                   classifier.model.bank_prompts()).scores
+    image = classifier.transform(Image.open(tmp_path / "img.jpg").convert("RGB"))[None]
+    np.testing.assert_allclose(namespace["x"], image.numpy(), atol=1e-5)  # the engine's own preprocessing
+    np.testing.assert_allclose(namespace["scores"], scores.numpy(), atol=1e-4)
     assert printed == [classifier.classes[int(scores.argmax())]]
 
 
