@@ -105,6 +105,9 @@ def test_coop_predicts_new_class_names_with_its_learned_context(tmp_path, tiny_c
     reference = CoOpClassifier(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), new)
     reference.prompt_embed.context.data.copy_(classifier.model.prompt_embed.context)
     torch.testing.assert_close(classifier.model.text_features(), reference.text_features())  # context + new names
+    # Its own classes again after new ones: the model is given them back (not the last names under the old labels).
+    fresh = Classifier.load(tmp_path / "run", "cpu").predict([images / "red" / "0.png"], top_k=10)[0]
+    assert classifier.predict([images / "red" / "0.png"], top_k=10)[0] == fresh
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(images / "red" / "0.png"),
                                       "--classes", ",".join(new)])
     assert result.exit_code == 0, result.output

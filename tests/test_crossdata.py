@@ -122,6 +122,10 @@ def test_a_rows_recipe_by_a_resolved_key(tmp_path):
             "rows": {"r": {"config": {"train": {"epochs": 200}},
                            "by": {"data.shots": {1: {"train": {"epochs": 50}}, 16: {}}}}}}
     assert {c.column: c.config.train.epochs for c in cells(spec, tmp_path)} == {"k1": 50, "k16": 200}
+    # A command-line value picks its own recipe (the 1-shot one for data.shots=1), and an explicit override still wins.
+    assert {c.column: c.config.train.epochs for c in cells(spec, tmp_path, overrides=["data.shots=1"])} == \
+        {"k1": 50, "k16": 50}
+    assert {c.config.train.epochs for c in cells(spec, tmp_path, overrides=["data.shots=1", "train.epochs=7"])} == {7}
     spec["columns"]["k4"] = {"config": {"data": {"shots": 4}}}
     with pytest.raises(ConfigError, match="by data.shots, but lists no entry for 4"):
         list(cells(spec, tmp_path))

@@ -110,6 +110,13 @@ def test_maple_trains_exactly_its_prompts_and_couplings(encoder):
     # The context starts as the first 2 tokens of "a photo of a" (the official init), and so do the class texts.
     tokens = encoder.tokenizer(["a photo of a"])
     torch.testing.assert_close(maple.prompt_learner.context, encoder.model.token_embedding(tokens)[0, 1:3])
+    # The rest of the phrase stays in the text, as the official prompt "[SOS] v1 v2 of a <name>. [EOS]"; shallow
+    # (depth 1), the text side at init is CLIP's own encoding of "a photo of a <name>.".
+    shallow = MaPLeClassifier(encoder, CLASSES, n_ctx=2, depth=1)
+    texts = encoder.tokenizer([f"a photo of a {name}." for name in CLASSES])
+    assert torch.equal(shallow.texts.tokens, texts)
+    with torch.no_grad():
+        torch.testing.assert_close(shallow.text_features(), encoder.model.encode_text(texts))
     for regime in ("linear", "full"):
         with pytest.raises(ConfigError, match=f"regime '{regime}' does not fit MaPLe.*model.regime=prompt"):
             apply_regime(maple, regime)

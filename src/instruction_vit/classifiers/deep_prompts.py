@@ -171,15 +171,19 @@ def phrase_context(clip_tower: TextTower, tokenizer: Any, phrase: str | None, n:
 
 
 class ClassTexts(nn.Module):
-    """The class prompts ``[SOS] X..X name. [EOS]`` with ``n`` placeholder positions for the learned context: their
-    token ids and the frozen embeddings around the context (non-persistent buffers: rebuilt from the names)."""
+    """The class prompts ``[SOS] <phrase> name. [EOS]`` whose first ``n`` tokens after ``[SOS]`` are the learned
+    context: their token ids and the frozen embeddings around the context (non-persistent buffers: rebuilt from the
+    names). As the official MaPLe and PromptSRC code: the phrase the context was initialised from stays in the text, so
+    with 2 context tokens from "a photo of a" the prompt reads ``[SOS] v1 v2 of a name. [EOS]``; without a phrase
+    (random init), ``n`` placeholders."""
 
-    def __init__(self, tower: TextTower, tokenizer: Any, n: int, class_names: Sequence[str]):
+    def __init__(self, tower: TextTower, tokenizer: Any, n: int, class_names: Sequence[str],
+                 phrase: str | None = None):
         super().__init__()
         self.n = n
-        placeholder = " ".join(["X"] * n)
+        lead = phrase if phrase else " ".join(["X"] * n)
         device = tower.token_embedding.weight.device
-        tokens = tokenizer([f"{placeholder} {name}." for name in class_names]).to(device)
+        tokens = tokenizer([f"{lead} {name}." for name in class_names]).to(device)
         with torch.no_grad():
             embedded = tower.token_embedding(tokens)
         self.register_buffer("tokens", tokens, persistent=False)

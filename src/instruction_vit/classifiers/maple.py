@@ -68,6 +68,7 @@ class MaPLeClassifier(nn.Module):
             raise ConfigError(f"MaPLe needs model.options.depth >= 1 and model.options.n_ctx >= 1 (got {depth}, "
                               f"{n_ctx})")
         self.tokenizer = encoder.tokenizer
+        self.init_phrase = init or None  # stays in the class texts after the context (the official code's prompt)
         context = phrase_context(tower, self.tokenizer, init, n_ctx, "model.options.n_ctx")
         self.prompt_learner = MaPLePrompts(context, depth, tower.token_embedding.weight.shape[-1],
                                            visual.transformer.width)
@@ -78,7 +79,7 @@ class MaPLeClassifier(nn.Module):
     def set_classes(self, class_names: Sequence[str]) -> None:
         """Classify among ``class_names``: the learned prompts are class-agnostic, they go with any names."""
         self.texts = ClassTexts(text_tower(self.clip, "MaPLe"), self.tokenizer, self.prompt_learner.context.shape[0],
-                                class_names)
+                                class_names, self.init_phrase)
         self.num_classes = len(class_names)
 
     @property

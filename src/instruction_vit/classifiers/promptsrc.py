@@ -103,6 +103,7 @@ class PromptSRCClassifier(nn.Module):
         if gpa_std <= 0:
             raise ConfigError(f"model.options.gpa_std must be > 0, got {gpa_std}")
         self.tokenizer = encoder.tokenizer
+        self.init_phrase = init or None  # stays in the class texts after the context (the official code's prompt)
         context = phrase_context(tower, self.tokenizer, init, n_ctx_text, "model.options.n_ctx_text")
         width = clip.visual.transformer.width if depth_vision else 0
         self.prompt_learner = PromptSRCPrompts(context, depth_text, n_ctx_vision, depth_vision, width)
@@ -120,7 +121,7 @@ class PromptSRCClassifier(nn.Module):
         """Classify among ``class_names``: the learned prompts are class-agnostic, they go with any names."""
         self.class_names = list(class_names)
         self.texts = ClassTexts(text_tower(self.clip, "PromptSRC"), self.tokenizer,
-                                self.prompt_learner.context.shape[0], class_names)
+                                self.prompt_learner.context.shape[0], class_names, self.init_phrase)
         self.num_classes = len(class_names)
         self._frozen_text: Tensor | None = None  # the template ensemble's features, computed when training needs them
 

@@ -61,6 +61,8 @@ class Classifier:
                       ) -> ClassPrompts:
         """The prompts for ``classes`` (``None``: the checkpoint's own classes and prompts)."""
         if classes is None and examples is None:
+            if callable(getattr(self.model, "set_classes", None)):  # back to its own names after any new ones
+                self.model.set_classes(self.classes)
             prompts = self.model.bank_prompts()
             route = "combined" if prompts is not None else "head"
             return ClassPrompts(self.classes, prompts, "the checkpoint's classes and prompts", route)

@@ -199,10 +199,11 @@ def _lookup_key(tree: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def _by(spec: dict[str, Any], row: str, tree: dict[str, Any]) -> dict[str, Any]:
-    """The row's ``by`` entries for the values ``tree`` resolves to (a value not listed is an error)."""
+def _by(spec: dict[str, Any], row: str, tree: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The row's ``by`` entries for the values ``tree`` resolves to with the command-line ``overrides`` (a value not
+    listed is an error): ``data.shots=1`` on the command line gets the 1-shot recipe."""
     for key, table in ((spec["rows"][row] or {}).get("by") or {}).items():
-        value = _lookup_key(load_config(None, (), base=tree).to_dict(), key)  # the defaults count as values too
+        value = _lookup_key(load_config(None, overrides, base=tree).to_dict(), key)  # the defaults count too
         entry = next((v for k, v in (table or {}).items() if k == value or str(k) == str(value)), None)
         if entry is None:
             raise ConfigError(f"{spec['name']} row {row!r} sets its recipe by {key}, but lists no entry for {value!r} "
@@ -211,11 +212,11 @@ def _by(spec: dict[str, Any], row: str, tree: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def _tree(spec: dict[str, Any], column: str, row: str, seed: int) -> dict[str, Any]:
+def _tree(spec: dict[str, Any], column: str, row: str, seed: int, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """A training cell's config as the spec writes it: base <- column <- row <- by <- seeds."""
     tree = _merge(_merge(spec.get("base", {}), _column(spec, column).get("config", {})),
                   (spec["rows"][row] or {}).get("config", {}))
-    return _merge(_by(spec, row, tree), {"train": {"seed": seed}, "data": {"shots_seed": seed}})
+    return _merge(_by(spec, row, tree, overrides), {"train": {"seed": seed}, "data": {"shots_seed": seed}})
 
 
 def _make_cell(spec: dict[str, Any], runs: Path, column: str, row: str, seed: int, overrides: Sequence[str],
@@ -227,11 +228,11 @@ def _make_cell(spec: dict[str, Any], runs: Path, column: str, row: str, seed: in
     source_column = evaluated_column(spec, column)
     source = None
     if source_column is None:
-        tree = _tree(spec, column, row, seed)
+        tree = _tree(spec, column, row, seed, overrides)
     else:
         if row not in column_rows(spec, source_column):
             raise ConfigError(f"{spec['name']}/{column} evaluates {source_column}'s models, which has no row {row!r}")
-        tree = _merge(_tree(spec, source_column, row, seed), _column(spec, column).get("config", {}))
+        tree = _merge(_tree(spec, source_column, row, seed, overrides), _column(spec, column).get("config", {}))
         if not zero_shot:  # zero-shot trains nothing: it runs on the target as it is
             source = _make_cell(spec, runs, source_column, row, seed, overrides, weights)
     data = _fill(tree, runs)
