@@ -19,6 +19,7 @@ from .engine.classifier import Classifier
 from .engine.export import OnnxExport
 from .engine.export import export_onnx as _export_onnx
 from .engine.results import evaluate as _evaluate
+from .engine.run import read_descriptions
 from .errors import ConfigError
 from .model import build_model
 from .prompts import PromptBank, build_prompt_bank
@@ -40,17 +41,24 @@ def create_model(backbone: str, num_classes: int, *, prompt_dim: int | Mapping[s
 def build_prompts(class_names: Sequence[str], encoder: str | PromptEncoder = "conse", kind: str = "text", *,
                   templates: str | Sequence[str] = "simple", images: str | Path | LabelledImages | None = None,
                   image_encoder: str | PromptEncoder | None = None, per_class: int = 1, seed: int = 0,
-                  cache_dir: str | Path | None = None, device: str = "cpu") -> PromptBank:
+                  cache_dir: str | Path | None = None, device: str = "cpu",
+                  descriptions: str | Path | Mapping[str, Sequence[str]] | None = None) -> PromptBank:
     """The prompt bank of ``kind`` (``text``, ``image`` or ``mixed``) for ``class_names``: one feature per class
     from ``encoder`` (a spec such as ``"open_clip:ViT-B-16@openai"`` or an encoder object). ``templates`` is a named
     set (``simple``, ``openai_imagenet``, ``coop:oxford_pets``, ...), a file, or the templates themselves.
     ``images`` (image and mixed prompts): an image folder, one subfolder per class, whose training split the
-    prompts are drawn from, or a labelled collection. Cached in ``cache_dir`` when given."""
+    prompts are drawn from, or a labelled collection. ``descriptions`` (text prompts): a file or mapping of class name
+    -> sentences encoded beside the templates (``prompts.descriptions``); names it lacks get the templates alone.
+    Cached in ``cache_dir`` when given."""
     if isinstance(images, (str, Path)):
         images = training_split(images)
     template_list = template_set(templates) if isinstance(templates, str) else list(templates)
+    if isinstance(descriptions, (str, Path)):
+        descriptions = read_descriptions(descriptions)
+    described = {name: list(descriptions[name]) for name in class_names if name in (descriptions or {})}
     return build_prompt_bank(kind, class_names, text_encoder=encoder, image_encoder=image_encoder or encoder,
-                             templates=template_list, images=images, per_class=per_class, seed=seed,
+                             templates=template_list, descriptions=described or None, images=images,
+                             per_class=per_class, seed=seed,
                              cache_dir=cache_dir, device=device,
                              image_split="train" if images is not None else None)
 

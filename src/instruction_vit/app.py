@@ -121,8 +121,8 @@ class DemoModel:
             self._ranker = (load_encoder(p.encoder, device=str(self.classifier.device)), {})
         encoder, texts = self._ranker
         text = _remember(texts, tuple(names), lambda: build_prompts(
-            names, p.encoder, "text", templates=p.templates, cache_dir=p.cache_dir,
-            device=str(self.classifier.device)).features["text"])
+            names, p.encoder, "text", templates=p.templates, cache_dir=p.cache_dir, descriptions=p.descriptions,
+            device=str(self.classifier.device)).features["text"])  # the run's ranker texts, descriptions included
         pixels = encoder.image_transform()(image.convert("RGB")).unsqueeze(0).to(self.classifier.device)
         return cosine_scores(encoder.encode_images(pixels), text.to(self.classifier.device))
 

@@ -85,7 +85,8 @@ def eval_loader(cfg: Config, backbone: torch.nn.Module, data: LabelledImages) ->
                       num_workers=resolved_workers(cfg.data))
 
 
-def _descriptions(path: str | None) -> dict[str, list[str]] | None:
+def read_descriptions(path: str | Path | None) -> dict[str, list[str]] | None:
+    """A descriptions file (YAML/JSON: class name -> sentences) as a mapping; ``None`` for none."""
     if path is None:
         return None
     file = Path(path)
@@ -116,7 +117,7 @@ def prompt_bank(cfg: Config, train: LabelledImages, kind: str | None = None) -> 
         return bank
     return build_prompt_bank(
         kind, train.class_names, text_encoder=p.encoder, image_encoder=p.image_encoder or p.encoder,
-        templates=template_set(p.templates), descriptions=_descriptions(p.descriptions), images=train,
+        templates=template_set(p.templates), descriptions=read_descriptions(p.descriptions), images=train,
         per_class=p.per_class, seed=p.seed, cache_dir=p.cache_dir,
         device=resolve_device(cfg.train.device), image_split="train",
     )
