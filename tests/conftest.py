@@ -6,13 +6,10 @@ import os
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_var] = "1"
 
-import json  # noqa: E402
 import socket  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from pytest_socket import SocketBlockedError, SocketConnectBlockedError  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 TINY_CLIP_CFG = {
@@ -51,13 +48,24 @@ def hf_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     """A random tiny CLIP saved as an open_clip ``local-dir`` (open_clip_config.json + safetensors)."""
-    from open_clip.model import CLIP
+    from helpers import save_clip
 
-    torch.manual_seed(0)
-    model = CLIP(**TINY_CLIP_CFG)
     folder = tmp_path_factory.mktemp("tiny_clip")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
-    (folder / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": TINY_CLIP_CFG, "preprocess_cfg": {"size": 32}})
-    )
+    save_clip(folder, TINY_CLIP_CFG)
     return folder
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip_dir):
+    """The tiny CLIP, loaded as a prompt encoder (open_clip:local-dir:...)."""
+    from instruction_vit.prompts import load_encoder
+
+    return load_encoder(f"open_clip:local-dir:{tiny_clip_dir}")
+
+
+@pytest.fixture(scope="session")
+def deep_clip(tmp_path_factory):
+    """The encoder spec of a tiny CLIP with 3 layers per tower (helpers.DEEP_CLIP_CFG): MaPLe's and PromptSRC's."""
+    from helpers import DEEP_CLIP_CFG, save_clip
+
+    return save_clip(tmp_path_factory.mktemp("deep_clip"), DEEP_CLIP_CFG)

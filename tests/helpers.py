@@ -58,3 +58,28 @@ def fill_hf_cache(cache: Path, repo: str, files: dict, rev: str = HF_REV) -> Pat
         else:
             (snapshot / filename).write_text(json.dumps(content))
     return snapshot
+
+
+#: A CLIP with 3 layers per tower and different widths (text 24, vision 32): deep prompts and couplings need both.
+DEEP_CLIP_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 24, "heads": 2, "layers": 3},
+}
+
+
+def save_clip(folder: Path, cfg: dict) -> str:
+    """A random CLIP (seed 0) with ``cfg`` saved as an open_clip local dir (open_clip_config.json + safetensors);
+    returns its encoder spec."""
+    import json
+
+    import torch
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = CLIP(**cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {"size": 32}}))
+    return f"open_clip:local-dir:{folder}"

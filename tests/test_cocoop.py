@@ -7,14 +7,8 @@ from instruction_vit.classifiers.cocoop import CoCoOpClassifier
 from instruction_vit.classifiers.coop import CoOpClassifier
 from instruction_vit.config import ConfigError
 from instruction_vit.model import apply_regime
-from instruction_vit.prompts import load_encoder
 
 CLASSES = ["cat", "dog", "car"]
-
-
-@pytest.fixture(scope="module")
-def clip(tiny_clip_dir):
-    return load_encoder(f"open_clip:local-dir:{tiny_clip_dir}")
 
 
 def test_it_trains_the_context_and_the_meta_net_only(clip):

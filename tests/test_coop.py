@@ -16,11 +16,6 @@ from instruction_vit.prompts import load_encoder
 CLASSES = ["cat", "dog", "car"]
 
 
-@pytest.fixture(scope="module")
-def clip(tiny_clip_dir):
-    return load_encoder(f"open_clip:local-dir:{tiny_clip_dir}")
-
-
 def test_initialised_from_a_phrase_it_is_clips_zero_shot_classifier(clip):
     coop = CoOpClassifier(clip, CLASSES, init="a photo of a").eval()
     expected = clip.model.encode_text(clip.tokenizer([f"a photo of a {c}." for c in CLASSES]))

@@ -9,14 +9,8 @@ from instruction_vit.classifiers.kgcoop import KgCoOpClassifier
 from instruction_vit.config import ConfigError, load_config
 from instruction_vit.losses import InstructionLoss
 from instruction_vit.model import apply_regime
-from instruction_vit.prompts import load_encoder
 
 CLASSES = ["cat", "dog", "car"]
-
-
-@pytest.fixture(scope="module")
-def clip(tiny_clip_dir):
-    return load_encoder(f"open_clip:local-dir:{tiny_clip_dir}")
 
 
 def test_it_trains_the_context_only(clip):

@@ -1,11 +1,10 @@
 """MaPLe and the deep-prompt runner it shares with PromptSRC, on a tiny 3-layer CLIP saved in open_clip's format."""
 
-import json
 
 import pytest
 import torch
-from open_clip.model import CLIP
-from safetensors.torch import save_file
+
+from helpers import DEEP_CLIP_CFG, save_clip
 
 from instruction_vit.classifiers import deep_prompts as dp
 from instruction_vit.classifiers.maple import MaPLeClassifier
@@ -14,29 +13,6 @@ from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
 
 CLASSES = ["cat", "dog", "car"]
-DEEP_CLIP_CFG = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 3, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 24, "heads": 2, "layers": 3},
-}
-
-
-def save_clip(folder, cfg):
-    """A random CLIP with ``cfg`` saved as an open_clip local dir; returns the encoder spec."""
-    torch.manual_seed(0)
-    model = CLIP(**cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {"size": 32}}))
-    return f"open_clip:local-dir:{folder}"
-
-
-@pytest.fixture(scope="module")
-def deep_clip(tmp_path_factory):
-    """A tiny CLIP with 3 layers per tower (text width 24, vision width 32: the couplings change the width)."""
-    return save_clip(tmp_path_factory.mktemp("deep_clip"), DEEP_CLIP_CFG)
-
-
 @pytest.fixture(scope="module")
 def encoder(deep_clip):
     return load_encoder(deep_clip)

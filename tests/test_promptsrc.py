@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
-from test_maple import DEEP_CLIP_CFG, save_clip
+from helpers import DEEP_CLIP_CFG, save_clip
 
 from instruction_vit.classifiers.promptsrc import PromptSRCClassifier, promptsrc_templates
 from instruction_vit.config import ConfigError, load_config
@@ -15,11 +15,6 @@ from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
 
 CLASSES = ["cat", "dog", "car"]
-
-
-@pytest.fixture(scope="module")
-def deep_clip(tmp_path_factory):
-    return save_clip(tmp_path_factory.mktemp("deep_clip"), DEEP_CLIP_CFG)
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +129,9 @@ def test_promptsrc_through_the_cli_aggregates_checkpoints_resumes_and_predicts(t
 
 
 def test_promptsrc_config_errors(tmp_path, encoder):
-    from test_maple import save_clip as save
 
     resnet = dict(DEEP_CLIP_CFG, vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 16})
-    rn = load_encoder(save(tmp_path / "rn", resnet))
+    rn = load_encoder(save_clip(tmp_path / "rn", resnet))
     with pytest.raises(ConfigError, match="deep vision prompts need a transformer image tower"):
         PromptSRCClassifier(rn, CLASSES, depth_text=2, depth_vision=2)
     assert PromptSRCClassifier(rn, CLASSES, depth_text=2, n_ctx_vision=0).prompt_learner.vision.numel() == 0

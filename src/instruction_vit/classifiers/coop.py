@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..errors import ConfigError
-from ..model import check_regime
 from ..outputs import InstructionOutput, Prompts
 from ..prompts import load_encoder
 from . import ClassifierKind, register_classifier
+from .deep_prompts import prompt_regime_only
 from .towers import Towers, towers_from_encoder
 
 #: Per-image prompts (CoCoOp) are encoded this many class texts at a time at most (images in chunks).
@@ -102,9 +102,7 @@ class CoOpFamily(nn.Module):
         """``prompt``: what the method trains (:meth:`trainable_modules`). The towers stay frozen (checkpoints keep
         them by reference, so tuned towers would be lost): ``full`` is a :class:`ConfigError`, and so is ``linear``
         (no classification head: the classifier is the class texts)."""
-        if check_regime(regime) != "prompt":
-            raise ConfigError(f"regime {regime!r} does not fit {self.method}: it trains its prompts over frozen towers "
-                              "(no head, the towers kept by reference in checkpoints); use model.regime=prompt")
+        prompt_regime_only(regime, self.method)
         return [p for module in self.trainable_modules() for p in module.parameters()]
 
     def no_weight_decay(self) -> set[str]:

@@ -222,10 +222,11 @@ def frozen_clip(encoder: OpenCLIPEncoder) -> nn.Module:
 
 
 def prompt_regime_only(regime: str, method: str) -> None:
-    """These methods train prompts over a frozen CLIP kept by reference in checkpoints: only ``regime=prompt``."""
+    """The CLIP prompt learners train prompts over frozen towers kept by reference in checkpoints (a tuned tower
+    would be lost) and have no head: only ``regime=prompt``."""
     if check_regime(regime) != "prompt":
-        raise ConfigError(f"regime {regime!r} does not fit {method}: it trains its prompts over a frozen CLIP (no "
-                          "head, CLIP kept by reference in checkpoints); use model.regime=prompt")
+        raise ConfigError(f"regime {regime!r} does not fit {method}: it trains its prompts over frozen towers (no "
+                          "head; the towers are kept by reference in checkpoints); use model.regime=prompt")
 
 
 __all__ = ["ClassTexts", "TextTower", "check_depth", "clip_logits", "encode_image", "encode_text", "frozen_clip",

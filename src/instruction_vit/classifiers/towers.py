@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..prompts.encoders.base import PromptEncoder
+from .deep_prompts import TextTower as CLIPText
+from .deep_prompts import encode_text
 
 #: The fixed logit scale of the MiniLM/ConSE pair, which has no learned one: CLIP's trained value (exp(4.6052) =
 #: 100), with which the CoOp family's learning rates were tuned. Measured on 200 Fashion-MNIST test images (conse,
@@ -110,17 +112,11 @@ class CLIPTextTower(TextTower):
         return int((tokens > 0).sum()) - 2  # without [SOS] and [EOS]
 
     def encode(self, embeddings: Tensor, tokens: Tensor) -> Tensor:
-        """open_clip's ``CLIP.encode_text`` from the embedding step on."""
-        from open_clip.transformer import text_global_pool
-
-        cast = self.transformer.get_cast_dtype()
-        x = embeddings.to(cast) + self.positional_embedding.to(cast)
-        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask))
-        x = text_global_pool(x, tokens, self.text_pool_type, eos_token_id=self.text_eos_id)
-        projection = self.text_projection
-        if projection is None:
-            return x
-        return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+        """open_clip's ``CLIP.encode_text`` from the embedding step on (the deep-prompt runner without deep
+        prompts; its parts are this module's, so they follow it across devices)."""
+        parts = CLIPText(self.token_embedding, self.positional_embedding, self.transformer, self.ln_final,
+                         self.text_projection, self.attn_mask, self.text_pool_type, self.text_eos_id)
+        return encode_text(parts, embeddings, tokens)
 
 
 class CLIPImageTower(ImageTower):
