@@ -98,7 +98,8 @@ def measure(mode: str, variant: str, compiled: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
-    parser.add_argument("--no-compile", action="store_true", help="eager only")
+    parser.add_argument("--compile", choices=("eager", "compiled", "both"), default="both",
+                        help="which of eager and torch.compile to measure (default: both)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: VARIANT|compiled, in a fresh process
     args = parser.parse_args()
     if args.one:
@@ -108,7 +109,8 @@ def main() -> None:
     import torch
 
     rows = [run_cell(__file__, "--mode", args.mode, "--one", f"{variant}|{int(compiled)}")
-            for compiled in ((False,) if args.no_compile else (False, True)) for variant in VARIANTS]
+            for compiled in {"eager": (False,), "compiled": (True,), "both": (False, True)}[args.compile]
+            for variant in VARIANTS]
     m = MODES[args.mode]
     print(f"mode {args.mode}: {m['backbone']} {m['img']} px, batch {m['batch']}, N={m['classes']} prompts, "
           f"K={m['k']}; {device_name(args.mode == 'gpu')}; torch {torch.__version__}")
