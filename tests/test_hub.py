@@ -48,7 +48,7 @@ def cached_repo(hf_cache, folder, repo=REPO):
     return fill_hf_cache(hf_cache, repo, {f.name: f for f in folder.iterdir()})
 
 
-def test_saved_folder_holds_the_model_and_predicts_as_the_checkpoint(run, folder, image_root):
+def test_saved_folder_holds_the_model_and_predicts_as_the_checkpoint(run, folder, image_root, tiny_clip_dir):
     assert sorted(f.name for f in folder.iterdir()) == list(FILES)
     ckpt = load_checkpoint(run)
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:  # the model state, nothing else
@@ -60,7 +60,15 @@ def test_saved_folder_holds_the_model_and_predicts_as_the_checkpoint(run, folder
     assert config["preprocessing"] == {"size": 16, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic",
                                        "crop_pct": 1.0}
     assert config["prompts"]["kind"] == "text" and config["prompts"]["encoders"]["text_weights"].startswith("sha256:")
-    assert config["config"] == ckpt.meta["config"] and config["library_version"] == ivit.__version__
+    assert config["library_version"] == ivit.__version__
+    # Portable: the run config without the saver's paths (site keys written relative, ignored on load).
+    assert config["config"]["model"] == ckpt.meta["config"]["model"] and config["config"]["train"] == \
+        ckpt.meta["config"]["train"]
+    assert config["config"]["data"]["root"] == image_root.name
+    assert config["config"]["prompts"]["encoder"] == f"open_clip:local-dir:{tiny_clip_dir.name}"
+    for file in folder.iterdir():
+        assert str(tiny_clip_dir.parent) not in file.read_text(errors="ignore"), file
+        assert file.stat().st_mode & 0o777 == 0o644, file  # a folder to share: others may read it
 
     card = (folder / "README.md").read_text()
     front = card.split("---")[1]
@@ -74,7 +82,10 @@ def test_saved_folder_holds_the_model_and_predicts_as_the_checkpoint(run, folder
     images = sorted(image_root.rglob("*.png"))[:6]
     assert ivit.load_classifier(folder, "cpu").predict(images) == ivit.load_classifier(run, "cpu").predict(images)
     new = ["crimson", "navy", "lime"]  # new names: text prompts encoded again (the same up to float rounding)
-    shared, original = (ivit.load_classifier(x, "cpu").predict(images, new) for x in (folder, run))
+    with pytest.raises(CheckpointError, match="pass|--encoder open_clip:local-dir:/path/to/tiny_clip"):
+        ivit.load_classifier(folder, "cpu").predict(images, new)  # the folder's CLIP path is not followed
+    encoder = f"open_clip:local-dir:{tiny_clip_dir}"
+    shared, original = (ivit.load_classifier(x, "cpu", encoder=encoder).predict(images, new) for x in (folder, run))
     assert [[n for n, _ in r] for r in shared] == [[n for n, _ in r] for r in original]
     assert [p for r in shared for _, p in r] == pytest.approx([p for r in original for _, p in r], abs=1e-5)
 
@@ -95,10 +106,13 @@ def test_hf_hub_repo_loads_offline_in_predict_and_eval(run, folder, hf_cache, im
         assert f"loaded hf-hub:{REPO} (revision {HF_REV[:12]}) from the Hugging Face cache" in result.output
         assert result.output.strip().splitlines()[-1] == local.output.strip().splitlines()[-1]
     result = CliRunner().invoke(app, ["eval", f"hf-hub:{REPO}"])
+    assert result.exit_code == 2 and "pass data.root=FOLDER" in result.output  # a folder names no data path
+    result = CliRunner().invoke(app, ["eval", f"hf-hub:{REPO}", f"data.root={image_root}"])
     assert result.exit_code == 0, result.output
     expected = json.loads((run / "results.json").read_text())["all_prompts"]["combined"]["top1"]
     assert f"{expected:.2f}" in result.output
-    assert ivit.evaluate(f"hf-hub:{REPO}")["checkpoint"].startswith(f"hf-hub:{REPO} (revision")
+    assert ivit.evaluate(f"hf-hub:{REPO}", overrides=[f"data.root={image_root}"])["checkpoint"].startswith(
+        f"hf-hub:{REPO} (revision")
 
     missing = CliRunner().invoke(app, ["predict", "hf-hub:someorg/not-cached", image])
     assert missing.exit_code == 2
@@ -196,8 +210,10 @@ def test_broken_folders_are_clear_errors(run, folder, tmp_path, image_root):
         load_checkpoint("hf-hub:just-a-name")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(RunFolderError, match="choose a new folder"):
-        ivit.save_pretrained(run, tmp_path / "busy")
+    for force in (False, True):
+        with pytest.raises(RunFolderError, match="choose a new folder"):
+            ivit.save_pretrained(run, tmp_path / "busy", force=force)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
 def test_coop_folder_keeps_clip_by_reference_and_checks_it(tmp_path, tiny_clip_dir, image_root):
@@ -211,16 +227,19 @@ def test_coop_folder_keeps_clip_by_reference_and_checks_it(tmp_path, tiny_clip_d
     folder = ivit.save_pretrained(tmp_path / "coop", tmp_path / "coop-folder")
     assert not (folder / "prompts.safetensors").exists()
     config = json.loads((folder / "config.json").read_text())
-    assert config["external"]["encoder"] == f"open_clip:local-dir:{tiny_clip_dir}"
+    assert config["external"]["encoder"] == f"open_clip:local-dir:{tiny_clip_dir.name}"  # no saver's path
     prefixes = tuple(config["external"]["prefixes"])  # CLIP's frozen parts, kept by reference
     assert config["external"]["weights_id"].startswith("sha256:") and prefixes
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
         assert "prompt_embed.context" in f.keys() and not [k for k in f.keys() if k.startswith(prefixes)]
     images = sorted(image_root.rglob("*.png"))[:4]
-    assert ivit.load_classifier(folder, "cpu").predict(images) == \
+    with pytest.raises(CheckpointError, match="--encoder open_clip:local-dir:/path/to/"):
+        ivit.load_classifier(folder, "cpu")  # its CLIP is a folder of the saver's machine: not followed
+    encoder = f"open_clip:local-dir:{tiny_clip_dir}"
+    assert ivit.load_classifier(folder, "cpu", encoder=encoder).predict(images) == \
         ivit.load_classifier(tmp_path / "coop", "cpu").predict(images)
     config["external"]["weights_id"] = "sha256:other"
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="trained over encoder weights 'sha256:other'"):
-        ivit.load_classifier(folder, "cpu")
+        ivit.load_classifier(folder, "cpu", encoder=encoder)
 

@@ -63,21 +63,27 @@ def build_prompts(class_names: Sequence[str], encoder: str | PromptEncoder = "co
                              image_split="train" if images is not None else None)
 
 
-def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
+def load_classifier(path: str | Path, device: str = "auto", *, encoder: str | None = None,
+                    image_encoder: str | None = None) -> Classifier:
     """A checkpoint file, run folder, model folder (``save_pretrained``) or ``hf-hub:ORG/NAME[@REVISION]`` (offline:
     from the Hugging Face cache) as a classifier: ``.classes``, ``.transform``, ``.model``, ``.to(device)``,
-    ``.predict(images_or_paths, classes=None, top_k=5)``; new class names work as in ``ivit predict --classes``."""
-    return Classifier.load(path, device)
+    ``.predict(images_or_paths, classes=None, top_k=5)``; new class names work as in ``ivit predict --classes``.
+
+    ``encoder`` (and ``image_encoder``): the prompt encoder to use where the model folder names its own by a file on
+    the machine that wrote it (a folder's paths are not followed); it must be the weights the folder records."""
+    return Classifier.load(path, device, encoder, image_encoder)
 
 
-def save_pretrained(run: str | Path, folder: str | Path, *, license: str = "mit", repo_id: str | None = None) -> Path:
+def save_pretrained(run: str | Path, folder: str | Path, *, license: str = "mit", repo_id: str | None = None,
+                    force: bool = False) -> Path:
     """Write a trained model (a run folder, checkpoint file or model folder) as a shareable model folder:
     ``model.safetensors`` (weights), ``prompts.safetensors`` + ``prompts.json`` (its prompt bank), ``config.json``
     (config, classes, preprocessing) and a ``README.md`` model card with the ``license``; what ``ivit save`` does.
+    An existing model folder is replaced only with ``force``; the folder is written whole, then put in place.
     :func:`load_classifier` reads the folder back, locally or as ``hf-hub:ORG/NAME`` once pushed."""
     from .engine.hub import save_pretrained as _save
 
-    return _save(run, folder, license=license, repo_id=repo_id)
+    return _save(run, folder, license=license, repo_id=repo_id, force=force)
 
 
 def push_to_hub(run: str | Path, repo_id: str, *, private: bool = False, license: str = "mit",
@@ -123,10 +129,12 @@ def train(config: RunConfig, out: str | Path, *, resume: bool = False, force: bo
 
 
 def evaluate(checkpoint: str | Path, split: str = "test", select_k: int | None = None,
-             overrides: Sequence[str] = ()) -> dict[str, Any]:
+             overrides: Sequence[str] = (), *, encoder: str | None = None,
+             image_encoder: str | None = None) -> dict[str, Any]:
     """A checkpoint's metrics on ``split`` of its data (per route; with ``select_k``, also with top-K+1 prompts),
-    computed as at the end of training; ``overrides`` are ``data.*`` keys (other images of the same classes)."""
-    return _evaluate(checkpoint, split, select_k, overrides)
+    computed as at the end of training; ``overrides`` are ``data.*`` keys (other images of the same classes; a model
+    folder needs ``data.root``: its paths are not followed). ``encoder``: as in :func:`load_classifier`."""
+    return _evaluate(checkpoint, split, select_k, overrides, encoder, image_encoder)
 
 
 def list_experiments() -> list[str]:

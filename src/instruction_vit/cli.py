@@ -39,6 +39,9 @@ app.add_typer(prompts_app, name="prompts")
 data_app = typer.Typer(help="Check a data set before training.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console(soft_wrap=True)  # messages and log lines stay one line each (tables still fit the width)
+ENCODER_HELP = ("Prompt encoder spec in place of the recorded one: a model folder names no files of the machine that "
+                "wrote it, so one trained over a local CLIP file needs yours (checked against its recorded weights).")
+IMAGE_ENCODER_HELP = "Likewise for a separate image prompt encoder."
 #: What the command reports in one line with exit status 2: the package's user errors, nothing broader (a bug keeps
 #: its traceback).
 USER_ERRORS = (UserError,)
@@ -168,14 +171,17 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Write metrics JSON and confusion PNG here.")] = None,
     overrides: Annotated[Optional[list[str]], typer.Argument(
         help="data.key=value overrides, e.g. data.root=OTHER to evaluate on other images of the same classes.")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help=ENCODER_HELP)] = None,
+    image_encoder: Annotated[Optional[str], typer.Option(help=IMAGE_ENCODER_HELP)] = None,
 ) -> None:
     """Evaluate a checkpoint on its data: head, score and combined routes, with or without selection (the same
-    code that makes a run's results.json)."""
+    code that makes a run's results.json). A model folder names no paths: give data.root=FOLDER."""
     from .api import evaluate as evaluate_checkpoint
     from .report import plot_confusion
 
     with _progress():
-        results = evaluate_checkpoint(checkpoint, split, select_k, overrides or [])
+        results = evaluate_checkpoint(checkpoint, split, select_k, overrides or [], encoder=encoder,
+                                      image_encoder=image_encoder)
     names = results["class_names"]
     top_n = min(5, len(names))
     for key, title in (("all_prompts", "all prompts"), (f"select_k{select_k}", f"top-{select_k}+1 prompts")):
@@ -208,12 +214,14 @@ def predict(
     examples: Annotated[Optional[Path], typer.Option(
         help="Example images of the new classes (one subfolder per class), for image or mixed prompts.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    encoder: Annotated[Optional[str], typer.Option(help=ENCODER_HELP)] = None,
+    image_encoder: Annotated[Optional[str], typer.Option(help=IMAGE_ENCODER_HELP)] = None,
 ) -> None:
     """Top-k classes per image; with --classes/--class-file, among new class names (the line before the results
     says which prompts are used)."""
     from .api import load_classifier
 
-    classifier = load_classifier(checkpoint, device)
+    classifier = load_classifier(checkpoint, device, encoder=encoder, image_encoder=image_encoder)
     files = _image_files(images)
     with _progress():
         use = classifier.class_prompts(_class_list(classes, class_file), examples)
@@ -255,13 +263,15 @@ def save(
     run: Annotated[str, typer.Argument(help="A run folder, checkpoint file or model folder.")],
     folder: Annotated[Path, typer.Argument(help="The model folder to write (new, empty, or written by ivit save).")],
     license: Annotated[str, typer.Option(help="License in the model card's front matter.")] = "mit",
+    force: Annotated[bool, typer.Option(help="Replace FOLDER if it is a model folder already.")] = False,
 ) -> None:
     """Write a trained model as a shareable folder: model.safetensors, prompts.safetensors (+ prompts.json),
-    config.json and a README.md model card; ivit predict/eval and model.pretrained / prompts.bank_file read it."""
+    config.json and a README.md model card; ivit predict/eval and model.pretrained / prompts.bank_file read it.
+    The folder is written whole, then put in place; it names no path of this machine."""
     from .api import save_pretrained
 
     with _progress():
-        save_pretrained(run, folder, license=license)  # its log line says what was written
+        save_pretrained(run, folder, license=license, force=force)  # its log line says what was written
 
 
 @app.command()
@@ -510,14 +520,22 @@ def report(
 
 
 def _class_list(classes: str | None, class_file: Path | None) -> list[str] | None:
-    if classes and class_file:
+    """The new class names of ``--classes`` / ``--class-file``; given but empty is an error, not "the run's own"."""
+    if classes is not None and class_file is not None:
         raise ConfigError("give --classes or --class-file, not both")
     if class_file is not None:
         if not class_file.is_file():
             raise MissingFileError(f"class file not found: {class_file}")
-        return [line.strip() for line in class_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if classes:
-        return [c.strip() for c in classes.split(",") if c.strip()]
+        names = [line.strip() for line in class_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not names:
+            raise ConfigError(f"class file {class_file} names no classes (one name per line)")
+        return names
+    if classes is not None:
+        names = [c.strip() for c in classes.split(",") if c.strip()]
+        if not names:
+            raise ConfigError("--classes names no classes: give comma-separated names, e.g. --classes \"cat, dog\", "
+                              "or leave it out for the run's own classes")
+        return names
     return None
 
 

@@ -44,6 +44,7 @@ class DataConfig:
     store_dir: str = ".cache/instruction-vit/stores"
     num_workers: int | None = None  # loader processes; None: min(8, CPU count)
     bad_images: str = "error"  # error: an unreadable image stops the run | skip: logged once each, counted in results
+    missing_eval_classes: str = "error"  # a class with no val or test images: error (stop) | allow (recorded)
 
 
 @dataclass
@@ -51,8 +52,8 @@ class PromptConfig:
     kind: str = "text"  # none | text | image | mixed
     encoder: str = "conse"  # a registered encoder spec: ivit.list_encoders(), prompts.encoders.encoder_spec_help()
     image_encoder: str | None = None  # None: the same as `encoder`
-    templates: str = "simple"  # a named set or a file (instruction_vit.data.templates)
-    descriptions: str | None = None  # YAML/JSON file {class name: [sentences]}
+    templates: str | list[str] = "simple"  # a named set, a file (instruction_vit.data.templates), or the templates
+    descriptions: str | dict[str, list[str]] | None = None  # YAML/JSON file {class name: [sentences]}, or that mapping
     per_class: int = 1  # images averaged per image prompt
     seed: int = 0  # which training images become image prompts
     select_k: int | None = None  # evaluation: top-K prompts + 1 averaged (paper §3.4); None: all N
@@ -162,6 +163,7 @@ CHOICES = {
     "prompts.kind": ("none", "text", "image", "mixed"),
     "data.classes": ("all", "base", "novel"),
     "data.bad_images": ("error", "skip"),
+    "data.missing_eval_classes": ("error", "allow"),
     "prompts.ranker": ("zero_shot", "prototype"),
     "model.regime": ("full", "prompt", "linear"),
     "train.optimizer": ("adam", "adamw", "sgd", "momentum"),
@@ -238,6 +240,16 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_flow_mapping(value: dict, name: str) -> None:
+    """A YAML flow mapping written without a space after a colon (``{patch_size:8}``) reads as the key
+    ``"patch_size:8"`` with no value: a model quietly built without the setting. Such a key is refused with the fix."""
+    glued = [str(k) for k, v in value.items() if v is None and isinstance(k, str) and ":" in k.strip(":")]
+    if glued:
+        fixed = ", ".join(f"{k.split(':', 1)[0].strip()}: {k.split(':', 1)[1].strip()}" for k in glued)
+        raise ConfigError(f"config key {name!r}: {', '.join(repr(k) for k in glued)} reads as a key with no value "
+                          f"(YAML needs a space after each colon); write {{{fixed}}}")
+
+
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -250,9 +262,14 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             except ConfigError as err:
                 errors.append(err)
         raise errors[0]
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {name!r} must be a list, got {value!r}")
+        return [_coerce(item, args[0], f"{name}[{i}]") for i, item in enumerate(value)] if args else list(value)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {name!r} must be a mapping, got {value!r}")
+        _check_flow_mapping(value, name)
         return dict(value)
     if hint is Any:
         return value

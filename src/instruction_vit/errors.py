@@ -35,6 +35,10 @@ class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained weights could not be fetched (offline, or a tag that does not exist); says what to pass."""
 
 
+class DiskFullError(UserError, OSError):
+    """No space left to write a file; the file it would have replaced is whole."""
+
+
 class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used, with the reason."""
 
@@ -51,5 +55,6 @@ class ExportError(UserError, RuntimeError):
     """An export that does not reproduce the PyTorch model, or cannot be made; nothing was written."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "ExportError", "InstructionViTError", "MissingFileError",
-           "NonFiniteLossError", "RunFolderError", "UserError", "WeightsError", "WeightsUnavailableError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "DiskFullError", "ExportError", "InstructionViTError",
+           "MissingFileError", "NonFiniteLossError", "RunFolderError", "UserError", "WeightsError",
+           "WeightsUnavailableError"]

@@ -174,6 +174,7 @@ def image_folder(root: str | Path) -> FileImages:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root} has no class subfolders (expected {root}/CLASS_NAME/IMAGE.jpg)")
+    _check_class_links(root, classes)
     paths, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -182,6 +183,23 @@ def image_folder(root: str | Path) -> FileImages:
         paths += [str(p.relative_to(root)) for p in files]
         labels += [label] * len(files)
     return FileImages(root, paths, labels, classes)
+
+
+def _check_class_links(root: Path, classes: Sequence[str]) -> None:
+    """A class folder that is a link to the data root (or above it), into another class folder, or to the same
+    folder as another class would train images under two labels: refused (``ivit data check`` lists such copies as
+    duplicates). Links to folders elsewhere are fine."""
+    top = root.resolve()
+    targets = {name: (root / name).resolve() for name in classes}
+    for name, target in targets.items():
+        if target == top or target in top.parents:
+            raise DataError(f"class folder {root / name} is a link to the data root {root} (or above it): every image "
+                            "would also be trained as that class; remove the link")
+    for name, target in targets.items():
+        for other, other_target in targets.items():
+            if other != name and (target == other_target or other_target in target.parents):
+                raise DataError(f"class folder {root / name} links into class folder {root / other}: its images would "
+                                "be trained under two labels; remove the link or copy the images it should hold")
 
 
 def coop_split(split_file: str | Path, root: str | Path) -> dict[str, FileImages]:

@@ -35,8 +35,11 @@ def _open_clip_set(attr: str) -> list[str]:
     return [t("{}") for t in getattr(zero_shot_metadata, attr)]
 
 
-def template_set(name_or_path: str) -> list[str]:
-    """The templates of a named set (see module doc) or of a template file."""
+def template_set(name_or_path: str | Sequence[str]) -> list[str]:
+    """The templates of a named set (see module doc) or of a template file; a list of templates is checked and
+    returned as it is."""
+    if not isinstance(name_or_path, str):
+        return check_templates(name_or_path)
     if name_or_path == "openai_imagenet":
         return _open_clip_set("OPENAI_IMAGENET_TEMPLATES")
     if name_or_path == "simple":

@@ -17,6 +17,7 @@ see :mod:`instruction_vit.hub_source`) as a weights-only checkpoint, so whatever
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -32,7 +33,7 @@ from safetensors.torch import save_file
 
 from ..classifiers import classifier_kind
 from ..config import Config, from_dict
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
 from ..files import atomic_write, file_sha256
 from ..hub_source import (
     CONFIG_FILE,
@@ -44,6 +45,7 @@ from ..hub_source import (
     resolve_model_source,
 )
 from ..outputs import SINGLE_SOURCE, Prompts
+from .folder_config import UNRESOLVED, strip_paths, trusted_config, with_encoders
 
 FORMAT = "instruction-vit-checkpoint/1"
 log = logging.getLogger(__name__)
@@ -57,6 +59,23 @@ class Checkpoint:
     train: dict[str, Any] | None
     external: dict[str, Any] | None = None  # {"prefixes", "weights_id"}: weights saved by reference
     source: ModelSource | None = None  # set when read from a model folder (local, or a Hugging Face repo)
+    unresolved: dict[str, str] = dataclasses.field(default_factory=dict)  # encoders a folder named by a file
+
+    def require_encoders(self, purpose: str) -> None:
+        """Refuse (one line, the fix named) when ``purpose`` needs a prompt encoder that the model folder named by a
+        file on the machine that wrote it: a folder's paths are not followed, the caller names the encoder."""
+        if not self.unresolved:
+            return
+        key, spec = next(iter(self.unresolved.items()))
+        recorded = (self.external or {}).get("weights_id") or \
+            (self.meta.get("bank_encoders") or {}).get("image_weights" if "image" in key else "text_weights")
+        weights = f", weights {recorded}" if recorded else ""
+        option = "--image-encoder" if key == "prompts.image_encoder" else "--encoder"
+        raise CheckpointError(
+            f"{self.name} names its prompt encoder by a file on the machine that wrote it ({spec}{weights}), and a "
+            f"model folder's paths are not followed: for {purpose}, name yours with {option} SPEC "
+            f"(load_classifier(..., {option[2:].replace('-', '_')}=SPEC)), e.g. {option} {_example_spec(spec)}; "
+            "it is checked against the weights the folder records")
 
     @property
     def name(self) -> str:
@@ -81,12 +100,33 @@ class Checkpoint:
                 if k.startswith("prompt_embed.proj.") and k.endswith(".weight")}
         # One projection named "prompts" was built from one prompt dim (an int); several, from {source: dim}.
         prompt_dim = dims[SINGLE_SOURCE] if list(dims) == [SINGLE_SOURCE] else (dims or None)
+        kind = classifier_kind(cfg.model.method)
+        if kind.uses_encoder:
+            self.require_encoders(f"building its {cfg.model.method} model")
+        if kind.timm_backbone:  # sizes first, on the meta device: a config that does not fit allocates nothing
+            self._check_shapes(cfg, prompt_dim)
         model = model_from_config(cfg, self.class_names, prompt_dim, pretrained=False)
         bank = {k.removeprefix("prompt_bank."): v for k, v in state.items() if k.startswith("prompt_bank.")}
         if bank:  # stored as prompt_bank.<source>: the sources the model was trained with
             model.set_prompt_bank(Prompts(bank))
         self.load_into(model)
         return model
+
+    def _check_shapes(self, cfg: Config, prompt_dim: Any) -> None:
+        """The model the config describes, built on the meta device (no memory), must have the tensors this file
+        holds, shape for shape: a config whose sizes do not fit is refused before anything is allocated."""
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in
+                        classifier_kind(cfg.model.method).build(cfg, self.class_names, prompt_dim, False)
+                        .state_dict().items()}
+        held = {k: tuple(v.shape) for k, v in self.model_state().items() if not k.startswith("prompt_bank.")}
+        expected = {k: v for k, v in expected.items() if not k.startswith("prompt_bank.")}
+        differing = sorted(k for k in expected.keys() | held.keys() if expected.get(k) != held.get(k))
+        if differing:
+            shown = ", ".join(f"{k} {held.get(k, 'missing')} vs {expected.get(k, 'none')}" for k in differing[:3])
+            raise CheckpointError(f"{self.name}: its weights do not fit the model its config describes ({shown}"
+                                  f"{', ...' if len(differing) > 3 else ''}; held vs built): the config or the "
+                                  "weights file is not the one saved with it")
 
     def load_into(self, model: torch.nn.Module) -> None:
         """Load the weights into ``model``. Parts saved by reference (a CoOp model's frozen CLIP) come from the
@@ -191,57 +231,124 @@ def save_checkpoint(
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, encoder: str | None = None, image_encoder: str | None = None) -> Checkpoint:
     """Read a checkpoint file (or ``RUN_DIR``, meaning ``RUN_DIR/checkpoints/best.safetensors``), or a model folder
-    written by ``ivit save`` (local, or ``hf-hub:ORG/NAME[@REVISION]``: fetched, or read from the cache offline)."""
+    written by ``ivit save`` (local, or ``hf-hub:ORG/NAME[@REVISION]``: fetched, or read from the cache offline).
+
+    ``encoder`` / ``image_encoder``: the prompt encoder specs to use in place of the recorded ones (a model folder
+    that names its encoder by a file on another machine needs them; the weights are checked against the record)."""
     source = resolve_model_source(path)
     if source is not None:
-        return _load_model_folder(source)
+        return _load_model_folder(source, encoder, image_encoder)
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "best.safetensors"
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
+    with _unreadable_as(f"{path} is not a readable safetensors checkpoint"):
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             if header.get("format") != FORMAT:
-                raise CheckpointError(f"{path} is not an instruction-vit checkpoint (format {header.get('format')!r})")
+                raise CheckpointError(f"{path} is not an instruction-vit checkpoint (its header has no format "
+                                      f"{FORMAT!r})")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
-    train = json.loads(header["train"]) if "train" in header else None
-    external = json.loads(header["external"]) if "external" in header else None
-    return Checkpoint(path, json.loads(header["meta"]), tensors, train, external)
+        train = _json(header["train"]) if "train" in header else None
+        external = _json(header["external"]) if "external" in header else None
+        meta = _json(header["meta"])
+    ckpt = Checkpoint(path, meta, tensors, train, external)
+    if encoder or image_encoder:
+        ckpt.meta["config"], _ = with_encoders(ckpt.meta["config"], {}, encoder, image_encoder)
+        if image_encoder:
+            ckpt.meta["config"]["prompts"]["image_encoder"] = image_encoder
+    return ckpt
 
 
-def _load_model_folder(source: ModelSource) -> Checkpoint:
+#: The most a model folder's config.json may hold (a real one is a few kB): larger is refused before it is read.
+MAX_CONFIG_BYTES = 16 * 2**20
+#: The most classes a checkpoint may name, and the longest class name.
+MAX_CLASSES, MAX_NAME_CHARS = 1_000_000, 1_000
+
+
+def _load_model_folder(source: ModelSource, encoder: str | None = None,
+                       image_encoder: str | None = None) -> Checkpoint:
     """A model folder as a weights-only checkpoint: ``model.safetensors`` holds the model state, ``config.json`` the
-    checkpoint's meta (config, classes, prompt record) and what was kept by reference (a CoOp model's CLIP)."""
-    folder = source.path
+    checkpoint's meta (config, classes, prompt record) and what was kept by reference (a CoOp model's CLIP). Only
+    what rebuilds the model is taken from ``config.json`` (:func:`~.folder_config.trusted_config`)."""
+    folder, name = source.path, source.describe()
     missing = [f for f in (CONFIG_FILE, MODEL_FILE) if not (folder / f).is_file()]
     if missing:
-        raise CheckpointError(f"{source.describe()} is not a complete model folder: {' and '.join(missing)} missing "
+        raise CheckpointError(f"{name} is not a complete model folder: {' and '.join(missing)} missing "
                               "(a folder written by `ivit save RUN DIR` holds config.json and model.safetensors); "
                               "write it again with ivit save")
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{source.describe()}: {CONFIG_FILE} is not valid JSON ({err})") from err
+    size = (folder / CONFIG_FILE).stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{name}: config.json is {size / 2**20:.0f} MiB, more than a model config holds "
+                              f"({MAX_CONFIG_BYTES // 2**20} MiB at most); it is not one ivit save wrote")
+    with _unreadable_as(f"{name}: config.json is not valid JSON"):
+        config = _json((folder / CONFIG_FILE).read_bytes().decode("utf-8"))
     if not isinstance(config, dict) or config.get("format") != FOLDER_FORMAT:
-        found = config.get("format") if isinstance(config, dict) else None
-        raise CheckpointError(f"{source.describe()}: {CONFIG_FILE} is not an instruction-vit model config (format "
-                              f"{found!r}, expected {FOLDER_FORMAT!r}); write the folder with ivit save")
-    try:
+        raise CheckpointError(f"{name}: config.json is not an instruction-vit model config (format "
+                              f"{FOLDER_FORMAT!r} expected); write the folder with ivit save")
+    class_names = _class_names(config.get("class_names"), name)
+    run_config, unresolved = trusted_config(config.get("config"), name)
+    run_config, unresolved = with_encoders(run_config, unresolved, encoder, image_encoder)
+    with _unreadable_as(f"{name}: {MODEL_FILE} is not a readable safetensors file"):
         with safe_open(str(folder / MODEL_FILE), framework="pt") as f:
             tensors = {f"model/{k}": f.get_tensor(k) for k in f.keys()}
-    except SafetensorError as err:
-        raise CheckpointError(f"{source.describe()}: {MODEL_FILE} is not a readable safetensors file: {err}") from err
-    meta = {**config.get("checkpoint", {}), "config": config["config"], "class_names": config["class_names"]}
+    record = config.get("checkpoint") if isinstance(config.get("checkpoint"), dict) else {}
+    meta = {**record, "config": run_config, "class_names": class_names}
     external = config.get("external")
-    log.info("loaded %s", source.describe())
+    if external is not None and not (isinstance(external, dict) and isinstance(external.get("weights_id"), str)
+                                     and isinstance(external.get("prefixes"), list)):
+        raise CheckpointError(f"{name}: config.json's external record is malformed; write the folder again with "
+                              "ivit save")
+    try:
+        from_dict(run_config)
+    except UserError as err:
+        raise CheckpointError(f"{name}: config.json's run config cannot be used ({err})") from None
+    log.info("loaded %s", name)
     return Checkpoint(folder / MODEL_FILE, meta, tensors, None,
-                      {k: external[k] for k in ("prefixes", "weights_id")} if external else None, source)
+                      {k: external[k] for k in ("prefixes", "weights_id")} if external else None, source, unresolved)
+
+
+def _class_names(names: Any, where: str) -> list[str]:
+    """A folder's class names: a non-empty list of distinct, non-blank strings of bounded length."""
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{where}: config.json's class_names is not a list of class names; write the folder "
+                              "again with ivit save")
+    if len(names) > MAX_CLASSES or any(len(n) > MAX_NAME_CHARS or not n.strip() for n in names):
+        raise CheckpointError(f"{where}: config.json's class_names holds blank names, names over "
+                              f"{MAX_NAME_CHARS} characters or over {MAX_CLASSES} names")
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"{where}: config.json's class_names names a class twice")
+    return list(names)
+
+
+def _json(text: str) -> Any:
+    return json.loads(text)
+
+
+@contextlib.contextmanager
+def _unreadable_as(message: str):
+    """A file that cannot be parsed (not safetensors, not JSON, nested too deep, not UTF-8, pickled) is one
+    :class:`CheckpointError` with ``message``; what the file holds is never quoted."""
+    try:
+        yield
+    except (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError,
+            ValueError, OSError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise CheckpointError(f"{message} ({type(err).__name__})") from None
+
+
+def _example_spec(spec: str) -> str:
+    """The spec a folder recorded, its file put back as a placeholder path, for the message's example."""
+    name = spec.removeprefix(UNRESOLVED)
+    for marker in ("local-dir:", "@"):
+        head, sep, tail = name.rpartition(marker)
+        if sep:
+            return f"{head}{sep}/path/to/{strip_paths(tail)}"
+    return name
 
 
 def _is_checkpoint(path: str) -> bool:
@@ -250,8 +357,11 @@ def _is_checkpoint(path: str) -> bool:
         return True
     if not path.endswith(".safetensors") or not Path(path).is_file():
         return False
-    with safe_open(path, framework="pt") as f:
-        return (f.metadata() or {}).get("format") == FORMAT
+    try:
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except (SafetensorError, OSError):
+        return False  # not a checkpoint: the weights loader says what the file is not
 
 
 def _plain(x: Any) -> Any:

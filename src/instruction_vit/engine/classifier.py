@@ -38,6 +38,24 @@ class ClassPrompts:
     route: str  # which output ranks the classes: "combined" (head + score), "head" or "score"
 
 
+def check_class_names(classes: Sequence[str]) -> list[str]:
+    """New class names as given: a non-empty list of distinct, non-blank names (a string is one name too many
+    ways to read: give a list)."""
+    if isinstance(classes, str):
+        raise ConfigError(f"classes must be a list of names, not the string {classes[:40]!r}: write "
+                          "classes=[\"cat\", \"dog\"]")
+    names = [str(c) for c in classes]
+    if not names:
+        raise ConfigError("no class names given: give at least one (or None for the checkpoint's own classes)")
+    blank = [i for i, n in enumerate(names) if not n.strip()]
+    if blank:
+        raise ConfigError(f"class name {blank[0] + 1} of {len(names)} is empty: give each class a name")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"the class name {repeated[0]!r} is given twice: give each class once")
+    return names
+
+
 class Classifier:
     """A checkpoint (or run folder) ready to classify images; see :meth:`predict`."""
 
@@ -50,8 +68,11 @@ class Classifier:
         self.transform = transforms(self.config, self.model.backbone)[1]
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "auto") -> Classifier:
-        return cls(load_checkpoint(path), device)
+    def load(cls, path: str | Path, device: str | torch.device = "auto", encoder: str | None = None,
+             image_encoder: str | None = None) -> Classifier:
+        """``encoder`` / ``image_encoder``: prompt encoder specs in place of the recorded ones (a model folder that
+        names its encoder by a file on another machine needs them; checked against the recorded weights)."""
+        return cls(load_checkpoint(path, encoder, image_encoder), device)
 
     @property
     def prompt_kind(self) -> str:
@@ -67,7 +88,7 @@ class Classifier:
             route = "combined" if prompts is not None else "head"
             return ClassPrompts(self.classes, prompts, "the checkpoint's classes and prompts", route)
         folder = image_folder(examples) if examples is not None else None
-        names = [str(c) for c in classes] if classes is not None else folder.class_names
+        names = check_class_names(classes) if classes is not None else folder.class_names
         if folder is not None and folder.class_names != names:
             raise DataError(f"the example folder {examples} has classes {folder.class_names[:4]}..., not the class "
                             f"names given ({names[:4]}...): name its subfolders after the classes, in the same order")
@@ -91,6 +112,7 @@ class Classifier:
                     "prompts.encoder at the weights the run used")
 
     def _instruction_prompts(self, names: list[str], folder) -> ClassPrompts:
+        self.checkpoint.require_encoders("prompts for new class names")
         p, kind = self.config.prompts, self.prompt_kind
         image_encoder = p.image_encoder or p.encoder
         self._check_encoders(p.encoder, image_encoder)

@@ -319,10 +319,11 @@ class Identities:
             return None
         return {"model": _encoder_model(spec), "weights": self._memo(("encoder", spec), lambda: weights_id(spec))}
 
-    def text_file(self, value: str | None) -> str | None:
-        """A template set or descriptions file by content; a named set by its name."""
-        if value is None:
-            return None
+    def text_file(self, value: Any) -> Any:
+        """A template set or descriptions file by content; a named set by its name; templates or descriptions given
+        in the config as they are."""
+        if value is None or not isinstance(value, str):
+            return value
         path = Path(value).expanduser()
         return f"sha256:{file_sha256(path)}" if path.is_file() else value
 

@@ -21,8 +21,9 @@ import torch
 from safetensors.torch import save_file
 from timm.data import resolve_data_config
 
-from ..errors import ConfigError, RunFolderError, UserError
-from ..files import atomic_write
+from ..errors import ConfigError, MissingFileError, RunFolderError, UserError
+from ..data import template_set, template_set_names
+from ..files import atomic_folder
 from ..hub_source import (
     CARD_FILE,
     CONFIG_FILE,
@@ -36,6 +37,8 @@ from ..hub_source import (
 from ..outputs import SINGLE_SOURCE
 from ..prompts.bank import bank_key
 from .checkpoint import Checkpoint, load_checkpoint
+from .folder_config import portable_config, portable_spec, strip_paths
+from .run import read_descriptions
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +57,70 @@ class HubUploadError(UserError, RuntimeError):
     """The Hugging Face Hub refused or could not be reached for an upload; the message says what to do."""
 
 
-def save_pretrained(run: str | Path, folder: str | Path, *, license: str = "mit", repo_id: str | None = None) -> Path:
+def save_pretrained(run: str | Path, folder: str | Path, *, license: str = "mit", repo_id: str | None = None,
+                    force: bool = False) -> Path:
     """Write ``run`` (a run folder, a checkpoint file or a model folder) as a model folder in ``folder``; returns it.
 
-    ``folder`` must be new, empty, or a model folder written before (its files are replaced). ``license`` goes to
-    the model card's front matter; ``repo_id`` (``ORG/NAME``) names the model in the card's usage snippet."""
+    ``folder`` must be new or empty; a model folder written before is replaced only with ``force`` (any other
+    non-empty folder is refused, ``force`` or not). The folder is written whole beside ``folder`` and then swapped
+    in: a kill leaves the old folder or the new one, never a mix. Saving the same run twice gives the same bytes.
+    ``license`` goes to the model card's front matter; ``repo_id`` (``ORG/NAME``) names the model in the card's
+    usage snippet."""
     folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not is_model_folder(folder))):
-        raise RunFolderError(f"{folder} exists and is not an empty folder or a model folder: choose a new folder")
+    replace = _check_target(folder, force)
     ckpt = load_checkpoint(run)
     model = ckpt.build_model()  # the weights must load (CLIP kept by reference included) before anything is shared
-    folder.mkdir(parents=True, exist_ok=True)
     state = ckpt.model_state()
-    atomic_write(folder / MODEL_FILE, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp,
-                                                            metadata={"format": "pt", "instruction_vit": FOLDER_FORMAT}))
     results = _results(run, ckpt)
     bank = _bank(ckpt, state, results)
-    for name in (PROMPTS_FILE, PROMPTS_META):
-        (folder / name).unlink(missing_ok=True)  # a model without prompts leaves no stale bank behind
-    if bank is not None:
-        features, meta = bank
-        atomic_write(folder / PROMPTS_FILE, lambda tmp: save_file(features, tmp, metadata={
-            "key": meta["key"], "kind": meta["kind"], "class_names": json.dumps(meta["class_names"])}))
-        atomic_write(folder / PROMPTS_META, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2),
-                                                                             encoding="utf-8"))
     config = model_config(ckpt, model)
-    atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2),
-                                                                        encoding="utf-8"))
     card = model_card(config, results, repo_id or folder.resolve().name, license)
-    atomic_write(folder / CARD_FILE, lambda tmp: Path(tmp).write_text(card, encoding="utf-8"))
+    with atomic_folder(folder, replace=replace) as staging:
+        _save_tensors({k: v.contiguous() for k, v in state.items()}, staging / MODEL_FILE,
+                      {"format": "pt", "instruction_vit": FOLDER_FORMAT})
+        if bank is not None:
+            features, meta = bank[0], strip_paths(bank[1])
+            _save_tensors(features, staging / PROMPTS_FILE, {
+                "key": meta["key"], "kind": meta["kind"], "class_names": json.dumps(meta["class_names"])})
+            (staging / PROMPTS_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (staging / CARD_FILE).write_text(card, encoding="utf-8")
+        for file in staging.iterdir():
+            file.chmod(0o644)  # ordinary permissions: a folder to share
     log.info("wrote %s: %s", folder, ", ".join(f for f in FOLDER_FILES if (folder / f).is_file()))
     return folder
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """``save_file``, then the header's JSON rewritten with sorted keys (safetensors writes the metadata of a
+    mapping in no fixed order), padded to its length: the same tensors and metadata give the same bytes."""
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(canonical) > length:  # never seen: the same content is no longer in another order
+            raise RuntimeError(f"{path.name}: the canonical safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(canonical.ljust(length, b" "))
+
+
+def _check_target(folder: Path, force: bool) -> bool:
+    """Whether ``folder`` is to be replaced: refused if it is a file or a non-empty folder that is not a model folder;
+    a model folder needs ``force``."""
+    if not folder.exists():
+        return False
+    if not folder.is_dir():
+        raise RunFolderError(f"{folder} exists and is not a folder: choose a new folder")
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    if not is_model_folder(folder) or any(e.name not in FOLDER_FILES for e in entries):
+        raise RunFolderError(f"{folder} exists and holds files ivit save did not write: choose a new folder")
+    if not force:
+        raise RunFolderError(f"{folder} is a model folder already: pass --force to replace it, or choose a new "
+                             "folder")
+    return True
 
 
 def push_to_hub(run: str | Path, repo_id: str, *, private: bool = False, license: str = "mit",
@@ -124,13 +160,15 @@ def _push_failure(repo_id: str, err: BaseException) -> str:
 
 
 def model_config(ckpt: Checkpoint, model: torch.nn.Module) -> dict[str, Any]:
-    """``config.json``: what rebuilds and preprocesses the model, and the record of how it was trained."""
+    """``config.json``: what rebuilds and preprocesses the model, and the record of how it was trained, portable
+    (:func:`~.folder_config.portable_config`: templates and descriptions inline, no saver's path)."""
     cfg = ckpt.config
     dc = resolve_data_config({}, model=model.backbone)
     external = dict(ckpt.external or {})
     if external:
-        external["encoder"] = cfg.prompts.encoder  # the weights kept by reference come from this spec
-    return {
+        external["encoder"] = portable_spec(cfg.prompts.encoder)  # the weights kept by reference come from this spec
+    options = cfg.model.options.get("templates") if isinstance(cfg.model.options.get("templates"), str) else None
+    return strip_paths({
         "format": FOLDER_FORMAT,
         "library": "instruction-vit",
         "library_version": _version(),
@@ -142,9 +180,23 @@ def model_config(ckpt: Checkpoint, model: torch.nn.Module) -> dict[str, Any]:
         "prompts": {"kind": ckpt.meta.get("bank_kind", cfg.prompts.kind), "key": ckpt.meta.get("bank_key"),
                     "encoders": ckpt.meta.get("bank_encoders") or {}},
         "external": external or None,
-        "config": ckpt.meta["config"],
+        "config": portable_config(ckpt.meta["config"], _file_content(cfg.prompts.templates, template_set),
+                                  _file_content(cfg.prompts.descriptions, read_descriptions),
+                                  _file_content(options, template_set)),
         "checkpoint": {k: v for k, v in ckpt.meta.items() if k not in ("config", "class_names", "history")},
-    }
+    })
+
+
+def _file_content(value: Any, read: Any) -> Any:
+    """What a templates or descriptions file named by the config holds (read now, on the saver's machine, so that
+    the folder carries it); ``None`` for a named set or inline content. A file that is gone is an error: the folder
+    could not carry it."""
+    if not isinstance(value, str) or value in template_set_names() or value == "promptsrc":
+        return None
+    if not Path(value).expanduser().is_file():
+        raise MissingFileError(f"the run reads its templates or descriptions from {value}, which is not here; a model "
+                               "folder carries them: restore the file, or save on the machine that trained the run")
+    return read(value)
 
 
 def _version() -> str:

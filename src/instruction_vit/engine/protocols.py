@@ -18,6 +18,7 @@ from .checkpoint import load_checkpoint
 from .evaluate import Predictions, classification_metrics, predict
 from .rankers import image_features
 from .run import eval_loader, prompt_bank, resolve_device, run_splits
+from .run_folder import write_config
 
 
 class FixedClassesError(ConfigError):
@@ -37,8 +38,7 @@ def zero_shot(cfg: Config, out: str | Path | None = None) -> dict[str, Any]:
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-        (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        _write_run(out, cfg, results)
     return results
 
 
@@ -103,7 +103,12 @@ def transfer(cfg: Config, checkpoint: str | Path, out: str | Path | None = None,
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-        atomic_write(out / "results.json",
-                     lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2), encoding="utf-8"))
+        _write_run(out, cfg, results)
     return results
+
+
+def _write_run(out: Path, cfg: Config, results: dict[str, Any]) -> None:
+    """A protocol's run folder: its config, then its results, each written whole."""
+    write_config(out, cfg)
+    text = json.dumps(results, indent=2)
+    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

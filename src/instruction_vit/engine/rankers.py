@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..data import LabelledImages, TransformedImages
+from ..files import atomic_write
 from ..prompts import PromptEncoder, class_prototypes, cosine_scores, load_encoder
 from ..progress import task
 from ..prompts.encoders import weights_id
@@ -43,7 +44,7 @@ def image_features(encoder: PromptEncoder | str, data: LabelledImages, cache_dir
     features = torch.cat(feats)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"features": features.contiguous()}, str(path))
+        atomic_write(path, lambda tmp: save_file({"features": features.contiguous()}, tmp))
     return features
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..config import Config, load_config
+from ..config import Config, DataConfig, load_config
 from ..data import LabelledImages
 from ..errors import ConfigError, DataError
 from .checkpoint import Checkpoint, load_checkpoint
@@ -61,13 +61,20 @@ def checkpoint_results(
 
 
 def evaluate(checkpoint: str | Path, split: str = "test", select_k: int | None = None,
-             overrides: Sequence[str] = ()) -> dict[str, Any]:
+             overrides: Sequence[str] = (), encoder: str | None = None,
+             image_encoder: str | None = None) -> dict[str, Any]:
     """:func:`checkpoint_results` with ``data.*`` overrides (other images of the same classes, say); what
-    ``ivit eval`` prints."""
-    ckpt = load_checkpoint(checkpoint)
+    ``ivit eval`` prints. ``encoder`` / ``image_encoder`` as in :func:`~.checkpoint.load_checkpoint`."""
+    ckpt = load_checkpoint(checkpoint, encoder, image_encoder)
     cfg = ckpt.config
     if overrides:
         if any(not o.startswith("data.") for o in overrides):
             raise ConfigError("eval takes only data.* overrides; the model comes from the checkpoint")
         cfg = load_config(None, overrides, base=cfg.to_dict())
+    if ckpt.source is not None and cfg.data.dataset != DataConfig.dataset and \
+            not any(o.startswith(("data.root=", "data.split_file=")) for o in overrides):
+        raise ConfigError(f"{ckpt.name} does not say where its {cfg.data.dataset} images are on this machine (a model "
+                          "folder's paths are not followed): pass data.root=FOLDER")
+    if select_k and cfg.prompts.ranker == "zero_shot":
+        ckpt.require_encoders("the zero-shot ranker of --select-k")
     return {**checkpoint_results(ckpt, split, select_k, config=cfg), "checkpoint": ckpt.name}  # what was loaded

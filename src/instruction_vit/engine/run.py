@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,10 +87,13 @@ def eval_loader(cfg: Config, backbone: torch.nn.Module, data: LabelledImages) ->
                       num_workers=resolved_workers(cfg.data))
 
 
-def read_descriptions(path: str | Path | None) -> dict[str, list[str]] | None:
-    """A descriptions file (YAML/JSON: class name -> sentences) as a mapping; ``None`` for none."""
+def read_descriptions(path: str | Path | Mapping[str, Any] | None) -> dict[str, list[str]] | None:
+    """A descriptions file (YAML/JSON: class name -> sentences), or such a mapping, as a mapping; ``None`` for
+    none."""
     if path is None:
         return None
+    if isinstance(path, Mapping):
+        return {str(k): [str(s) for s in (v if isinstance(v, list) else [v])] for k, v in path.items()}
     file = Path(path)
     if not file.is_file():
         raise MissingFileError(f"descriptions file not found: {file}")

@@ -16,7 +16,7 @@ from ..classifiers import classifier_kind
 from ..config import Config, resolved_workers
 from ..data import LabelledImages, TransformedImages
 from ..data.store import StoreDataset, build_store
-from ..errors import ConfigError, RunFolderError
+from ..errors import ConfigError, DataError, RunFolderError
 from ..losses import InstructionLoss
 from ..model import apply_regime
 from ..prompts import PromptBank
@@ -68,6 +68,7 @@ def build_run(cfg: Config, out: Path, world: World, device: torch.device, resume
     t = cfg.train
     splits, data_info = run_splits(cfg)
     log(data_line(data_info))
+    data_info["classes_without_eval_images"] = check_eval_classes(cfg, splits, log)
     bank = world.in_turn(lambda: prompt_bank(cfg, splits["train"]))
     if bank is not None:
         log(prompts_line(cfg, bank))
@@ -96,6 +97,10 @@ def build_run(cfg: Config, out: Path, world: World, device: torch.device, resume
         raise ConfigError(f"{len(splits['train'])} training images make no full update of batch_size={t.batch_size} "
                           f"x accum_steps={t.accum_steps}; lower train.batch_size")
     updates_per_epoch = batches // t.accum_steps
+    if t.warmup_epochs >= t.epochs and t.warmup_epochs > 0:
+        log(f"warning: train.warmup_epochs={t.warmup_epochs:g} is not shorter than train.epochs={t.epochs}: the "
+            f"learning rate never leaves its warm-up (it ends below train.lr={t.lr:g}); set train.warmup_epochs "
+            "under train.epochs for the schedule you meant")
     local_batch = t.batch_size // world.size
     mixup = _mixup(cfg, local_batch, len(splits["train"].class_names))
     fused = {"fused": True} if device.type == "cuda" else {}
@@ -131,6 +136,28 @@ def _model(cfg: Config, out: Path, class_names: list[str], bank: PromptBank | No
         model.set_prompt_bank(bank.model_input(), trainable=cfg.model.train_prompt_features)
     apply_regime(model, cfg.model.regime, cfg.model.train_prompt_features)
     return model, record
+
+
+def check_eval_classes(cfg: Config, splits: dict[str, LabelledImages], log: Callable[[str], None],
+                       ) -> dict[str, list[str]]:
+    """The classes with no validation or no test images: the best epoch would be picked, or accuracy reported,
+    without them. An error unless ``data.missing_eval_classes=allow`` (then said in one line and recorded)."""
+    missing = {}
+    for split in ("val", "test"):
+        counts = [0] * len(splits["train"].class_names)
+        for label in splits[split].labels:
+            counts[label] += 1
+        names = [n for n, c in zip(splits["train"].class_names, counts) if c == 0]
+        if names:
+            missing[split] = names
+    if missing:
+        said = "; ".join(f"{len(v)} class{'es' if len(v) > 1 else ''} without {k} images ({', '.join(v[:3])}"
+                         f"{', ...' if len(v) > 3 else ''})" for k, v in missing.items())
+        if cfg.data.missing_eval_classes != "allow":
+            raise DataError(f"{said}: their accuracy would not be measured. Add images (or raise data.val_fraction / "
+                            "data.eval_limit), or set data.missing_eval_classes=allow to go on (recorded in results)")
+        log(f"warning: {said}; going on as data.missing_eval_classes=allow says (recorded in results.json)")
+    return missing
 
 
 def _mixup(cfg: Config, local_batch: int, num_classes: int) -> Mixup | None:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, load_config
 from ..errors import CheckpointError, NonFiniteLossError, RunFolderError
+from ..files import atomic_write
 from .checkpoint import save_checkpoint
 from .distributed import World, close_world, init_world
 from .evaluate import classification_metrics, predict
@@ -200,7 +201,8 @@ def _results(run: RunParts) -> dict[str, Any]:
     # the novel ones; a plain classifier has no novel number.
     if cfg.data.classes == "base" and (run.bank is not None or callable(getattr(run.model, "set_classes", None))):
         results["base_to_novel"] = novel_classes(cfg, run.out, results["top1"])
-    (run.out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    text = json.dumps(results, indent=2)
+    atomic_write(run.out / "results.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return results
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import timm
+import torch
 from timm.models import VisionTransformer
 
 from ..errors import ConfigError
@@ -53,7 +55,12 @@ def build_model(
     else:
         prompt_dims = {"prompts": int(prompt_dim)}
     source = resolve_source(pretrained)
-    net = timm.create_model(backbone, pretrained=False, num_classes=num_classes, **backbone_kwargs)
+    try:
+        net = timm.create_model(backbone, pretrained=False, num_classes=num_classes, **backbone_kwargs)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise ConfigError(_unknown_kwargs_message(backbone, backbone_kwargs)) from None
     if not isinstance(net, VisionTransformer):
         if prompt_dims or vpt_tokens:
             raise ConfigError(f"{backbone} is not a timm VisionTransformer: prompts and VPT tokens join a ViT's token "
@@ -64,3 +71,17 @@ def build_model(
         model = InstructionViT(net, prompt_dims, score_scale=score_scale, vpt_tokens=vpt_tokens, vpt_deep=vpt_deep)
     model.weights_report = load_weights(net, source, backbone)
     return model
+
+
+def _unknown_kwargs_message(backbone: str, given: Mapping[str, Any]) -> str:
+    """Which ``model.backbone_kwargs`` the timm model does not take, and the names it does (its class's arguments,
+    read from a model built on the meta device: nothing is allocated)."""
+    with torch.device("meta"):
+        cls = type(timm.create_model(backbone, pretrained=False))
+    accepted = [n for n, p in inspect.signature(cls.__init__).parameters.items()
+                if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    unknown = [k for k in given if k not in accepted]
+    hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, accepted, n=1)) else k
+             for k in unknown]
+    return (f"model.backbone_kwargs: {backbone} ({cls.__name__}) takes no {', '.join(hints) or 'such argument'}; "
+            f"it takes: {', '.join(accepted)}")
