@@ -67,9 +67,10 @@ def tiny_names(monkeypatch):
         monkeypatch.setitem(factory._MODEL_CONFIGS, name, {**copy.deepcopy(OPENAI_TINY), **extra})
 
 
-def save_openai_archive(state: dict, path: Path) -> Path:
+def save_openai_archive(state: dict, path: Path, modules: dict | None = None) -> Path:
     """A TorchScript archive whose state_dict is ``state`` under OpenAI's key names, saved with torch.jit.save
-    (with the non-weight entries OpenAI's archives carry), i.e. the format of OpenAI's ``ViT-B-16.pt``."""
+    (with the non-weight entries OpenAI's archives carry), i.e. the format of OpenAI's ``ViT-B-16.pt``.
+    ``modules``: more submodules of the root (name -> module; test_archive_as_data's hostile ones)."""
 
     class Holder(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,6 +87,8 @@ def save_openai_archive(state: dict, path: Path) -> Path:
         module.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
     for key, value in (("input_resolution", 32), ("context_length", 16), ("vocab_size", 49408)):
         root.register_buffer(key, torch.tensor(value))
+    for name, module in (modules or {}).items():
+        root.add_module(name, module)
     torch.jit.save(torch.jit.script(root), path)
     return path
 

@@ -1,5 +1,10 @@
 """CLIP text and image towers through open_clip (the paper's prompt encoders).
 
+Weights files are read as data, never through code they carry: OpenAI's TorchScript archives by
+:mod:`.torchscript_archive` (``torch.jit.load`` would run the archive's code), state dicts with safetensors or
+``torch.load(weights_only=True)``, then loaded into the model open_clip builds as its ``load_checkpoint`` would
+(open_clip's own loader falls back to a full unpickling when ``weights_only`` raises a ``TypeError``).
+
 The MLP activation follows the weights: OpenAI's CLIP (and several other releases) was trained with QuickGELU,
 and open_clip's plain names (``ViT-B-16``) build GELU, so loading those weights into them only gives a warning
 and features that are off. Here the activation comes from where the weights come from (see :class:`OpenCLIPEncoder`),
@@ -9,8 +14,11 @@ is read back from the built modules (:attr:`OpenCLIPEncoder.activation`) and is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import pickle
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +26,17 @@ from torch import Tensor, nn
 from ...errors import ConfigError, WeightsError, WeightsUnavailableError
 from ...files import file_sha256
 from .base import IMAGE, TEXT, ImagePreprocess, PromptEncoder
-from .identity import ACTIVATION_LABELS, GELU, QUICK_GELU, OpenCLIPSource, hf_hub_file, open_clip_source
+from .identity import (
+    ACTIVATION_LABELS,
+    GELU,
+    QUICK_GELU,
+    OpenCLIPSource,
+    hf_hub_file,
+    is_torchscript_archive,
+    open_clip_source,
+)
 from .registry import register_encoder
+from .torchscript_archive import read_archive_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +51,18 @@ class OpenCLIPEncoder(PromptEncoder):
       hub (offline: the Hugging Face cache) and the activation from the tag's pretrained config (``openai`` ->
       QuickGELU, whatever the name says);
     * any name with an **OpenAI TorchScript archive** (``ViT-B-16.pt`` as OpenAI released it; told by content):
-      loaded with ``open_clip.load_openai_model`` (QuickGELU). The architecture comes from the archive; the name
-      is a label, but where it is a built-in open_clip name its config must match the archive;
+      read as data (nothing in it runs) and built as ``open_clip.load_openai_model(jit=False)`` builds it
+      (QuickGELU). The architecture comes from the archive; the name is a label, but where it is a built-in
+      open_clip name its config must match the archive;
     * a built-in name with a plain **state dict** file (``.safetensors``/``.bin``/``.pt``): built as the name
       says, so QuickGELU weights need the ``-quickgelu`` name (``ViT-B-16-quickgelu``);
     * ``"local-dir:/path"`` / ``"hf-hub:org/repo"`` (``pretrained`` unused): the folder's or repo's
       ``open_clip_config.json`` (``"quick_gelu": true`` in its ``model_cfg``) with the weights beside it.
 
-    :attr:`activation` (``"quick_gelu"``/``"gelu"``, read from the built MLPs), :attr:`weights_source` and
-    :meth:`describe` say what was built. The BPE tokenizer ships with open_clip: it works offline.
+    Every weights file is read here as data (a TorchScript archive where a state dict is expected too); open_clip
+    builds the model without weights. :attr:`activation` (``"quick_gelu"``/``"gelu"``, read from the built MLPs),
+    :attr:`weights_source` and :meth:`describe` say what was built. The BPE tokenizer ships with open_clip: it
+    works offline.
     """
 
     modalities = frozenset({TEXT, IMAGE})
@@ -103,12 +123,15 @@ class OpenCLIPEncoder(PromptEncoder):
         log.info("prompt encoder: %s", self.describe())
 
     def _create(self, source: OpenCLIPSource) -> nn.Module:
+        """open_clip's model for ``source`` with the weights :func:`read_state_dict` reads (open_clip builds it and
+        sets its preprocessing from the name, tag, folder or repo, but loads no weights itself)."""
         import open_clip
 
         kwargs: dict = {}
+        checkpoint: Path | None = None
         if source.kind == "tag":
             self.weights_source = f"tag {source.pretrained}" + (f" (hf-hub {source.hf_repo})" if source.hf_repo else "")
-            self._resolve_tag(source)
+            checkpoint = self._resolve_tag(source)
             builtin_quick = bool(open_clip.get_model_config(source.model_name.replace("/", "-")).get("quick_gelu"))
             if source.activation == QUICK_GELU and not builtin_quick:
                 kwargs["force_quick_gelu"] = True
@@ -117,36 +140,57 @@ class OpenCLIPEncoder(PromptEncoder):
         elif source.kind == "hf-hub":
             self.weights_source = f"hf-hub {source.hf_repo}"
             # open_clip would go on from random init when only the config is there: a missing file is an error here.
-            hf_hub_file(source.hf_repo, "open_clip_pytorch_model.bin", "weights (open_clip_model.safetensors or .bin)")
+            checkpoint = Path(hf_hub_file(source.hf_repo, "open_clip_pytorch_model.bin",
+                                          "weights (open_clip_model.safetensors or .bin)"))
         elif source.kind == "folder":
             folder = source.model_name.removeprefix("local-dir:")
             self.weights_source = f"folder {folder}" + ("" if source.checkpoint else " (no weights: random init)")
+            checkpoint = source.checkpoint
         elif source.kind == "state-dict":
             self.weights_source = f"state dict {source.checkpoint}"
+            checkpoint = source.checkpoint
         else:
             self.weights_source = "random init (no weights)"
-        pretrained = str(source.checkpoint) if source.kind == "state-dict" else source.pretrained
+        if checkpoint is not None:  # loaded below: no tower's default weights, and no "initialized randomly" line
+            kwargs.update(load_weights=False, pretrained_image=False, pretrained_text=False)
+        pretrained = source.pretrained if source.kind == "tag" else None
         try:
-            return open_clip.create_model(source.model_name, pretrained=pretrained, device=self.device,
-                                          require_pretrained=source.kind in ("tag", "hf-hub", "state-dict"), **kwargs)
+            with _without_random_init_warning(checkpoint is not None):
+                model = open_clip.create_model(source.model_name, pretrained=pretrained, device=self.device,
+                                               **kwargs)
         except RuntimeError as err:
-            if "state_dict" in str(err) or "size mismatch" in str(err):
-                raise WeightsError(f"open_clip weights {self.weights_source} do not fit model {source.model_name!r} "
-                                   f"({_first_line(err)})") from err
             raise WeightsUnavailableError(
                 f"could not create open_clip model {source.model_name!r} with weights {source.pretrained!r}: "
                 f"{_first_line(err)}. Offline, pass a local checkpoint file as the pretrained part, or a "
                 "'local-dir:' folder.") from err
+        if checkpoint is not None:
+            self._load_checkpoint(model, checkpoint, source)
+        return model
+
+    def _load_checkpoint(self, model: nn.Module, checkpoint: Path, source: OpenCLIPSource) -> None:
+        """The weights file ``checkpoint`` read as data and loaded into ``model`` as open_clip's ``load_checkpoint``
+        would (its format conversions, position embeddings resized), every tensor required."""
+        if checkpoint.suffix in (".npz", ".npy"):  # big_vision (SigLIP) weights: numpy arrays, read without pickle
+            from open_clip.convert import load_big_vision_weights
+
+            load_big_vision_weights(model, str(checkpoint))
+            return
+        state = read_state_dict(checkpoint)
+        try:
+            model.load_state_dict(_fit_state_dict(model, state), strict=True)
+        except (RuntimeError, KeyError) as err:
+            raise WeightsError(f"open_clip weights {self.weights_source} do not fit model {source.model_name!r} "
+                               f"({_first_line(err)})") from err
 
     @staticmethod
-    def _resolve_tag(source: OpenCLIPSource) -> None:
-        """Fetch (online) or find (in the cache) a tag's weights first, so a miss is one clear error."""
+    def _resolve_tag(source: OpenCLIPSource) -> Path:
+        """The local file of a tag's weights, fetched (online) or found (in the cache); a miss is one clear error."""
         import open_clip
         from open_clip.pretrained import download_pretrained
 
         cfg = open_clip.get_pretrained_cfg(source.model_name.replace("/", "-"), source.pretrained)
         try:
-            download_pretrained(cfg)
+            path = download_pretrained(cfg)
         except Exception as err:  # noqa: BLE001 - any failure here means: not cached and not downloadable
             where = (f"the Hugging Face cache has no {source.hf_repo} and it could not be downloaded"
                      if source.hf_repo else "they could not be downloaded")
@@ -155,21 +199,32 @@ class OpenCLIPEncoder(PromptEncoder):
                 f"({type(err).__name__}). Offline, pass a local checkpoint file as the pretrained part, or a "
                 "'local-dir:' folder, or fill the Hugging Face cache (HF_HOME/HF_HUB_CACHE) with "
                 f"{source.hf_repo or 'the weights'} while online.") from err
+        if not path:
+            raise WeightsUnavailableError(f"open_clip tag {source.pretrained!r} of {source.model_name!r} names no "
+                                          "weights file; pass a local checkpoint file as the pretrained part")
+        return Path(path)
 
     def _load_openai_archive(self, source: OpenCLIPSource) -> nn.Module:
-        """OpenAI's TorchScript release, rebuilt as a plain open_clip CLIP (QuickGELU) in fp32.
-
-        open_clip rebuilds it like OpenAI's ``clip.load(jit=False)``: the architecture from the tensor shapes, the
-        weights through fp16 (lossless for OpenAI's files, which store them in fp16), then ``.float()``.
-        """
+        """OpenAI's TorchScript release, read as data (nothing in the file runs) and rebuilt as a plain open_clip CLIP
+        (QuickGELU) in fp32, as ``open_clip.load_openai_model`` does without ``jit``: the architecture from the
+        tensor shapes (``build_model_from_openai_state_dict``), the weights through fp16 (lossless for OpenAI's
+        files, which store them in fp16), then ``.float()``. The shapes are checked on the meta device first, so a
+        file that does not fit allocates nothing."""
         import open_clip
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+        from open_clip.model import build_model_from_openai_state_dict
         from open_clip.transform import PreprocessCfg
 
+        state = read_archive_state_dict(source.checkpoint)
         try:
-            model = open_clip.load_openai_model(str(source.checkpoint), precision="fp32", device=self.device)
-        except (RuntimeError, KeyError, AssertionError, ValueError) as err:
+            with torch.device("meta"):
+                build_model_from_openai_state_dict({k: v.to("meta") for k, v in state.items()}, cast_dtype=None)
+            model = build_model_from_openai_state_dict(state, cast_dtype=None)
+        except (RuntimeError, KeyError, AssertionError, ValueError, IndexError, TypeError, ZeroDivisionError) as err:
             raise WeightsError(f"{source.checkpoint} is a TorchScript archive but not an OpenAI CLIP one "
                                f"({_first_line(err)})") from err
+        model = model.to(self.device).float()
+        model.visual.image_mean, model.visual.image_std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
         self._check_archive_name(source, model)
         size = model.visual.image_size  # OpenAI's preprocessing: open_clip's defaults (bicubic, OpenAI mean/std)
         size = size[0] if isinstance(size, tuple) else size
@@ -220,6 +275,95 @@ class OpenCLIPEncoder(PromptEncoder):
         from torchvision.transforms import v2
 
         return v2.Compose([v2.ToPILImage(), image_transform_v2(PreprocessCfg(**self._preprocess_cfg), is_train=False)])
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The state dict in the weights file ``path``, read as data: ``.safetensors``, a TorchScript archive (by
+    content; its tensors, see :func:`read_archive_state_dict`) or a ``torch.save`` file unpickled with
+    ``weights_only=True``; unwrapped from ``{"state_dict": ...}`` and a ``module.`` prefix as open_clip does."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors_rust.SafetensorError is not a stable class to catch
+            raise WeightsError(f"{path}: cannot read it as .safetensors ({type(err).__name__})") from err
+    elif is_torchscript_archive(path):
+        state = read_archive_state_dict(path)
+        for key in _OPENAI_EXTRA_KEYS:
+            state.pop(key, None)
+    else:
+        state = _torch_load(path)
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not (isinstance(state, Mapping) and state and all(isinstance(k, str) and isinstance(v, Tensor)
+                                                         for k, v in state.items())):
+        raise WeightsError(f"{path}: holds no state dict (a mapping of names to tensors); save the model's alone: "
+                           "torch.save(model.state_dict(), path) or safetensors")
+    if next(iter(state)).startswith("module"):
+        state = {k[7:]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _torch_load(path: Path) -> object:
+    """A ``torch.save`` file unpickled with ``weights_only=True`` (tensors and containers only; a TorchScript
+    archive is refused by torch itself, and is told apart before this)."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as err:
+        raise WeightsError(f"{path}: cannot read it as a torch state dict: it pickles Python objects other than "
+                           "tensors, which are never unpickled here; save the state dict alone, or as .safetensors") \
+            from err
+    except Exception as err:  # noqa: BLE001 - a damaged or foreign file fails in many ways; its text is not quoted
+        raise WeightsError(f"{path}: cannot read it as a torch state dict ({type(err).__name__}); save the state "
+                           "dict alone (torch.save(model.state_dict(), path)) or as .safetensors") from err
+
+
+def _fit_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` adapted to ``model`` exactly as open_clip 3.3's ``load_checkpoint`` does before loading it: other
+    releases' key layouts converted, scalar/1-d logit scale and bias matched, a missing logit bias zero, stale
+    ``position_ids`` dropped, position embeddings resized to the model's grid and context."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    state = convert_state_dict(model, state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for key in ("logit_scale", "logit_bias"):
+        target = getattr(model, key, None)
+        if key in state and target is not None and target.ndim != state[key].ndim:
+            state[key] = state[key].reshape(target.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
+        state["logit_bias"] = torch.zeros_like(state["logit_scale"])
+    position_ids = "text.transformer.embeddings.position_ids"
+    if position_ids in state and not hasattr(model, position_ids):
+        del state[position_ids]
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    return state
+
+
+@contextmanager
+def _without_random_init_warning(active: bool) -> Iterator[None]:
+    """While open_clip builds a model whose weights are loaded here afterwards (``load_weights=False``), its
+    warning that the model was "initialized randomly" (logged on the root logger) would be false: it is held back
+    for the duration of the call, and only that message."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and str(record.msg).startswith("No pretrained weights loaded"))
+
+    root = logging.getLogger()
+    if active:
+        root.addFilter(keep)
+    try:
+        yield
+    finally:
+        if active:
+            root.removeFilter(keep)
 
 
 def model_activation(model: nn.Module) -> str:
