@@ -171,8 +171,8 @@ CHOICES = {
     "train.optimizer": ("adam", "adamw", "sgd", "momentum"),
     "train.mixup_mode": ("batch", "pair", "elem"),
 }
-POSITIVE = ("data.img_size", "data.max_image_pixels", "train.epochs", "train.batch_size", "train.accum_steps", "prompts.per_class",
-            "train.log_every")
+POSITIVE = ("data.img_size", "data.max_image_pixels", "train.epochs", "train.batch_size", "train.accum_steps",
+            "prompts.per_class", "train.log_every")
 
 
 #: Keys whose values are registry names: (module, function listing them). The registries sit in higher layers; they

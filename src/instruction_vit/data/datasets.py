@@ -113,9 +113,9 @@ def read_image(path: str | Path, min_side: int | None = None, max_pixels: int | 
     """An RGB PIL image (the one reader of image files: training, evaluation, predict). A missing, unreadable or
     truncated file, or one over ``max_pixels`` (width x height from its header, checked before decoding; ``None``:
     no limit), raises :class:`DataError` naming it. With ``min_side`` (the shorter side the caller's transform
-    resizes to), a much larger image is reduced while decoding (JPEG at 1/2..1/8 scale, then box reduction) to a
-    shorter side of at least twice ``min_side``; smaller images are decoded whole. Modes are converted by the one
-    rule of :mod:`instruction_vit.data.images` (16-bit: high byte; alpha dropped)."""
+    resizes to), an image at least 6x larger is reduced while decoding (JPEG at 1/2..1/8 scale, then an antialiased
+    resize) to a shorter side of at least 3x ``min_side``; smaller ones are decoded whole, as without it. Modes are
+    converted by the one rule of :mod:`instruction_vit.data.images` (16-bit: high byte; alpha dropped)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image not found: {path}")

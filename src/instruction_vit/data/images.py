@@ -39,6 +39,7 @@ modes PNG cannot hold) and read back.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import threading
 import warnings
@@ -61,6 +62,15 @@ ARRAY_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels -> mode of uint8 pixels
 # Image.open's bomb warning is silenced per call with warnings.catch_warnings, which swaps the process's filter
 # list: the lock keeps two of our calls (probes run in threads) from restoring each other's lists out of order.
 _OPEN_LOCK = threading.Lock()
+
+
+def _fresh_lock() -> None:
+    """A forked child (a loader worker) gets a free lock, whatever another thread of the parent held."""
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock)
 
 
 # -- files: the header, the limit, the decode --------------------------------------------------------------
