@@ -216,6 +216,9 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     encoder: Annotated[Optional[str], typer.Option(help=ENCODER_HELP)] = None,
     image_encoder: Annotated[Optional[str], typer.Option(help=IMAGE_ENCODER_HELP)] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(
+        min=1, help="Largest image read, width x height (checked on the header, before decoding); default "
+                    "150000000. Never taken from the model's folder.")] = None,
 ) -> None:
     """Top-k classes per image; with --classes/--class-file, among new class names (the line before the results
     says which prompts are used)."""
@@ -226,7 +229,8 @@ def predict(
     with _progress():
         use = classifier.class_prompts(_class_list(classes, class_file), examples)
     unreadable = 0
-    for i, (f, ranked) in enumerate(zip(files, classifier.iter_predict(files, use, top_k, skip_unreadable=True))):
+    results = classifier.iter_predict(files, use, top_k, skip_unreadable=True, max_pixels=max_pixels)
+    for i, (f, ranked) in enumerate(zip(files, results)):
         if isinstance(ranked, DataError) and len(files) == 1:
             raise ranked  # one image, unreadable: its error alone
         if i == 0:

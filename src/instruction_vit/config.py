@@ -21,6 +21,8 @@ import yaml
 
 from .errors import ConfigError
 
+DEFAULT_MAX_IMAGE_PIXELS = 150_000_000  # 150 MP: a 12000x12000 image passes; bigger ones need data.max_image_pixels
+
 
 @dataclass
 class DataConfig:
@@ -45,6 +47,8 @@ class DataConfig:
     num_workers: int | None = None  # loader processes; None: min(8, CPU count)
     bad_images: str = "error"  # error: an unreadable image stops the run | skip: logged once each, counted in results
     missing_eval_classes: str = "error"  # a class with no val or test images: error (stop) | allow (recorded)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # width x height above which a file is refused from its header,
+    # before decoding (replaces Pillow's bomb check); predict takes --max-pixels, never a model folder's value
 
 
 @dataclass
@@ -169,8 +173,8 @@ CHOICES = {
     "train.optimizer": ("adam", "adamw", "sgd", "momentum"),
     "train.mixup_mode": ("batch", "pair", "elem"),
 }
-POSITIVE = ("data.img_size", "train.epochs", "train.batch_size", "train.accum_steps", "prompts.per_class",
-            "train.log_every")
+POSITIVE = ("data.img_size", "data.max_image_pixels", "train.epochs", "train.batch_size", "train.accum_steps",
+            "prompts.per_class", "train.log_every")
 
 
 #: Keys whose values are registry names: (module, function listing them). The registries sit in higher layers; they

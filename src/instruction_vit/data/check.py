@@ -8,7 +8,7 @@ they are never unreadable and, being one fixed size by design, are not checked f
 
 Problems (``kind``):
 
-* ``unreadable``: files that fail to decode (error);
+* ``unreadable``: files that fail to decode, or are over ``data.max_image_pixels`` (error);
 * ``cross_split_duplicate``: byte-identical files (or one file) in two splits, e.g. train and test: leakage
   (error; the pairs are listed);
 * ``tiny``: images smaller than ``min_size`` px on their shorter side (warning);
@@ -143,7 +143,8 @@ def check_data(source: str | Path | DataConfig, min_size: int = 32, min_per_clas
                     arrays[f] = held
             items.append((name, f, y))
     files = list(dict.fromkeys(key for _, key, _ in items if key not in arrays))
-    probes = {p.file: p for p in probe_files(files, workers, full_decode, digest=True, progress=progress)}
+    probes = {p.file: p for p in probe_files(files, workers, full_decode, digest=True, progress=progress,
+                                             max_pixels=cfg.max_image_pixels)}
     digest = {key: p.sha256 for key, p in probes.items()}
     for key, (array, index) in arrays.items():
         digest[key] = hashlib.sha256(array.images[index].tobytes()).hexdigest()

@@ -1,7 +1,9 @@
 """Labelled image collections that carry their class names.
 
-Every collection has ``class_names``, ``labels`` (one per sample), ``load_image(i)`` (a PIL RGB image) and
-``image_id(i)`` (a stable identifier), which is what prompt banks and data loaders need. Sources:
+Every collection has ``class_names``, ``labels`` (one per sample), ``load_image(i)`` (a PIL RGB image),
+``load_reduced(i, min_side)`` (the same, reduced while decoding where it is far larger than ``min_side``; see
+:mod:`instruction_vit.data.images`) and ``image_id(i)`` (a stable identifier), which is what prompt banks and data
+loaders need. Files are read by :func:`read_image`, under the collection's pixel limit (``max_pixels``). Sources:
 
 * Fashion-MNIST from its original idx files (``.gz`` or not), e.g. Debian's ``dataset-fashion-mnist``;
 * an image folder, one subfolder per class;
@@ -24,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from .images import DEFAULT_MAX_PIXELS, decode, rgb_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 FASHION_MNIST_CLASSES = (
@@ -42,6 +45,11 @@ class LabelledImages:
 
     def load_image(self, index: int) -> Image.Image:
         raise NotImplementedError
+
+    def load_reduced(self, index: int, min_side: int | None) -> Image.Image:
+        """:meth:`load_image`, reduced while decoding for a transform that resizes the shorter side to ``min_side``
+        (bit-identical where the image is not over twice that); collections that cannot reduce load it whole."""
+        return self.load_image(index)
 
     def image_id(self, index: int) -> str:
         raise NotImplementedError
@@ -66,7 +74,7 @@ class ArrayImages(LabelledImages):
         self.images, self.labels, self.class_names, self.name = images, [int(x) for x in labels], list(class_names), name
 
     def load_image(self, index: int) -> Image.Image:
-        return Image.fromarray(self.images[index]).convert("RGB")
+        return rgb_image(self.images[index])
 
     @property
     def location(self) -> str:
@@ -77,14 +85,20 @@ class ArrayImages(LabelledImages):
 
 
 class FileImages(LabelledImages):
-    """Images read from files under ``root``."""
+    """Images read from files under ``root``; a file over ``max_pixels`` (width x height, from its header) is
+    refused before it is decoded (``data.max_image_pixels`` sets it for a run's splits)."""
 
-    def __init__(self, root: str | Path, paths: Sequence[str], labels: Sequence[int], class_names: Sequence[str]):
+    def __init__(self, root: str | Path, paths: Sequence[str], labels: Sequence[int], class_names: Sequence[str],
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.root, self.paths = Path(root), list(paths)
         self.labels, self.class_names = [int(x) for x in labels], list(class_names)
+        self.max_pixels = max_pixels
 
     def load_image(self, index: int) -> Image.Image:
-        return read_image(self.root / self.paths[index])
+        return read_image(self.root / self.paths[index], max_pixels=self.max_pixels)
+
+    def load_reduced(self, index: int, min_side: int | None) -> Image.Image:
+        return read_image(self.root / self.paths[index], min_side=min_side, max_pixels=self.max_pixels)
 
     @property
     def location(self) -> str:
@@ -94,17 +108,39 @@ class FileImages(LabelledImages):
         return self.paths[index]
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image; a missing, unreadable or truncated file raises :class:`DataError` naming it."""
+def read_image(path: str | Path, min_side: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+               ) -> Image.Image:
+    """An RGB PIL image (the one reader of image files: training, evaluation, predict). A missing, unreadable or
+    truncated file, or one over ``max_pixels`` (width x height from its header, checked before decoding; ``None``:
+    no limit), raises :class:`DataError` naming it. With ``min_side`` (the shorter side the caller's transform
+    resizes to), an image at least 6x larger is reduced while decoding (JPEG at 1/2..1/8 scale, then an antialiased
+    resize) to a shorter side of at least 3x ``min_side``; smaller ones are decoded whole, as without it. Modes are
+    converted by the one rule of :mod:`instruction_vit.data.images` (16-bit: high byte; alpha dropped)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
+        return decode(path, min_side, max_pixels)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err} (is the file truncated or not an image?)") from err
+
+
+def pixel_limit(data: LabelledImages) -> int:
+    """The pixel limit the files of ``data`` are read under (through :class:`Subset` views); the default for
+    collections that read no files."""
+    while isinstance(data, Subset):
+        data = data.base
+    return data.max_pixels if isinstance(data, FileImages) else DEFAULT_MAX_PIXELS
+
+
+def with_pixel_limit(data: LabelledImages, max_pixels: int) -> LabelledImages:
+    """``data`` with its files (through any :class:`Subset` views) read under ``max_pixels``; returns ``data``."""
+    base = data
+    while isinstance(base, Subset):
+        base = base.base
+    if isinstance(base, FileImages):
+        base.max_pixels = max_pixels
+    return data
 
 
 @dataclass
@@ -120,6 +156,9 @@ class Subset(LabelledImages):
 
     def load_image(self, index: int) -> Image.Image:
         return self.base.load_image(self.indices[index])
+
+    def load_reduced(self, index: int, min_side: int | None) -> Image.Image:
+        return self.base.load_reduced(self.indices[index], min_side)
 
     def image_id(self, index: int) -> str:
         return self.base.image_id(self.indices[index])

@@ -2,7 +2,8 @@
 
 The probe of a file (:func:`probe_file`) decides readability without a full decode where it safely can:
 
-* the header is parsed (``Image.open``: format, size; a file that is no image fails here);
+* the header is parsed (``Image.open``: format, size; a file that is no image fails here), and a file over the
+  pixel limit (``data.max_image_pixels``, what :func:`~instruction_vit.data.read_image` refuses) fails here too;
 * PNG: ``verify()`` reads every chunk to ``IEND`` and checks its CRC, so truncation and corruption fail;
 * JPEG: ``verify()`` checks nothing, so the file must end with the end-of-image marker ``FF D9`` (trailing NUL
   padding allowed); a truncated download does not. A JPEG that does not end so (a cut file, or one with data
@@ -29,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from ..errors import ConfigError
-from .datasets import DataError, FileImages, LabelledImages, Subset
+from .datasets import DataError, FileImages, LabelledImages, Subset, pixel_limit
+from .images import DEFAULT_MAX_PIXELS, open_image, too_large
 
 log = logging.getLogger("instruction_vit.data")
 
@@ -66,8 +66,10 @@ class Probe:
         return self.error is None
 
 
-def probe_file(path: str | Path, full_decode: bool = False, digest: bool = False) -> Probe:
-    """Readability (see the module's notes), header size and optionally the sha256 of the file's bytes."""
+def probe_file(path: str | Path, full_decode: bool = False, digest: bool = False,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Probe:
+    """Readability (see the module's notes; over ``max_pixels`` is unreadable), header size and optionally the
+    sha256 of the file's bytes."""
     import hashlib
 
     path = str(path)
@@ -81,8 +83,10 @@ def probe_file(path: str | Path, full_decode: bool = False, digest: bool = False
     if digest:
         probe.sha256 = hashlib.sha256(content).hexdigest()
     try:
-        with Image.open(io.BytesIO(content)) as img:
+        with open_image(io.BytesIO(content), max_pixels=None) as img:
             probe.size = img.size
+            if img.size[0] * img.size[1] > max_pixels:
+                raise too_large(path, img.size, max_pixels)
             fmt = img.format
             if full_decode:
                 img.load()
@@ -100,13 +104,13 @@ def probe_file(path: str | Path, full_decode: bool = False, digest: bool = False
 
 
 def probe_files(files: list[str], workers: int = 0, full_decode: bool = False, digest: bool = False,
-                progress: Progress | None = None) -> list[Probe]:
+                progress: Progress | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Probe]:
     """:func:`probe_file` of each file, in order, in ``workers`` threads (0 or 1: this thread)."""
     total = len(files)
     if progress:
         progress(0, total)
     results: list[Probe] = []
-    run = lambda f: probe_file(f, full_decode, digest)  # noqa: E731
+    run = lambda f: probe_file(f, full_decode, digest, max_pixels)  # noqa: E731
     if workers > 1 and total > 1:
         with ThreadPoolExecutor(workers) as pool:
             for start in range(0, total, 4096):  # bounded: no million pending futures
@@ -133,10 +137,11 @@ class BadImage:
 
 def scan_unreadable(data: LabelledImages, workers: int = 0, full_decode: bool = False,
                     progress: Progress | None = None) -> list[BadImage]:
-    """The unreadable files of ``data`` (each once, in sample order); in-memory images are never unreadable."""
+    """The unreadable files of ``data`` (each once, in sample order; over its pixel limit counts); in-memory
+    images are never unreadable."""
     files = list(dict.fromkeys(f for f in image_files(data) if f is not None))
-    return [BadImage(p.file, p.error) for p in probe_files(files, workers, full_decode, progress=progress)
-            if not p.readable]
+    return [BadImage(p.file, p.error) for p in probe_files(files, workers, full_decode, progress=progress,
+                                                           max_pixels=pixel_limit(data)) if not p.readable]
 
 
 class SkipReport(dict):
@@ -172,13 +177,15 @@ def drop_unreadable(splits: Mapping[str, LabelledImages], mode: str = "error", w
     """Probe every file of every split once; ``mode="error"``: raise a :class:`DataError` listing the unreadable
     files and the fix; ``mode="skip"``: log each once (warning, logger ``instruction_vit.data``) and return the
     splits without them, with the report. Splits with nothing to drop are returned as they are (the same object;
-    a split that is another split, like val = test, stays so)."""
+    a split that is another split, like val = test, stays so). A file over the splits' pixel limit
+    (``data.max_image_pixels``) counts as unreadable."""
     if mode not in BAD_IMAGE_MODES:
         raise ConfigError(f"bad_images={mode!r}; choose one of {', '.join(BAD_IMAGE_MODES)}")
     per_split = {name: image_files(data) for name, data in splits.items()}
     unique = list(dict.fromkeys(f for files in per_split.values() for f in files if f is not None))
-    reasons = {p.file: p.error for p in probe_files(unique, workers, full_decode, progress=progress)
-               if not p.readable}
+    limit = min((pixel_limit(data) for data in splits.values()), default=DEFAULT_MAX_PIXELS)
+    reasons = {p.file: p.error for p in probe_files(unique, workers, full_decode, progress=progress,
+                                                    max_pixels=limit) if not p.readable}
     report = SkipReport(mode, checked=len(unique))
     listed: set[int] = set()
     for name, files in per_split.items():

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..config import DataConfig
 from ..errors import ConfigError
-from .datasets import DataError, LabelledImages, balanced_limit, class_subset, few_shot, stratified_split
+from .datasets import (DataError, LabelledImages, balanced_limit, class_subset, few_shot, stratified_split,
+                       with_pixel_limit)
 from .scan import drop_unreadable
 from .sets import absolute, dataset
 
@@ -19,8 +20,10 @@ def load_splits(cfg: DataConfig) -> dict[str, LabelledImages]:
     train (``val_fraction``; with 0, val is the test split).
 
     An image folder with no split is divided into train / val / test (``val_fraction`` each for val and test).
+    Their files are read under ``max_image_pixels``.
     """
-    splits = dict(dataset(cfg.dataset).load(cfg))
+    splits = {name: with_pixel_limit(data, cfg.max_image_pixels)
+              for name, data in dataset(cfg.dataset).load(cfg).items()}
     if "test" not in splits:
         raise DataError(f"{cfg.dataset} at {cfg.root} has no test split; add 'test' to the split file")
     if "val" not in splits:

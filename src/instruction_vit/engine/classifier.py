@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from ..errors import ConfigError
 from ..data import DataError, image_folder, read_image, template_set
+from ..data.images import DEFAULT_MAX_PIXELS, rgb_image
+from ..data.transforms import transform_side
 from ..model import Prompts
 from ..prompts import build_prompt_bank
 from ..prompts.encoders import joint_space, weights_id
@@ -66,6 +67,7 @@ class Classifier:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = checkpoint.build_model().eval().to(self.device)
         self.transform = transforms(self.config, self.model.backbone)[1]
+        self.min_side = transform_side(self.transform)  # images far larger are reduced while decoding
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", encoder: str | None = None,
@@ -150,30 +152,45 @@ class Classifier:
             return (out.logits.float().softmax(-1) + out.scores.float().softmax(-1)) / 2
         return out.logits.float().softmax(-1)
 
-    def predict(self, images: Sequence[str | Path | Image.Image], classes: Sequence[str] | None = None,
-                top_k: int = 5, examples: str | Path | None = None, batch_size: int = 64
+    def preprocess(self, image: Any, max_pixels: int | None = None) -> torch.Tensor:
+        """The model input ``[3, S, S]`` of one image: a file path (read under ``max_pixels``, width x height
+        checked on its header before decoding; ``None``: the package default, 150 MP, never a model folder's
+        setting), a PIL image, a numpy array ``(H, W[, C])`` or a tensor ``[[C, ]H, W]`` (uint8, uint16 or float
+        in [0, 1]; see :mod:`instruction_vit.data.images`). Every source is converted and reduced as a file is:
+        an in-memory image gives what the same image saved to a PNG gives."""
+        if isinstance(image, (str, Path)):
+            rgb = read_image(image, self.min_side, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
+        else:
+            rgb = rgb_image(image, self.min_side)
+        return self.transform(rgb)
+
+    def predict(self, images: Sequence[Any], classes: Sequence[str] | None = None, top_k: int = 5,
+                examples: str | Path | None = None, batch_size: int = 64, max_pixels: int | None = None
                 ) -> list[list[tuple[str, float]]]:
-        """Per image, the top ``min(top_k, N)`` classes with their probabilities, best first."""
+        """Per image (a path, PIL image, numpy array or tensor: see :meth:`preprocess`), the top ``min(top_k, N)``
+        classes with their probabilities, best first. ``max_pixels``: the largest file read (width x height;
+        ``None``: 150 MP)."""
         use = self.class_prompts(classes, examples)
-        return list(self.iter_predict(images, use, top_k, batch_size))
+        return list(self.iter_predict(images, use, top_k, batch_size, max_pixels=max_pixels))
 
     def iter_predict(self, images: Sequence[Any], use: ClassPrompts, top_k: int = 5, batch_size: int = 64,
-                     skip_unreadable: bool = False):
+                     skip_unreadable: bool = False, max_pixels: int | None = None):
         """Per image, in order, its ranked classes; with ``skip_unreadable``, the :class:`DataError` of an image
-        that cannot be read stands in its place (the others are still predicted)."""
+        that cannot be read stands in its place (the others are still predicted). Images are read one at a time
+        and kept only as model inputs (:meth:`preprocess`): a batch never holds decoded images."""
         k = min(top_k, len(use.names))
         for start in range(0, len(images), batch_size):
             batch, errors = [], {}
             for j, img in enumerate(images[start:start + batch_size]):
                 try:
-                    batch.append(img if isinstance(img, Image.Image) else read_image(img))
+                    batch.append(self.preprocess(img, max_pixels))
                 except DataError as err:
                     if not skip_unreadable:
                         raise
                     errors[j] = err
             ranked = iter([])
             if batch:
-                probs = self.probabilities(torch.stack([self.transform(img) for img in batch]), use)
+                probs = self.probabilities(torch.stack(batch), use)
                 values, index = probs.topk(k, dim=-1)
                 ranked = iter([[(use.names[c], p) for c, p in zip(i, v)] for v, i in zip(values.tolist(), index.tolist())])
             for j in range(len(images[start:start + batch_size])):

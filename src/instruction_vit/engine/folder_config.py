@@ -26,7 +26,7 @@ from ..errors import CheckpointError
 
 #: Keys that say where things are on one machine, or how it runs there: never taken from a model folder.
 SITE_KEYS = ("data.root", "data.split_file", "data.store_dir", "data.num_workers", "prompts.cache_dir",
-             "prompts.bank_file", "model.pretrained", "train.device")
+             "prompts.bank_file", "model.pretrained", "train.device", "data.max_image_pixels")
 #: Keys naming a prompt encoder (which may be a file or folder on the saver's machine).
 ENCODER_KEYS = ("prompts.encoder", "prompts.image_encoder")
 #: Keys naming templates or descriptions (a named set, or a file the folder carries inline).
