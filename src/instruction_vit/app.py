@@ -67,7 +67,7 @@ PROMPT_SETS = 16
 #: other names is not uploaded again: at most this many, and at most this many pixels together.
 IMAGES_KEPT, IMAGE_PIXELS_KEPT = 8, 64 * 2**20
 #: gradio's temporary files (uploads never classified): every ``SWEEP[0]`` s, those older than ``SWEEP[1]`` s go.
-SWEEP = (60, 600)
+SWEEP = (60, 300)
 UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}
 
 
