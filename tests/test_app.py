@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import colour_folder, tiny_run
 from PIL import Image
@@ -114,11 +115,15 @@ def test_the_page_in_a_browser_ranks_new_class_names_as_ivit_predict(run, tmp_pa
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium) to drive the page in")
     port, image = _free_port(), run / "images" / "red" / "0.png"
     url = f"http://127.0.0.1:{port}/"
+    big, notes = tmp_path / "big.png", tmp_path / "notes.png"  # a 120 KB image; a text file named as an image
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(big)
+    notes.write_bytes(b"SECRET: not an image\n" * 20)
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         server = subprocess.Popen([sys.executable, "-m", "instruction_vit", "serve", str(run / "run"), "--port",
-                                   str(port), "--device", "cpu"], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                   str(port), "--device", "cpu", "--max-file-size", "32KB"], stdout=out,
+                                  stderr=subprocess.STDOUT, env=env)
     try:
         runner = CliRunner()  # ivit predict, while the server starts
         own = runner.invoke(cli, ["predict", str(run / "run"), str(image), "--device", "cpu"])
@@ -158,10 +163,24 @@ def test_the_page_in_a_browser_ranks_new_class_names_as_ivit_predict(run, tmp_pa
                 shot = SCREENSHOT if os.environ.get("IVIT_UPDATE_SCREENSHOT") == "1" else tmp_path / "demo-page.png"
                 page.screenshot(path=str(shot), full_page=True)
                 assert shot.stat().st_size > 10_000
+
+                # the limits, as a visitor meets them: each a message on the page, none a traceback on the console
+                toast = page.locator("[data-testid=toast-body]")
+                upload = page.locator("#ivit-image input[type=file]")
+                upload.set_input_files(str(big))  # over --max-file-size: refused before it is sent
+                sync_api.expect(toast.last).to_contain_text("exceed the maximum allowed size", timeout=30_000)
+                page.reload()
+                page.locator("#ivit-image input[type=file]").set_input_files(str(notes))
+                page.locator("#ivit-classify").click()
+                sync_api.expect(toast.last).to_contain_text("'notes.png' is not an image this page can read",
+                                                            timeout=30_000)
+                assert "SECRET" not in toast.last.inner_text()
             finally:
                 browser.close()
         outside = sorted({u for u in requested if not u.startswith(url) and not u.startswith(("data:", "blob:"))})
         assert not outside, f"the page fetched from elsewhere: {outside[:5]}"
+        console = log.read_text()
+        assert "Traceback" not in console and "refused a request: the file 'notes.png' is not an image" in console
     finally:
         server.terminate()
         try:

@@ -29,6 +29,7 @@ from .data import training_split
 from .data.datasets import IMAGE_SUFFIXES
 from .errors import ConfigError, DataError, MissingFileError, RunFolderError, UserError
 from .api import build_prompts
+from .app import MAX_FILE_SIZE, QUEUE_SIZE
 from .progress import reporting
 from .prompts import PromptBank
 
@@ -252,12 +253,23 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    max_file_size: Annotated[str, typer.Option(
+        help="Largest upload accepted (500KB, 20MB, 1GB or bytes); larger ones are refused before they are kept.",
+    )] = MAX_FILE_SIZE,
+    queue_size: Annotated[int, typer.Option(
+        min=1, help="Requests waiting while one runs on the model; beyond that a visitor is told the page is busy.",
+    )] = QUEUE_SIZE,
+    encoder: Annotated[Optional[str], typer.Option(help=ENCODER_HELP)] = None,
+    image_encoder: Annotated[Optional[str], typer.Option(help=IMAGE_ENCODER_HELP)] = None,
 ) -> None:
     """The demo page: drop an image, edit the class names, see the top-5 per output and which prompts were used
-    (needs the app extra: pip install 'instruction-vit\\[app]'). Offline; runs until Ctrl-C."""
+    (needs the app extra: pip install 'instruction-vit\\[app]'). Offline; runs until Ctrl-C. Limits per request: one
+    image, at most 1000 class names of at most 200 characters; nothing is written into the run or the prompt cache,
+    uploads are deleted once read."""
     from .app import serve as serve_page
 
-    serve_page(run, host, port, device,
+    serve_page(run, host, port, device, max_file_size=max_file_size, queue_size=queue_size, encoder=encoder,
+               image_encoder=image_encoder,
                on_ready=lambda url: console.print(f"demo page for {run}: {url} (Ctrl-C stops it)", highlight=False))
 
 

@@ -80,9 +80,11 @@ class Classifier:
     def prompt_kind(self) -> str:
         return self.checkpoint.meta.get("bank_kind", self.config.prompts.kind)
 
-    def class_prompts(self, classes: Sequence[str] | None = None, examples: str | Path | None = None,
-                      ) -> ClassPrompts:
-        """The prompts for ``classes`` (``None``: the checkpoint's own classes and prompts)."""
+    def class_prompts(self, classes: Sequence[str] | None = None, examples: str | Path | None = None, *,
+                      cache: bool = True) -> ClassPrompts:
+        """The prompts for ``classes`` (``None``: the checkpoint's own classes and prompts). New prompts are read
+        from and written to ``prompts.cache_dir``; ``cache=False`` builds them without touching it (the demo page,
+        whose visitors must not fill the disk, keeps them in memory)."""
         if classes is None and examples is None:
             if callable(getattr(self.model, "set_classes", None)):  # back to its own names after any new ones
                 self.model.set_classes(self.classes)
@@ -101,7 +103,7 @@ class Classifier:
         if self.model.bank_prompts() is None:
             raise ConfigError("this checkpoint is a plain classifier (no prompts): it cannot score new class names; "
                              "train with prompts.kind=text, image or mixed")
-        return self._instruction_prompts(names, folder)
+        return self._instruction_prompts(names, folder, cache)
 
     def _check_encoders(self, text_encoder: str, image_encoder: str) -> None:
         """New prompts must come from the encoder weights the model was trained with (recorded in the checkpoint)."""
@@ -113,13 +115,13 @@ class Classifier:
                     f"{spec!r} now gives {weights_id(spec)!r}: prompts for new classes would not match; point "
                     "prompts.encoder at the weights the run used")
 
-    def _instruction_prompts(self, names: list[str], folder) -> ClassPrompts:
+    def _instruction_prompts(self, names: list[str], folder, cache: bool = True) -> ClassPrompts:
         self.checkpoint.require_encoders("prompts for new class names")
         p, kind = self.config.prompts, self.prompt_kind
         image_encoder = p.image_encoder or p.encoder
         self._check_encoders(p.encoder, image_encoder)
         common = dict(text_encoder=p.encoder, image_encoder=image_encoder, templates=template_set(p.templates),
-                      cache_dir=p.cache_dir, device=self.device)
+                      cache_dir=p.cache_dir if cache else None, device=self.device)
         if kind == "text" or folder is not None:
             images = folder if kind != "text" else None  # a text run reads text prompts, examples or not
             bank = build_prompt_bank(kind, names, images=images, per_class=p.per_class, seed=p.seed,
