@@ -91,8 +91,9 @@ class LockHolder:
     def this_process(cls) -> LockHolder:
         pid = os.getpid()
         stat = _proc_stat(pid)
-        return cls(host=socket.gethostname(), pid=pid, started=datetime.now().astimezone().isoformat(timespec="seconds"),
-                   command=command_line(), slurm_job_id=os.environ.get("SLURM_JOB_ID") or None,
+        started = datetime.now().astimezone().isoformat(timespec="seconds")
+        return cls(host=socket.gethostname(), pid=pid, started=started, command=command_line(),
+                   slurm_job_id=os.environ.get("SLURM_JOB_ID") or None,
                    pid_start=stat[1] if stat else None, boot_id=_boot_id(), token=uuid.uuid4().hex)
 
     def to_bytes(self) -> bytes:
@@ -354,6 +355,8 @@ def command_line() -> str:
 
 def _running(pid: int, start: int | None) -> bool:
     """Whether process ``pid`` of this host runs (not a zombie), and is the one started at ``start`` when known."""
+    if os.name == "nt":  # os.kill there ends the process: no look, the lock stands
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
