@@ -28,6 +28,7 @@ Two more column kinds:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -47,6 +48,7 @@ from ..files import atomic_write, file_sha256
 from ..hub_source import MODEL_FILE, resolve_model_source
 from ..hub_source import bank_stem as hub_bank_stem
 from ..prompts.encoders import parse_spec, weights_id
+from .run_lock import RunFolderInUseError, RunLock
 
 logger = logging.getLogger(__name__)
 SHIPPED = Path(__file__).resolve().parents[1] / "experiments"
@@ -538,70 +540,134 @@ def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequenc
     others go on. Finished cells keep only ``best.safetensors`` unless ``keep_last``. Evaluating cells
     (``evaluate`` columns) run after the training cells; one whose source is not done and not selected is refused
     before anything runs, one whose source was not run is recorded as not run, and one is rerun when its source's
-    checkpoint changed."""
-    from ..errors import WeightsUnavailableError
-    from .protocols import FixedClassesError, transfer, zero_shot
-    from .train import train
+    checkpoint changed.
 
+    A cell's folder is a run folder: the cell holds its lock (:mod:`.run_lock`) while it is looked at and run. A
+    cell held by another command (a second ``ivit reproduce`` on the same runs folder) is skipped with a line naming
+    the holder, and so are the evaluating cells that read it; the others go on, then a :class:`CellsInUseError`
+    (a RunFolderError; ``.done`` holds the cells run) says which were skipped."""
     ids = Identities()
     check_weights_map(spec, runs, weights or {})
     found = sorted(cells(spec, runs, select, seeds, overrides, weights), key=lambda c: c.source is not None)
     if not force and (stale := stale_cells(found, ids)):
         _refuse_stale(stale, runs)
     _check_sources(spec, found, ids)
-    done = []
+    done: list[Cell] = []
+    skipped: list[tuple[Cell, str]] = []
+    held: set[Path] = set()  # folders another command holds
     for cell in found:
         settings = cell_settings(cell, ids)  # again: an earlier cell may have made the file this one starts from
         key = settings_key(settings)
-        record = read_record(cell.folder) or {}
-        results = cell.folder / "results.json"
-        base_record = {"key": key, "settings": settings, "spec_changes": spec_changes(cell, ids), "cell": cell.name}
-        if cell.source is not None:
-            state, why = _source_state(cell, ids)
-            if state != "done":
-                reason = f"its source {cell.source.name} was not run: {why}" if state == "not_run" else \
-                    f"its source {cell.source.name} is not done: {why}"
-                logger.warning(f"{cell.name}: not run: {reason}")
-                _write_record(cell.folder, {**base_record, "status": "not_run", "reason": reason})
-                continue
-            base_record["source_checkpoint"] = f"sha256:{file_sha256(_source_checkpoint(cell))}"
-        if not force and record.get("status") == "done" and record.get("key") == key and results.is_file() \
-                and record.get("source_checkpoint") == base_record.get("source_checkpoint"):
-            logger.info(f"{cell.name}: done ({results})")
+        if cell.source is None and not force and _finished(cell, key, None):
+            logger.info(f"{cell.name}: done ({cell.folder / 'results.json'})")
             continue
-        if not force and record.get("key") != key and _has_run(cell.folder):
-            _refuse_stale([(cell, _settings_diff(record.get("settings", {}), settings))], runs)
-        logger.info(f"== {spec['name']}/{cell.name} ==")
-        resume = (cell.folder / "checkpoints" / "last.safetensors").is_file() and not force
-        results.unlink(missing_ok=True)  # whatever happens next, no earlier result stands for this run
-        _write_record(cell.folder, {**base_record, "status": "running"})
+        if cell.source is not None and cell.source.folder in held:
+            why = f"its source {cell.source.name} is in use by another command"
+            logger.warning(f"{cell.name}: {why}; skipped")
+            skipped.append((cell, why))
+            continue
         try:
-            if cell.zero_shot:
-                zero_shot(cell.config, cell.folder)
-            elif cell.source is not None:
-                source_results = json.loads((cell.source.folder / "results.json").read_text(encoding="utf-8"))
-                transfer(cell.config, _source_checkpoint(cell), cell.folder, {
-                    "cell": f"{spec['name']}/{cell.source.name}", "dataset": cell.source.config.data.dataset,
-                    "top1": source_results.get("top1")})
-            else:
-                train(cell.config, cell.folder, resume=resume, force=not resume)
-        except FixedClassesError:  # a plain classifier's cell in a transfer column: said so, not a number
-            reason = "a plain classifier (no prompts, a head fixed to its training classes) cannot read new class names"
+            with _cell_lock(cell):
+                if _run_cell(spec, runs, cell, settings, ids, force, keep_last):
+                    done.append(cell)
+        except RunFolderInUseError as err:
+            if err.folder != cell.folder:  # a folder the cell reads, not the cell's own
+                raise
+            holder = err.holder.describe() if err.holder.readable else f"a lock that cannot be read ({err})"
+            logger.warning(f"{cell.name}: held by {holder}; skipped")
+            skipped.append((cell, f"held by {holder}"))
+            held.add(cell.folder)
+    if skipped:
+        raise CellsInUseError(done, skipped)
+    return done
+
+
+@contextlib.contextmanager
+def _cell_lock(cell: Cell) -> Iterator[None]:
+    """The cell's folder locked for the block (rank 0 holding it for all under torchrun, as ``train`` does)."""
+    from .distributed import init_world
+    from .train import hold_run_folder
+
+    world, dist_device = init_world(cell.config.train.device)  # a world of one outside torchrun
+    with hold_run_folder(cell.folder, world, dist_device):
+        yield
+
+
+class CellsInUseError(RunFolderError):
+    """Cells skipped because another command holds their folders; the others ran (``done``)."""
+
+    def __init__(self, done: list[Cell], skipped: list[tuple[Cell, str]]):
+        self.done, self.skipped = done, skipped
+        first, why = skipped[0]
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        super().__init__(f"ran {len(done)} cell(s); skipped {len(skipped)} in use by another command: {first.name}, "
+                         f"{why}{more}. Run the same command again once they finish, to do what is left")
+
+
+def _finished(cell: Cell, key: str, source_checkpoint: str | None) -> bool:
+    """Whether the cell's folder holds its results under settings ``key`` (and, for an evaluating cell, the same
+    source checkpoint)."""
+    record = read_record(cell.folder) or {}
+    return record.get("status") == "done" and record.get("key") == key and \
+        (cell.folder / "results.json").is_file() and record.get("source_checkpoint") == source_checkpoint
+
+
+def _run_cell(spec: dict[str, Any], runs: Path, cell: Cell, settings: dict[str, Any], ids: Identities, force: bool,
+              keep_last: bool) -> bool:
+    """Run one cell with ``settings`` (:func:`cell_settings`) whose folder's lock the caller holds (done cells are
+    left, cells that cannot run recorded as not run); returns whether it ran."""
+    from ..errors import WeightsUnavailableError
+    from .protocols import FixedClassesError, transfer, zero_shot
+    from .train import train
+
+    key = settings_key(settings)
+    record = read_record(cell.folder) or {}
+    results = cell.folder / "results.json"
+    base_record = {"key": key, "settings": settings, "spec_changes": spec_changes(cell, ids), "cell": cell.name}
+    if cell.source is not None:
+        state, why = _source_state(cell, ids)
+        if state != "done":
+            reason = f"its source {cell.source.name} was not run: {why}" if state == "not_run" else \
+                f"its source {cell.source.name} is not done: {why}"
             logger.warning(f"{cell.name}: not run: {reason}")
             _write_record(cell.folder, {**base_record, "status": "not_run", "reason": reason})
-            continue
-        except WeightsUnavailableError as err:
-            backbone = cell.config.model.backbone
-            reason = f"no weights for {backbone}" if cell.needs_backbone and backbone in str(err) else \
-                f"no weights for the encoder {cell.config.prompts.encoder}"
-            logger.warning(f"{cell.name}: not run: {reason} ({err})")
-            _write_record(cell.folder, {**base_record, "status": "not_run", "reason": reason})
-            continue
-        if not keep_last:
-            (cell.folder / "checkpoints" / "last.safetensors").unlink(missing_ok=True)
-        _write_record(cell.folder, {**base_record, "status": "done"})
-        done.append(cell)
-    return done
+            return False
+        base_record["source_checkpoint"] = f"sha256:{file_sha256(_source_checkpoint(cell))}"
+    if not force and _finished(cell, key, base_record.get("source_checkpoint")):
+        logger.info(f"{cell.name}: done ({results})")
+        return False
+    if not force and record.get("key") != key and _has_run(cell.folder):
+        _refuse_stale([(cell, _settings_diff(record.get("settings", {}), settings))], runs)
+    logger.info(f"== {spec['name']}/{cell.name} ==")
+    resume = (cell.folder / "checkpoints" / "last.safetensors").is_file() and not force
+    results.unlink(missing_ok=True)  # whatever happens next, no earlier result stands for this run
+    _write_record(cell.folder, {**base_record, "status": "running"})
+    try:
+        if cell.zero_shot:
+            zero_shot(cell.config, cell.folder)
+        elif cell.source is not None:
+            source_results = json.loads((cell.source.folder / "results.json").read_text(encoding="utf-8"))
+            transfer(cell.config, _source_checkpoint(cell), cell.folder, {
+                "cell": f"{spec['name']}/{cell.source.name}", "dataset": cell.source.config.data.dataset,
+                "top1": source_results.get("top1")})
+        else:
+            train(cell.config, cell.folder, resume=resume, force=not resume)
+    except FixedClassesError:  # a plain classifier's cell in a transfer column: said so, not a number
+        reason = "a plain classifier (no prompts, a head fixed to its training classes) cannot read new class names"
+        logger.warning(f"{cell.name}: not run: {reason}")
+        _write_record(cell.folder, {**base_record, "status": "not_run", "reason": reason})
+        return False
+    except WeightsUnavailableError as err:
+        backbone = cell.config.model.backbone
+        reason = f"no weights for {backbone}" if cell.needs_backbone and backbone in str(err) else \
+            f"no weights for the encoder {cell.config.prompts.encoder}"
+        logger.warning(f"{cell.name}: not run: {reason} ({err})")
+        _write_record(cell.folder, {**base_record, "status": "not_run", "reason": reason})
+        return False
+    if not keep_last:
+        (cell.folder / "checkpoints" / "last.safetensors").unlink(missing_ok=True)
+    _write_record(cell.folder, {**base_record, "status": "done"})
+    return True
 
 
 def _lookup(results: dict[str, Any], path: str) -> float | None:

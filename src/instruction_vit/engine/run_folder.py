@@ -7,6 +7,7 @@
     checkpoints/last.safetensors   weights + optimizer + RNG state (resume)
     checkpoints/best.safetensors   weights of the best validation epoch (eval, predict)
     results.json           test metrics of the best checkpoint, with and without prompt selection
+    .lock                  while a command writes the folder: who it is (see :mod:`.run_lock`)
 """
 
 from __future__ import annotations
@@ -19,23 +20,27 @@ from typing import Any
 from ..config import Config
 from ..errors import RunFolderError
 from ..files import atomic_write
+from .run_lock import LOCK_NAME, is_lock_entry
 
 #: What a run folder holds; a folder with only some of these and no checkpoint is a run that failed before its first
-#: checkpoint (a bad data root, say): it is started again without --force.
+#: checkpoint (a bad data root, say): it is started again without --force. The lock (and its temporary files) is no
+#: content: a folder holding only a lock is empty.
 RUN_ENTRIES = frozenset({"config.yaml", "metrics.csv", "metrics.jsonl", "results.json", "checkpoints", "tensorboard",
-                         "cell.json"})
+                         "cell.json", LOCK_NAME})
 #: Config keys a resumed run may change: they say how it runs, not what it computes.
 RESUME_SAFE = ("train.device", "train.log_every", "train.tensorboard", "train.compile", "data.num_workers",
                "data.store_dir", "prompts.cache_dir")
 
 
 def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
+    """Check that ``out`` may be used as asked (RunFolderError otherwise) and clear what a new run replaces. The
+    caller holds the folder's lock (:class:`.run_lock.RunLock`)."""
     last = out / "checkpoints" / "last.safetensors"
     if resume:
         if not last.is_file():
             raise RunFolderError(f"nothing to resume in {out}: {last} does not exist")
         return
-    if out.exists() and any(out.iterdir()) and not force and not _unstarted_run(out):
+    if out.exists() and _content(out) and not force and not _unstarted_run(out):
         raise RunFolderError(f"run folder {out} already exists and is not empty; pass --resume to continue it "
                              "or --force to start over in it")
     out.mkdir(parents=True, exist_ok=True)
@@ -47,8 +52,13 @@ def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
 
 def _unstarted_run(out: Path) -> bool:
     """A run folder that failed before its first checkpoint: nothing in it but what a run writes, no checkpoint."""
-    entries = {p.name for p in out.iterdir()}
+    entries = _content(out)
     return entries <= RUN_ENTRIES and "results.json" not in entries and not any((out / "checkpoints").glob("*"))
+
+
+def _content(out: Path) -> set[str]:
+    """The names in ``out`` but the lock's."""
+    return {p.name for p in out.iterdir() if not is_lock_entry(p.name)}
 
 
 def resume_changes(saved: Config, cfg: Config) -> list[str]:

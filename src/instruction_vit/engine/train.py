@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .logs import PROMPT_RECORD, epoch_line
 from .protocols import novel_classes
 from .results import checkpoint_results
 from .run import resolve_device, seed_everything
+from .run_lock import UNREADABLE, RunFolderInUseError, RunLock
 from .run_folder import (
     RESUME_SAFE,
     append_metrics,
@@ -58,12 +59,42 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     of a run never interrupted (CPU, deterministic). ``cfg`` must then be the folder's ``config.yaml``, changed at
     most in :data:`~.run_folder.RESUME_SAFE` keys (``ivit train --resume`` builds it from that file and the
     overrides). Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains with DDP; rank 0 writes, logs and evaluates.
+
+    The run holds the folder's lock (:mod:`.run_lock`) from before it reads the folder to its end: a second command
+    on the folder meanwhile stops with a :class:`~.run_lock.RunFolderInUseError` naming this one.
     """
     out = Path(out)
     world, dist_device = init_world(cfg.train.device)
     log: Callable[[str], None] = logger.info if world.is_main else (lambda _: None)
-    with reporting(None) if not world.is_main else contextlib.nullcontext():  # rank 0 alone shows progress
+    with hold_run_folder(out, world, dist_device), \
+            reporting(None) if not world.is_main else contextlib.nullcontext():  # rank 0 alone shows progress
         return _run(cfg, out, resume, force, stop_after_epochs, world, dist_device, log)
+
+
+@contextlib.contextmanager
+def hold_run_folder(out: Path, world: World, dist_device: torch.device | None) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock (:class:`~.run_lock.RunLock`) for the block; the other ranks wait for it
+    at the run's barriers. Under torchrun every rank learns whether rank 0 got it, so a refused run stops on every
+    rank (all raise :class:`~.run_lock.RunFolderInUseError`) instead of leaving the others waiting at a barrier."""
+    lock = RunLock(out, logger.info) if world.is_main else None
+    refused: BaseException | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except Exception as err:  # noqa: BLE001 - told to the other ranks, then raised as it is
+            refused = err
+    try:
+        if world.distributed:
+            flag = torch.tensor([0.0 if refused is None else 1.0], device=dist_device or torch.device("cpu"))
+            if world.all_reduce_mean(flag).item() > 0 and refused is None:
+                raise RunFolderInUseError(out, UNREADABLE, f"run folder {out} could not be locked by rank 0 (its "
+                                                           "message says why)")
+        if refused is not None:
+            raise refused
+        yield
+    finally:
+        if lock is not None:
+            lock.release()  # nothing when it was not taken
 
 
 def _run(cfg: Config, out: Path, resume: bool, force: bool, stop_after_epochs: int | None, world: World,

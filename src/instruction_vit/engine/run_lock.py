@@ -1,0 +1,402 @@
+"""One owner per run folder: an advisory lock file, ``RUN/.lock``, held while a command writes the folder.
+
+``ivit train`` (new run, ``--force``, ``--resume``), the library's ``train`` and every ``ivit reproduce`` cell take
+it; a second command on a folder in use stops with a :class:`RunFolderInUseError` naming the holder (pid, host,
+start time, command line, Slurm job) instead of writing the same files.
+
+How the lock is made, and why:
+
+* The lock file holds one JSON record (:class:`LockHolder`). It is written whole to a temporary file beside the
+  lock, then published with ``os.link(tmp, .lock)``: the link fails when ``.lock`` exists, so exactly one command
+  wins, and a reader never sees half a record. ``link`` is atomic on local filesystems and on NFS (where a reply
+  lost and retried can report a failure after the link was made: the temporary file's link count then says it
+  was). A filesystem without hard links gets ``O_CREAT | O_EXCL`` then write + fsync; a reader gives an empty or
+  partial file a moment to fill.
+* No ``flock``/``fcntl`` lock: on NFS those go through the lock daemon (``ENOLCK`` where it does not run) and a
+  held ``flock`` is inherited by forked DataLoader workers; whether a holder is alive is read from the record
+  instead (below).
+* A lock whose holder is surely gone is taken over, with a log line: one from this host (same hostname, and the
+  same boot id when recorded) whose pid no longer runs, runs as a zombie, or runs with another start time than
+  recorded (a reused pid; Linux ``/proc/PID/stat``), or one from before this host's last reboot. A lock from
+  another host is never taken over automatically: the message says how to remove it when its holder is known to
+  be gone. The takeover renames the stale file aside and checks it renamed the record it judged, so two commands
+  taking over at once do not both win.
+* The lock is released on exit (``with``, ``finally``: exceptions and Ctrl-C included). While it is held, SIGTERM
+  (``kill``, Slurm's end of job, torchrun stopping its workers) raises ``SystemExit(143)`` so the lock is removed
+  too, when the process has no SIGTERM handler of its own. A SIGKILL leaves the lock, which the next command on
+  this host takes over.
+* A process that already holds a folder's lock may take it again (``ivit reproduce`` holds a cell's folder, then
+  trains into it): the inner lock is a no-op.
+
+Designed for the later cell claims (a lock with a heartbeat and a lease): :meth:`RunLock.is_stale` is where an
+expired lease will count, :meth:`RunLock.holder` reads the record a heartbeat refreshes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import RunFolderError
+
+logger = logging.getLogger(__name__)
+
+#: The lock's file name in a run folder (a run file: :data:`~.run_folder.RUN_ENTRIES`; never part of a model folder).
+LOCK_NAME = ".lock"
+#: A lock file larger than this is no lock this package wrote: it is not read.
+MAX_LOCK_BYTES = 64 * 1024
+#: How long an empty or partial lock file counts as being written (filesystems without hard links only).
+FILLING_SECONDS = 5.0
+#: How many times :meth:`RunLock.acquire` looks again after a lock vanished, was taken over or was being written.
+ATTEMPTS = 50
+_SHOWN_COMMAND = 120
+
+
+def is_lock_entry(name: str) -> bool:
+    """Whether a run folder entry belongs to the lock (the lock, or a temporary file of its making)."""
+    return name == LOCK_NAME or name.startswith(LOCK_NAME + ".")
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a run folder: the record in its lock file."""
+
+    host: str
+    pid: int
+    started: str  # ISO 8601, local time with its offset
+    command: str
+    slurm_job_id: str | None = None
+    pid_start: int | None = None  # the process's start time (clock ticks after boot, /proc/PID/stat): a reused pid
+    boot_id: str | None = None  # the host's boot id: a lock from before a reboot is stale
+    token: str = ""  # this acquisition's id: release removes only its own lock
+    readable: bool = True  # False: a lock file that could not be read as a record
+
+    @classmethod
+    def this_process(cls) -> LockHolder:
+        pid = os.getpid()
+        stat = _proc_stat(pid)
+        started = datetime.now().astimezone().isoformat(timespec="seconds")
+        return cls(host=socket.gethostname(), pid=pid, started=started, command=command_line(),
+                   slurm_job_id=os.environ.get("SLURM_JOB_ID") or None,
+                   pid_start=stat[1] if stat else None, boot_id=_boot_id(), token=uuid.uuid4().hex)
+
+    def to_bytes(self) -> bytes:
+        record = {k: v for k, v in dataclasses.asdict(self).items() if k != "readable" and v is not None}
+        return (json.dumps(record, indent=2) + "\n").encode("utf-8")
+
+    @classmethod
+    def parse(cls, data: bytes) -> LockHolder:
+        """The record in ``data``; one that is not a record of ours is an unreadable holder (its content is not
+        repeated anywhere)."""
+        try:
+            record = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
+            return UNREADABLE
+        if not isinstance(record, dict):
+            return UNREADABLE
+        pid, host = record.get("pid"), record.get("host")
+        if type(pid) is not int or pid <= 0 or not isinstance(host, str) or not host:
+            return UNREADABLE
+        text = {k: record.get(k) if isinstance(record.get(k), str) else None
+                for k in ("started", "command", "slurm_job_id", "boot_id", "token")}
+        pid_start = record.get("pid_start")
+        return cls(host=host, pid=pid, started=text["started"] or "?", command=text["command"] or "?",
+                   slurm_job_id=text["slurm_job_id"], pid_start=pid_start if type(pid_start) is int else None,
+                   boot_id=text["boot_id"], token=text["token"] or "")
+
+    def same_process(self, other: LockHolder) -> bool:
+        """Whether both records name one process (same host, pid and start time)."""
+        return self.readable and other.readable and (self.host, self.pid, self.pid_start) == \
+            (other.host, other.pid, other.pid_start)
+
+    def describe(self) -> str:
+        """``pid 1234 on host H since 2026-12-04 18:00:00 (ivit train ...; Slurm job 42)``, from printable text."""
+        command = _printable(self.command)
+        if len(command) > _SHOWN_COMMAND:
+            command = command[:_SHOWN_COMMAND - 3] + "..."
+        slurm = f"; Slurm job {_printable(self.slurm_job_id)}" if self.slurm_job_id else ""
+        return f"pid {self.pid} on host {_printable(self.host)} since {_when(self.started)} ({command}{slurm})"
+
+
+#: A lock file that is not a record (empty, partial, too large, not JSON, or without a host and pid).
+UNREADABLE = LockHolder(host="", pid=0, started="?", command="?", readable=False)
+
+
+class RunFolderInUseError(RunFolderError):
+    """Another command holds the run folder's lock; the message names it and what to do."""
+
+    def __init__(self, folder: Path, holder: LockHolder, message: str | None = None):
+        self.folder, self.holder = folder, holder
+        lock = folder / LOCK_NAME
+        if message is None and not holder.readable:
+            message = (f"run folder {folder} is locked by {lock}, which cannot be read (another command may be "
+                       f"taking it right now); if no command is using the folder, delete {lock} and run again")
+        elif message is None:
+            where = "" if holder.host == socket.gethostname() else \
+                f" (it runs on another host: check there{', or with squeue' if holder.slurm_job_id else ''})"
+            message = (f"run folder {folder} is in use by {holder.describe()}; wait for it to finish, or if that "
+                       f"process is gone{where}, delete {lock} and run again")
+        super().__init__(message)
+
+
+class RunLock:
+    """The advisory lock of one run folder: ``with RunLock(folder): ...`` holds it for the block.
+
+    :meth:`acquire` creates the folder if needed and takes the lock, taking over a stale one (:meth:`is_stale`),
+    or raises :class:`RunFolderInUseError`; :meth:`release` removes it (and the folder, if acquire created it and
+    it is empty again). ``log`` receives the takeover line."""
+
+    def __init__(self, folder: str | Path, log: Callable[[str], Any] | None = None):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._log = log or logger.info
+        self._me: LockHolder | None = None
+        self._nested = False
+        self._created_folder = False
+        self._previous_sigterm: Any = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock (or runs inside a holder in this process)."""
+        return self._me is not None or self._nested
+
+    def holder(self) -> LockHolder | None:
+        """Who holds the folder now: ``None`` when nobody does, :data:`UNREADABLE` for a file that is no record."""
+        data = self._read()
+        return None if data is None else LockHolder.parse(data)
+
+    def is_stale(self, holder: LockHolder) -> bool:
+        """Whether ``holder`` is surely gone: on this host (hostname, and boot id when both are known), it no longer
+        runs (or its pid now belongs to a process started at another time), or this host rebooted since. A lock
+        from another host is never stale here; a lease (the cell claims) will add the case of a holder that
+        stopped refreshing its lock."""
+        if not holder.readable or holder.host != socket.gethostname():
+            return False
+        boot = _boot_id()
+        if holder.boot_id and boot and holder.boot_id != boot:
+            return True
+        return not _running(holder.pid, holder.pid_start)
+
+    def acquire(self) -> RunLock:
+        if self.held:
+            raise RuntimeError(f"the lock of {self.folder} is already held by this RunLock")
+        self._created_folder = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        me = LockHolder.this_process()
+        try:
+            self._acquire(me)
+        except BaseException:
+            self._remove_created_folder()
+            raise
+        return self
+
+    def _acquire(self, me: LockHolder) -> None:
+        for _ in range(ATTEMPTS):
+            if self._publish(me):
+                self._me = me
+                self._catch_sigterm()
+                return
+            data = self._read()
+            if data is None:  # released between our try and our look: try again
+                continue
+            holder = LockHolder.parse(data)
+            if holder.same_process(me):  # this process holds it already (a reproduce cell, then its training)
+                self._nested = True
+                return
+            if not holder.readable and self._filling():
+                time.sleep(0.1)
+                continue
+            if self.is_stale(holder):
+                if self._take_over(data):
+                    self._log(f"{self.folder}: took over the lock of {holder.describe()}, which no longer runs")
+                continue
+            raise RunFolderInUseError(self.folder, holder)
+        raise RunFolderInUseError(self.folder, self.holder() or UNREADABLE)
+
+    def release(self) -> None:
+        """Remove the lock if this object holds it (a lock someone replaced by hand is left to its new holder)."""
+        if self._nested:
+            self._nested = False
+            return
+        if self._me is None:
+            return
+        me, self._me = self._me, None
+        self._restore_sigterm()
+        data = self._read()
+        if data is not None and LockHolder.parse(data).token == me.token:
+            self.path.unlink(missing_ok=True)
+        elif data is not None:
+            logger.warning(f"{self.folder}: its lock was replaced while this command held it; left as it is")
+        self._remove_created_folder()
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # -- the file -------------------------------------------------------------------------------------------------
+    def _read(self) -> bytes | None:
+        """The lock file's bytes (``b""`` for one too large to be ours), ``None`` when there is none."""
+        try:
+            with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size > MAX_LOCK_BYTES:
+                    return b""
+                return f.read(MAX_LOCK_BYTES + 1)
+        except FileNotFoundError:
+            return None
+
+    def _publish(self, me: LockHolder) -> bool:
+        """Create the lock holding ``me``'s record, whole; False when a lock exists."""
+        tmp = self.folder / f"{LOCK_NAME}.{me.token}.tmp"
+        _write_new(tmp, me.to_bytes())
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as err:
+            if os.stat(tmp).st_nlink == 2:  # NFS: the link was made, its reply lost
+                return True
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+                raise
+            try:  # no hard links here: create exclusively, then fill (readers wait for a filling file)
+                _write_new(self.path, me.to_bytes())
+                return True
+            except FileExistsError:
+                return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _filling(self) -> bool:
+        """Whether an unreadable lock file is young enough to be one still being written."""
+        try:
+            return time.time() - self.path.stat().st_mtime < FILLING_SECONDS
+        except FileNotFoundError:
+            return True
+
+    def _take_over(self, judged: bytes) -> bool:
+        """Remove the stale lock whose bytes are ``judged``. It is renamed aside first (atomic) and checked: a lock
+        made by another command that took over just before is put back."""
+        aside = self.folder / f"{LOCK_NAME}.{uuid.uuid4().hex}.stale"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            if aside.read_bytes() == judged:
+                return True
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+            return False
+        finally:
+            aside.unlink(missing_ok=True)
+
+    def _remove_created_folder(self) -> None:
+        if self._created_folder:
+            self._created_folder = False
+            with contextlib.suppress(OSError):  # not empty: the run wrote into it
+                self.folder.rmdir()
+
+    # -- SIGTERM ends the process through ``finally`` while the lock is held ---------------------------------------
+    def _catch_sigterm(self) -> None:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _exit_on_signal)
+            self._previous_sigterm = signal.SIG_DFL
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            if threading.current_thread() is threading.main_thread() and \
+                    signal.getsignal(signal.SIGTERM) is _exit_on_signal:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM while a run folder is locked: leave through ``finally`` blocks (the lock is removed), status 128+15."""
+    raise SystemExit(128 + signum)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, flushed to the disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def command_line() -> str:
+    """This process's command line, ``ivit ...`` for the ``ivit`` command however it was started."""
+    argv = list(sys.argv) or ["python"]
+    first = Path(argv[0])
+    if first.name == "ivit" or (first.name == "__main__.py" and first.parent.name == "instruction_vit"):
+        argv[0] = "ivit"
+    return shlex.join(argv)[:1000]
+
+
+def _running(pid: int, start: int | None) -> bool:
+    """Whether process ``pid`` of this host runs (not a zombie), and is the one started at ``start`` when known."""
+    if os.name == "nt":  # os.kill there ends the process: no look, the lock stands
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True
+    state, started = stat
+    return state not in ("Z", "X") and (start is None or started == start)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks after boot) of ``pid`` from ``/proc/PID/stat``; ``None`` where unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        fields = text[text.rindex(")") + 2:].split()  # the name in parentheses may hold spaces and ")"
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def _printable(text: str | None) -> str:
+    return "".join(c if c.isprintable() else "?" for c in (text or ""))[:1000]
+
+
+def _when(started: str) -> str:
+    """An ISO time as ``2026-12-04 18:00:00`` (its own clock), or the text as written."""
+    try:
+        return datetime.fromisoformat(started).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return _printable(started)[:40]
+
+
+__all__ = ["LOCK_NAME", "LockHolder", "RunFolderInUseError", "RunLock", "is_lock_entry"]
