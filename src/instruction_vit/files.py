@@ -108,17 +108,34 @@ def remove_stale_temporaries(folder: Path, prefix: str) -> None:
                 entry.unlink(missing_ok=True)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this host (one of another user counts as alive)."""
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """Whether process ``pid`` runs on this host (not a zombie; one of another user counts), and is the one started
+    at ``start`` (clock ticks after boot, :func:`process_stat`) when that is given: a reused pid is not it."""
     if pid <= 0:
         return False
+    if os.name == "nt":  # os.kill there ends the process: no look, it counts as alive
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # another user's process: it exists
+        pass
+    stat = process_stat(pid)
+    if stat is None:
         return True
-    return True
+    state, started = stat
+    return state not in ("Z", "X") and (start is None or started == start)
+
+
+def process_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks after boot) of ``pid`` from ``/proc/PID/stat``; ``None`` where unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        fields = text[text.rindex(")") + 2:].split()  # the name in parentheses may hold spaces and ")"
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @contextlib.contextmanager

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunFolderError
+from ..files import pid_alive, process_stat
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class LockHolder:
     @classmethod
     def this_process(cls) -> LockHolder:
         pid = os.getpid()
-        stat = _proc_stat(pid)
+        stat = process_stat(pid)
         started = datetime.now().astimezone().isoformat(timespec="seconds")
         return cls(host=socket.gethostname(), pid=pid, started=started, command=command_line(),
                    slurm_job_id=os.environ.get("SLURM_JOB_ID") or None,
@@ -191,7 +192,7 @@ class RunLock:
         boot = _boot_id()
         if holder.boot_id and boot and holder.boot_id != boot:
             return True
-        return not _running(holder.pid, holder.pid_start)
+        return not pid_alive(holder.pid, holder.pid_start)
 
     def acquire(self) -> RunLock:
         if self.held:
@@ -351,33 +352,6 @@ def command_line() -> str:
     if first.name == "ivit" or (first.name == "__main__.py" and first.parent.name == "instruction_vit"):
         argv[0] = "ivit"
     return shlex.join(argv)[:1000]
-
-
-def _running(pid: int, start: int | None) -> bool:
-    """Whether process ``pid`` of this host runs (not a zombie), and is the one started at ``start`` when known."""
-    if os.name == "nt":  # os.kill there ends the process: no look, the lock stands
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: it exists
-        pass
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True
-    state, started = stat
-    return state not in ("Z", "X") and (start is None or started == start)
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks after boot) of ``pid`` from ``/proc/PID/stat``; ``None`` where unknown."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-        fields = text[text.rindex(")") + 2:].split()  # the name in parentheses may hold spaces and ")"
-        return fields[0], int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _boot_id() -> str | None:
