@@ -32,7 +32,7 @@ def measure(name: str, repeats: int = 3, threads: int | None = None) -> dict:
     import onnxruntime as ort
     import torch
 
-    from instruction_vit.engine.export import export_model_onnx
+    from instruction_vit.artifacts.export import export_model_onnx
     from instruction_vit.model import build_model
     from instruction_vit.outputs import Prompts
 

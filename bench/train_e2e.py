@@ -1,4 +1,4 @@
-"""End-to-end training throughput through the real engine (``instruction_vit.engine.train``): data loading,
+"""End-to-end training throughput through the real engine (``instruction_vit.training.loop``): data loading,
 augmentation, the step, metrics and checkpoints, from synthetic JPEGs in an image folder. Compares timm's per-image
 PIL pipeline with the decode-once store + batch-wise device augmentation, and all N prompts with K+1 selection.
 
@@ -106,7 +106,7 @@ def prepare(mode: str, work: Path) -> dict:
 def measure(mode: str, work: Path, cell: str) -> dict:
     import torch
 
-    from instruction_vit.engine import train
+    from instruction_vit.training import train
 
     store, select = CELLS[cell]
     cfg = config(mode, work / "images", work, store, select)

@@ -15,7 +15,7 @@ from instruction_vit.classifiers import (
     register_classifier,
 )
 from instruction_vit.config import Config, DataConfig, ModelConfig, PromptConfig, load_config
-from instruction_vit.engine import model_from_config, save_checkpoint
+from instruction_vit.artifacts.checkpoint import model_from_config, save_checkpoint
 from instruction_vit.errors import ConfigError
 from instruction_vit.model import REGIMES, ImageClassifier, PlainClassifier, apply_regime
 from instruction_vit.outputs import InstructionOutput

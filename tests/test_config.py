@@ -1,6 +1,7 @@
 import pytest
 
-from instruction_vit.config import Config, ConfigError, load_config
+from instruction_vit.api import load_config
+from instruction_vit.config import Config, ConfigError
 
 
 def test_layers_defaults_file_overrides(tmp_path):

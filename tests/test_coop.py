@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from instruction_vit.classifiers import classifier_kind
 from instruction_vit.classifiers.cocoop import CoCoOpClassifier
 from instruction_vit.classifiers.coop import CoOpClassifier
-from instruction_vit.config import ConfigError, load_config
-from instruction_vit.engine import CheckpointError, load_checkpoint, train
+from instruction_vit.api import load_config
+from instruction_vit.config import ConfigError
+from instruction_vit.artifacts.checkpoint import CheckpointError, load_checkpoint
+from instruction_vit.training import train
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
 
@@ -84,7 +86,7 @@ def test_coop_predicts_new_class_names_with_its_learned_context(tmp_path, tiny_c
     from typer.testing import CliRunner
 
     from instruction_vit.cli import app
-    from instruction_vit.engine.classifier import Classifier
+    from instruction_vit.artifacts.classifier import Classifier
 
     images = colour_folder(tmp_path / "images")
     cfg = load_config(None, [
@@ -187,7 +189,7 @@ def test_over_conse_coop_starts_at_conse_zero_shot(conse):
 def test_over_conse_a_method_learns_its_context_in_the_engine(method, conse, tmp_path, monkeypatch):
     from helpers import colour_folder
 
-    from instruction_vit.engine.classifier import Classifier
+    from instruction_vit.artifacts.classifier import Classifier
 
     monkeypatch.setattr("instruction_vit.classifiers.coop.load_encoder", lambda spec: conse)  # loaded once above
     images = colour_folder(tmp_path / "images", per_class=4)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from instruction_vit.cli import app
 from instruction_vit.config import ConfigError, load_config
-from instruction_vit.engine.experiments import cells, collect, load_spec
+from instruction_vit.studies.experiments import cells, collect, load_spec
 
 runner = CliRunner()
 TARGET = {"crimson": COLOURS["red"], "lime": COLOURS["green"], "navy": COLOURS["blue"], "coal": (90, 90, 90)}
@@ -64,8 +64,8 @@ def test_crossdata_trains_on_the_source_and_evaluates_on_the_targets_names(tmp_p
     assert record["settings"]["source"]["cell"] == "source/vit/seed1"
 
     # The number is what the source model predicts among the target's names (the library's own predict path).
-    from instruction_vit.engine.classifier import Classifier
-    from instruction_vit.engine.run import run_splits
+    from instruction_vit.artifacts.classifier import Classifier
+    from instruction_vit.data.loaders import run_splits
 
     test = run_splits(load_config(None, [f"data.root={tmp_path / 'target'}", "data.dataset=folder",
                                          "data.val_fraction=0.25"]))[0]["test"]
@@ -170,7 +170,7 @@ def test_the_learners_keep_their_papers_recipes(tmp_path):
 def test_coop_base_to_novel_gives_the_novel_names_to_its_learned_context(tmp_path, tiny_clip_dir):
     from helpers import tiny_run
 
-    from instruction_vit.engine import train
+    from instruction_vit.training import train
 
     colours = {**COLOURS, "grey": (90, 90, 90)}  # sorted: blue, green | grey, red
     root = colour_folder(tmp_path / "images", per_class=8, colours=colours)

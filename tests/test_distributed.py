@@ -8,7 +8,8 @@ import torch
 from helpers import colour_folder
 
 from instruction_vit.config import load_config
-from instruction_vit.engine import load_checkpoint, train
+from instruction_vit.artifacts.checkpoint import load_checkpoint
+from instruction_vit.training import train
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_two_processes_train_like_one_and_resume_like_one(setup):
 
 def test_caches_are_written_in_turns(monkeypatch):
     """rank 0 first, then the first process of each other node, then the rest: never two writers at once."""
-    from instruction_vit.engine import distributed
+    from instruction_vit.training import distributed
 
     barriers = []
     monkeypatch.setattr(distributed.dist, "barrier", lambda: barriers.append(1))

@@ -6,9 +6,11 @@ import pytest
 import torch
 from helpers import colour_folder, tiny_run
 
-import instruction_vit.engine.checkpoint as checkpoint_module
+import instruction_vit.artifacts.checkpoint as checkpoint_module
 from instruction_vit.config import load_config
-from instruction_vit.engine import NonFiniteLossError, RunFolderError, load_checkpoint, train
+from instruction_vit.training.loop import NonFiniteLossError, RunFolderError
+from instruction_vit.artifacts.checkpoint import load_checkpoint
+from instruction_vit.training import train
 from instruction_vit.losses import InstructionLoss
 
 
@@ -193,7 +195,7 @@ def test_base_to_novel_predicts_unseen_classes_through_the_score_head(cfg, tmp_p
 
 
 def test_zero_shot_baseline(cfg, tmp_path):
-    from instruction_vit.engine.protocols import zero_shot
+    from instruction_vit.evaluation.protocols import zero_shot
 
     results = zero_shot(cfg, tmp_path / "zs")
     assert 0 <= results["top1"] <= 100 and len(results["zero_shot"]["confusion"]) == 3

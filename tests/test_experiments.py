@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from instruction_vit.cli import app
 from instruction_vit.config import ConfigError
-from instruction_vit.engine.experiments import SHIPPED, cells, collect, load_spec
+from instruction_vit.studies.experiments import SHIPPED, cells, collect, load_spec
 
 runner = CliRunner()
 
@@ -155,7 +155,7 @@ def test_a_backbone_without_weights_is_reported_not_run(tiny_spec, tmp_path):
 
 
 def test_report_shows_the_difference_from_the_paper_and_flags_it():
-    from instruction_vit.report import markdown_report
+    from instruction_vit.studies.report import markdown_report
 
     spec = {"name": "t", "columns": {"c": {}}, "rows": {"a": {}, "b": {}, "d": {}}}
     records = [
@@ -184,7 +184,7 @@ def test_shipped_specs_stand_on_their_own():
 
 
 def test_spec_changes_judge_weights_and_encoders_by_what_they_are(tmp_path):
-    from instruction_vit.engine.experiments import Identities, spec_changes
+    from instruction_vit.studies.experiments import Identities, spec_changes
 
     spec, ids = load_spec("table2"), Identities()
 
@@ -205,7 +205,7 @@ def test_spec_changes_judge_weights_and_encoders_by_what_they_are(tmp_path):
 
 
 def test_cell_keys_follow_content_not_paths(tmp_path, monkeypatch):
-    from instruction_vit.engine.experiments import Identities, cell_settings, settings_key
+    from instruction_vit.studies.experiments import Identities, cell_settings, settings_key
 
     spec = load_spec("offline")
     monkeypatch.chdir(tmp_path)
@@ -220,7 +220,7 @@ def test_cell_keys_follow_content_not_paths(tmp_path, monkeypatch):
 
 
 def test_records_that_are_not_done_report_nothing(tmp_path):
-    from instruction_vit.engine.experiments import check_weights_map, read_record, split_weights
+    from instruction_vit.studies.experiments import check_weights_map, read_record, split_weights
 
     spec = {"name": "t", "columns": {"c": {}}, "rows": {"r": {}}}
     seed = tmp_path / "t" / "c" / "r" / "seed1"
@@ -239,7 +239,7 @@ def test_records_that_are_not_done_report_nothing(tmp_path):
 
 
 def test_weights_files_that_are_not_there_are_named_before_anything_runs(tmp_path):
-    from instruction_vit.engine.experiments import check_weights_map
+    from instruction_vit.studies.experiments import check_weights_map
 
     with pytest.raises(ConfigError, match="weights files not found: vit_base_patch16_224=/nowhere/vit.safetensors"):
         check_weights_map(load_spec("table1"), tmp_path, {"vit_base_patch16_224": "/nowhere/vit.safetensors"})

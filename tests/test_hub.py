@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 import instruction_vit as ivit
 from instruction_vit.cli import app
 from instruction_vit.config import load_config
-from instruction_vit.engine import CheckpointError, load_checkpoint, train
-from instruction_vit.engine.checkpoint import model_from_config
-from instruction_vit.engine.hub import HubUploadError
+from instruction_vit.artifacts.checkpoint import CheckpointError, load_checkpoint
+from instruction_vit.training import train
+from instruction_vit.artifacts.checkpoint import model_from_config
+from instruction_vit.artifacts.sharing import HubUploadError
 from instruction_vit.errors import RunFolderError, WeightsUnavailableError
 from instruction_vit.prompts import PromptBank
 
@@ -144,7 +145,7 @@ def test_hf_hub_repo_starts_a_new_run_as_pretrained_weights_and_bank(run, folder
     assert "prompt bank: prompts.safetensors of hf-hub:someorg/tiny-ivit" in result.output
 
     # A reproduce cell that starts from the repo is keyed by the content of its files, not by the name.
-    from instruction_vit.engine.experiments import Identities
+    from instruction_vit.studies.experiments import Identities
     from instruction_vit.files import file_sha256
 
     ids = Identities()

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from instruction_vit.classifiers import classifier_kind
 from instruction_vit.classifiers.kgcoop import KgCoOpClassifier
-from instruction_vit.config import ConfigError, load_config
+from instruction_vit.api import load_config
+from instruction_vit.config import ConfigError
 from instruction_vit.losses import InstructionLoss
 from instruction_vit.model import apply_regime
 

@@ -133,7 +133,7 @@ def test_maple_through_the_cli_train_resume_eval_predict(tmp_path, deep_clip):
     from typer.testing import CliRunner
 
     from instruction_vit.cli import app
-    from instruction_vit.engine import CheckpointError, load_checkpoint
+    from instruction_vit.artifacts.checkpoint import CheckpointError, load_checkpoint
 
     images = colour_folder(tmp_path / "images", per_class=8)
     args = ["data.dataset=folder", f"data.root={images}", "data.val_fraction=0.25", "data.img_size=32",

@@ -19,8 +19,8 @@ from instruction_vit.api import export_onnx, load_classifier
 from instruction_vit.classifiers.cocoop import CoCoOpClassifier
 from instruction_vit.classifiers.coop import CoOpClassifier
 from instruction_vit.cli import app
-from instruction_vit.engine import train
-from instruction_vit.engine.export import ExportError, export_model_onnx
+from instruction_vit.training import train
+from instruction_vit.artifacts.export import ExportError, export_model_onnx
 from instruction_vit.errors import ConfigError
 from instruction_vit.model import build_model
 from instruction_vit.outputs import Prompts

@@ -85,7 +85,7 @@ def test_promptsrc_through_the_cli_aggregates_checkpoints_resumes_and_predicts(t
     from typer.testing import CliRunner
 
     from instruction_vit.cli import app
-    from instruction_vit.engine import load_checkpoint
+    from instruction_vit.artifacts.checkpoint import load_checkpoint
 
     images = colour_folder(tmp_path / "images", per_class=8)
     args = ["data.dataset=folder", f"data.root={images}", "data.val_fraction=0.25", "data.img_size=32",

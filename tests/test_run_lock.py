@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 import instruction_vit
 from instruction_vit.cli import app
 from instruction_vit.config import load_config
-from instruction_vit.engine import train
-from instruction_vit.engine.run_folder import prepare_run_folder
-from instruction_vit.engine.run_lock import LOCK_NAME, LockHolder, RunFolderInUseError, RunLock
-from instruction_vit.engine.step import Stepper
+from instruction_vit.training import train
+from instruction_vit.training.run_folder import prepare_run_folder
+from instruction_vit.training.run_lock import LOCK_NAME, LockHolder, RunFolderInUseError, RunLock
+from instruction_vit.training.step import Stepper
 from instruction_vit.errors import UserError
 
 runner = CliRunner()
@@ -262,7 +262,7 @@ def test_a_folder_holding_only_a_lock_is_an_unused_run_folder(tmp_path, live_pid
 
 
 def test_a_model_folder_saved_from_a_held_run_has_no_lock(config, tmp_path, live_pid):
-    from instruction_vit.engine.hub import save_pretrained
+    from instruction_vit.artifacts.sharing import save_pretrained
     from instruction_vit.hub_source import is_model_folder
 
     run = tmp_path / "run"
@@ -318,7 +318,7 @@ def test_two_reproduce_commands_train_each_cell_once_and_skip_held_cells(spec, t
 
 
 def test_a_cell_held_by_another_command_is_skipped_in_process(spec, tmp_path, live_pid):
-    from instruction_vit.engine.experiments import CellsInUseError, load_spec, run_cells
+    from instruction_vit.studies.experiments import CellsInUseError, load_spec, run_cells
 
     runs = tmp_path / "runs"
     held = runs / "tinylock" / "full" / "vit" / "seed2"

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from instruction_vit.cli import app
 from instruction_vit.config import load_config
-from instruction_vit.engine import RunFolderError, train
+from instruction_vit.training.loop import RunFolderError
+from instruction_vit.training import train
 
 runner = CliRunner()
 
@@ -111,7 +112,7 @@ def test_select_k_at_least_the_class_count_is_said(cfg, tmp_path, caplog):
 
 
 def test_epoch_line_shows_slow_throughput():
-    from instruction_vit.engine.logs import _rate
+    from instruction_vit.training.logs import _rate
 
     assert _rate(0.42) == "0.42" and _rate(12.345) == "12.3" and _rate(2413.4) == "2,413"
 
@@ -199,7 +200,7 @@ def test_weights_that_do_not_fit_end_in_one_line_and_exit_2(cfg, tmp_path):
 def test_bar_chart_gives_each_method_its_own_colour(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
-    from instruction_vit.report import bar_chart
+    from instruction_vit.studies.report import bar_chart
 
     colours = []
     real_bar = Axes.bar
@@ -271,8 +272,8 @@ def test_resume_refuses_prompts_that_changed_and_keeps_its_weights(cfg, tmp_path
 
 
 def test_new_class_prompts_must_come_from_the_runs_encoder(image_run):
-    from instruction_vit.engine import CheckpointError
-    from instruction_vit.engine.classifier import Classifier
+    from instruction_vit.artifacts.checkpoint import CheckpointError
+    from instruction_vit.artifacts.classifier import Classifier
 
     classifier = Classifier.load(image_run / "run", "cpu")
     assert classifier.checkpoint.meta["bank_encoders"]["image_weights"].startswith("sha256:")

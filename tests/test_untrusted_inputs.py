@@ -37,7 +37,8 @@ from typer.testing import CliRunner  # noqa: E402
 
 import instruction_vit as ivit  # noqa: E402
 from instruction_vit.cli import app  # noqa: E402
-from instruction_vit.engine import CheckpointError, load_checkpoint, train  # noqa: E402
+from instruction_vit.artifacts.checkpoint import CheckpointError, load_checkpoint
+from instruction_vit.training import train
 from instruction_vit.errors import DataError, DiskFullError, RunFolderError, UserError  # noqa: E402
 from instruction_vit.prompts import PromptBank  # noqa: E402
 
@@ -122,7 +123,7 @@ def test_an_encoder_file_named_by_a_folder_is_never_opened(folder, tmp_path, mon
 
 
 def test_sizes_that_do_not_fit_are_refused_before_the_model_is_built(folder, tmp_path, monkeypatch):
-    from instruction_vit.engine import checkpoint
+    from instruction_vit.artifacts import checkpoint
 
     def huge(config):
         config["config"]["model"]["backbone_kwargs"].update(embed_dim=2048, depth=24, num_heads=16)
@@ -194,7 +195,7 @@ def killing(original):
             os.kill(os.getpid(), signal.SIGKILL)
         return original(*args, **kwargs)
     return wrapped
-import instruction_vit.engine.hub as hub
+import instruction_vit.artifacts.sharing as hub
 hub.save_file = killing(hub.save_file)
 pathlib.Path.write_text = killing(pathlib.Path.write_text)
 import instruction_vit.files as files
@@ -237,7 +238,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_file(run, small_disk, tmp_path):
-    from instruction_vit.engine.checkpoint import save_checkpoint
+    from instruction_vit.artifacts.checkpoint import save_checkpoint
 
     ckpt = load_checkpoint(run)
     model = ckpt.build_model()

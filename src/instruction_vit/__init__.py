@@ -7,50 +7,35 @@ The library's face (the functions are imported on first use, so ``import instruc
     classifier = ivit.load_classifier("runs/x")
     classifier.predict(["photo.jpg"], classes=["tabby cat", "lynx"])
 
-Layers, one direction of imports: ``data -> prompts -> model -> classifiers -> losses -> engine -> api -> cli``.
+Layers, one direction of imports: ``config -> data -> prompts -> model -> classifiers -> resolve -> losses ->
+artifacts -> evaluation -> training -> studies -> api -> app -> cli`` (``pyproject.toml`` holds the contract).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-#: public name -> the module that defines it
-_API = {
-    "create_model": "api", "build_prompts": "api", "load_classifier": "api", "train": "api", "evaluate": "api",
-    "run_config": "api", "list_experiments": "api", "save_pretrained": "api", "push_to_hub": "api",
-    "export_onnx": "api",
-    "load_encoder": "prompts.encoders", "list_encoders": "prompts.encoders", "register_encoder": "prompts.encoders",
-    "list_datasets": "data", "register_dataset": "data",
-    "list_classifiers": "classifiers", "register_classifier": "classifiers",
-    "Config": "config", "load_config": "config",
-    "PromptBank": "prompts", "Prompts": "outputs", "Classifier": "engine.classifier",
-    "InstructionViTError": "errors", "UserError": "errors",
-}
+from .version import __version__
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from .api import (build_prompts, create_model, evaluate, export_onnx, list_experiments, load_classifier,
-                      push_to_hub, run_config, save_pretrained, train)
-    from .classifiers import list_classifiers, register_classifier
-    from .config import Config, load_config
-    from .data import list_datasets, register_dataset
-    from .engine.classifier import Classifier
-    from .errors import InstructionViTError, UserError
-    from .outputs import Prompts
-    from .prompts import PromptBank
-    from .prompts.encoders import list_encoders, load_encoder, register_encoder
+    from .api import (Classifier, Config, InstructionViTError, PromptBank, Prompts, UserError, build_prompts,
+                      create_model, evaluate, export_onnx, list_classifiers, list_datasets, list_encoders,
+                      list_experiments, load_classifier, load_config, load_encoder, push_to_hub, register_classifier,
+                      register_dataset, register_encoder, run_config, save_pretrained, train)
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _API:
+    """The library's face is :mod:`instruction_vit.api`; it is imported on first use (torch, timm and open_clip with
+    it), so ``import instruction_vit`` and ``ivit --help`` stay light."""
+    if name not in __all__:
         raise AttributeError(f"module 'instruction_vit' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    from . import api
+
+    return getattr(api, name)
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_API])
+    return sorted([*globals(), *__all__])
 
 
 __all__ = [

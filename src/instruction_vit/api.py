@@ -12,18 +12,22 @@ from typing import Any
 
 from torch import nn
 
-from .config import Config, from_dict, load_config
+from . import config as _config
+from .classifiers import list_classifiers, register_classifier
+from .config import Config
 from .data import LabelledImages, image_folder, list_datasets, register_dataset, template_set, training_split
-from .engine import train as _train
-from .engine.classifier import Classifier
-from .engine.export import OnnxExport
-from .engine.export import export_onnx as _export_onnx
-from .engine.results import evaluate as _evaluate
-from .engine.run import read_descriptions
-from .errors import ConfigError
+from .training import train as _train
+from .artifacts.classifier import Classifier
+from .artifacts.export import OnnxExport
+from .artifacts.export import export_onnx as _export_onnx
+from .evaluation.results import evaluate as _evaluate
+from .prompts.run_bank import read_descriptions
+from .errors import ConfigError, InstructionViTError, UserError
 from .model import build_model
+from .outputs import Prompts
 from .prompts import PromptBank, build_prompt_bank
 from .prompts.encoders import PromptEncoder, list_encoders, load_encoder, register_encoder
+from .resolve import resolve
 
 RunConfig = Config | Mapping[str, Any] | str | Path | Sequence[str]
 
@@ -81,7 +85,7 @@ def save_pretrained(run: str | Path, folder: str | Path, *, license: str = "mit"
     (config, classes, preprocessing) and a ``README.md`` model card with the ``license``; what ``ivit save`` does.
     An existing model folder is replaced only with ``force``; the folder is written whole, then put in place.
     :func:`load_classifier` reads the folder back, locally or as ``hf-hub:ORG/NAME`` once pushed."""
-    from .engine.hub import save_pretrained as _save
+    from .artifacts.sharing import save_pretrained as _save
 
     return _save(run, folder, license=license, repo_id=repo_id, force=force)
 
@@ -91,7 +95,7 @@ def push_to_hub(run: str | Path, repo_id: str, *, private: bool = False, license
     """Upload a trained model to the Hugging Face Hub repo ``repo_id`` (``ORG/NAME``, created if missing) as the
     folder :func:`save_pretrained` writes; returns the commit URL. Then ``load_classifier("hf-hub:ORG/NAME")``
     loads it anywhere (offline from the Hugging Face cache)."""
-    from .engine.hub import push_to_hub as _push
+    from .artifacts.sharing import push_to_hub as _push
 
     return _push(run, repo_id, private=private, license=license, token=token)
 
@@ -107,12 +111,21 @@ def export_onnx(run: str | Path, out: str | Path, *, prompts_input: bool = False
     return _export_onnx(run, out, prompts_input=prompts_input, select_k=select_k, opset=opset, fmt=fmt)
 
 
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                base: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then ``base`` (a config as a dict) or the YAML file at ``path``, then ``section.key=value``
+    ``overrides``; checked (every key, type and registered name) and resolved: ``model.options`` holds every option
+    of the kind ``model.method`` names."""
+    return resolve(_config.load_config(path, overrides, dict(base) if base is not None else None)).config
+
+
 def run_config(config: RunConfig) -> Config:
-    """A :class:`Config` from a Config, a dict of sections, a YAML file, or ``section.key=value`` overrides."""
+    """A resolved :class:`Config` from a Config, a dict of sections, a YAML file, or ``section.key=value``
+    overrides."""
     if isinstance(config, Config):
-        return config
+        return resolve(config).config
     if isinstance(config, Mapping):
-        return from_dict(dict(config))
+        return resolve(_config.from_dict(dict(config))).config
     if isinstance(config, (str, Path)):
         return load_config(config)
     if isinstance(config, Sequence):
@@ -144,20 +157,8 @@ def list_experiments() -> list[str]:
 
 
 __all__ = [
-    "build_prompts",
-    "create_model",
-    "evaluate",
-    "export_onnx",
-    "image_folder",
-    "list_datasets",
-    "list_encoders",
-    "list_experiments",
-    "load_classifier",
-    "load_encoder",
-    "push_to_hub",
-    "register_dataset",
-    "register_encoder",
-    "run_config",
-    "save_pretrained",
-    "train",
+    "Classifier", "Config", "InstructionViTError", "PromptBank", "Prompts", "UserError", "build_prompts",
+    "create_model", "evaluate", "export_onnx", "image_folder", "list_classifiers", "list_datasets", "list_encoders",
+    "list_experiments", "load_classifier", "load_config", "load_encoder", "push_to_hub", "register_classifier",
+    "register_dataset", "register_encoder", "run_config", "save_pretrained", "train",
 ]

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 
 from .api import build_prompts, load_classifier, load_encoder
+from .limits import (CONCURRENCY, IMAGE_PIXELS_KEPT, IMAGES_KEPT, MAX_FILE_SIZE, MAX_NAME_CHARS, MAX_NAMES,
+                     MAX_TEXT_CHARS, PROMPT_SETS, QUEUE_SIZE, SWEEP)
 from .data import read_image
 from .errors import ConfigError, DataError, UserError
 from .prompts.encoders import joint_space
@@ -49,25 +51,6 @@ SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica",
 CSS = "#ivit-image img {image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain;}"
 SYSTEM_MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "DejaVu Sans Mono", "monospace"]
 
-#: At most this many class names per request, of at most this many characters each: a visitor cannot make the page
-#: encode thousands of names or send megabytes of text.
-MAX_NAMES = 1000
-MAX_NAME_CHARS = 200
-#: The longest class-names text read at all (every name at its longest, with a separator).
-MAX_TEXT_CHARS = MAX_NAMES * (MAX_NAME_CHARS + 2)
-#: The largest upload gradio keeps (``ivit serve --max-file-size``); larger ones are refused while they arrive.
-MAX_FILE_SIZE = "20MB"
-#: Requests waiting for the model at most (``ivit serve --queue-size``); one more is told the page is too busy.
-QUEUE_SIZE = 32
-#: Requests on the model at once: one (a CoOp-style model holds the last class names it was given).
-CONCURRENCY = 1
-#: Sets of new class names whose prompt features stay in memory (least recently used dropped first).
-PROMPT_SETS = 16
-#: Decoded uploads kept in memory (their files are deleted once read), so that the same image classified again under
-#: other names is not uploaded again: at most this many, and at most this many pixels together.
-IMAGES_KEPT, IMAGE_PIXELS_KEPT = 8, 64 * 2**20
-#: gradio's temporary files (uploads never classified): every ``SWEEP[0]`` s, those older than ``SWEEP[1]`` s go.
-SWEEP = (60, 300)
 UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}
 
 

@@ -24,14 +24,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .config import load_config
-from .data import training_split
-from .data.datasets import IMAGE_SUFFIXES
 from .errors import ConfigError, DataError, MissingFileError, RunFolderError, UserError
-from .api import build_prompts
-from .app import MAX_FILE_SIZE, QUEUE_SIZE
+from .limits import MAX_FILE_SIZE, QUEUE_SIZE
 from .progress import reporting
-from .prompts import PromptBank
 
 app = typer.Typer(help="Instruction-ViT: multi-modal prompts for instruction learning in ViT.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -62,6 +57,7 @@ def _setup() -> None:
     """Instruction-ViT: multi-modal prompts for instruction learning in ViT."""
     library = logging.getLogger("instruction_vit")
     library.setLevel(logging.INFO)
+    library.propagate = False  # its lines are printed here once, not again by a root handler another package set up
     if not any(isinstance(h, _ConsoleHandler) for h in library.handlers):
         library.addHandler(_ConsoleHandler())
 
@@ -145,6 +141,7 @@ def train(
     Every config key and its default: src/instruction_vit/config.py. Under torchrun
     (torchrun --nproc_per_node N -m instruction_vit train ...) it trains with DDP.
     """
+    from .api import load_config
     from .api import train as run_train
 
     if resume:
@@ -178,7 +175,7 @@ def evaluate(
     """Evaluate a checkpoint on its data: head, score and combined routes, with or without selection (the same
     code that makes a run's results.json). A model folder names no paths: give data.root=FOLDER."""
     from .api import evaluate as evaluate_checkpoint
-    from .report import plot_confusion
+    from .studies.report import plot_confusion
 
     with _progress():
         results = evaluate_checkpoint(checkpoint, split, select_k, overrides or [], encoder=encoder,
@@ -350,6 +347,9 @@ def prompts_build(
     """Encode class names (and/or images of each class) into a prompt bank. Image prompts come from the
     folder's training split (the split `ivit train data.dataset=folder` makes with the same fraction and seed), and
     the bank's JSON lists the files used."""
+    from .api import build_prompts
+    from .data import training_split
+
     if kind in ("image", "mixed") and folder is None:
         raise ConfigError(f"{kind} prompts are drawn from example images: give --folder (one subfolder per class)")
     data = training_split(folder, val_fraction, split_seed, bad_images) if folder is not None else None
@@ -373,22 +373,15 @@ def prompts_build(
 @user_errors
 def prompts_inspect(bank_path: Annotated[Path, typer.Argument(help="A bank (.safetensors or .json).")]) -> None:
     """Show what a prompt bank holds and which classes its prompts confuse most."""
+    from .prompts import PromptBank
+
     bank = PromptBank.load(bank_path)
     console.print(f"{bank.kind} prompts for {bank.num_classes} classes, dim {bank.prompt_dim}, key {bank.key}")
     for key in ("text_encoder", "image_encoder", "templates", "per_class", "seed"):
         if key in bank.meta:
             console.print(f"  {key}: {bank.meta[key]}", highlight=False)
-    feats = next(iter(bank.features.values()))
-    import torch.nn.functional as F
-
-    sims = F.normalize(feats, dim=-1) @ F.normalize(feats, dim=-1).T
-    sims.fill_diagonal_(-2)
-    if bank.num_classes > 1:
-        flat = sims.flatten().argsort(descending=True)[: min(10, bank.num_classes * (bank.num_classes - 1))]
-        pairs = [(int(i) // bank.num_classes, int(i) % bank.num_classes) for i in flat][::2]
-        for a, b in pairs:
-            console.print(f"  closest: {bank.class_names[a]} ~ {bank.class_names[b]} ({sims[a, b]:.3f})",
-                          highlight=False)
+    for a, b, cosine in bank.closest_pairs(5):
+        console.print(f"  closest: {a} ~ {b} ({cosine:.3f})", highlight=False)
 
 
 @data_app.command("check")
@@ -403,6 +396,7 @@ def data_check(
 ) -> None:
     """Unreadable files, tiny images, classes with too few images, and files duplicated across splits (train/test
     leakage). Exit status 1 when something is found, 0 when the data is clean."""
+    from .api import load_config
     from .data import check_data
 
     if (root is None) == (config is None):
@@ -429,7 +423,7 @@ def demo(
     force: Annotated[bool, typer.Option(help="Use OUT even if it holds something other than an earlier demo.")] = False,
 ) -> None:
     """Offline Fashion-MNIST: plain ViT vs Instruction-ViT with text, image and mixed prompts."""
-    from .engine.demo import run_demo
+    from .studies.demo import run_demo
 
     with _progress():
         rows = run_demo(config, out, overrides or [], force=force)
@@ -469,7 +463,7 @@ def reproduce(
     Backbone weights go per backbone (weights.vit_base_patch16_224=FILE, or --weights MAP.yaml); a cell whose
     backbone has none is reported as not run, never trained from random init unless asked (weights.NAME=random).
     """
-    from .engine.experiments import (
+    from .studies.experiments import (
         Identities,
         cells,
         check_weights_map,
@@ -519,8 +513,8 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="Folder for NAME.md and NAME.png (default: RUNS/SPEC).")] = None,
 ) -> None:
     """Markdown table of measured mean ± std over seeds beside the paper's numbers, and a bar chart."""
-    from .engine.experiments import collect, load_spec
-    from .report import bar_chart, markdown_report
+    from .studies.experiments import collect, load_spec
+    from .studies.report import bar_chart, markdown_report
 
     spec = load_spec(spec_name)
     records = collect(spec, runs)
@@ -556,6 +550,8 @@ def _class_list(classes: str | None, class_file: Path | None) -> list[str] | Non
 
 
 def _image_files(paths: list[Path]) -> list[Path]:
+    from .data.datasets import IMAGE_SUFFIXES
+
     files = []
     for p in paths:
         if p.is_dir():

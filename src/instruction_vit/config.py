@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import importlib
 import os
 import types
 import typing
@@ -20,8 +19,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .limits import DEFAULT_MAX_IMAGE_PIXELS
 
-DEFAULT_MAX_IMAGE_PIXELS = 150_000_000  # 150 MP: a 12000x12000 image passes; bigger ones need data.max_image_pixels
 
 
 @dataclass
@@ -177,19 +176,6 @@ POSITIVE = ("data.img_size", "data.max_image_pixels", "train.epochs", "train.bat
             "prompts.per_class", "train.log_every")
 
 
-#: Keys whose values are registry names: (module, function listing them). The registries sit in higher layers; they
-#: are imported by name when a config is validated, so this module stays a leaf of the import graph.
-REGISTERED = {
-    "data.dataset": ("instruction_vit.data", "list_datasets"),
-    "model.method": ("instruction_vit.classifiers", "list_classifiers"),
-}
-
-
-def _registered(key: str) -> list[str]:
-    module, function = REGISTERED[key]
-    return getattr(importlib.import_module(module), function)()
-
-
 def resolved_workers(cfg: DataConfig) -> int:
     """``data.num_workers``, with ``None`` resolved to what the machine has (at most 8)."""
     if cfg.num_workers is not None:
@@ -198,11 +184,14 @@ def resolved_workers(cfg: DataConfig) -> int:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    cfg = _build(Config, data, "")
-    for key in [*CHOICES, *REGISTERED]:
+    """A :class:`Config` from a mapping of sections: every key known, every value of its type, choices and ranges
+    checked. Names that registries hold (``data.dataset``, ``model.method`` and its ``model.options``) are checked
+    by the resolve step above the registries (:func:`instruction_vit.resolve.resolve`), not here: this module is
+    the schema, at the bottom of the layers."""
+    cfg = typed(Config, data, "")
+    for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        allowed = CHOICES[key] if key in CHOICES else _registered(key)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), allowed, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
@@ -215,16 +204,14 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError("config key 'data.num_workers' must be >= 0 (or null: min(8, CPU count))")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError("config key 'data.val_fraction' must be in [0, 1)")
-    kind = importlib.import_module("instruction_vit.classifiers").classifier_kind(cfg.model.method)
-    cfg.model.options = kind.resolve_options(cfg.model.options)
-    if not kind.reads_prompts and cfg.prompts.kind != "none":
-        raise ConfigError(f"model.method={cfg.model.method} reads no instruction prompts: set prompts.kind=none")
     if cfg.data.dataset == "split_file" and not cfg.data.split_file:
         raise ConfigError("data.dataset=split_file needs data.split_file (a CoOp split JSON)")
     return cfg
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
+def typed(cls: type, data: Any, where: str) -> Any:
+    """``cls`` (a config dataclass) from the mapping ``data``: an unknown key is an error naming the closest valid
+    one, a value of the wrong type an error naming the key (``where`` prefixes the names: ``model.options``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -238,7 +225,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
             raise ConfigError(f"unknown config key {name!r}{hint} (valid: {', '.join(fields)})")
         hint_type = hints[key]
         if dataclasses.is_dataclass(hint_type):
-            kwargs[key] = _build(hint_type, value or {}, name)
+            kwargs[key] = typed(hint_type, value or {}, name)
         else:
             kwargs[key] = _coerce(value, hint_type, name)
     return cls(**kwargs)

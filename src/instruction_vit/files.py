@@ -60,6 +60,11 @@ def atomic_write(target: str | Path, write: Callable[[str], object]) -> Path:
     return target
 
 
+def write_text(target: str | Path, text: str) -> Path:
+    """``text`` written to ``target`` (UTF-8) whole or not at all (:func:`atomic_write`)."""
+    return atomic_write(target, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
     """Write a folder whole or not at all: yields an empty temporary folder beside ``target`` to fill; when the block

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from ..config import Config
+from ..config import Config, typed
 from ..errors import ConfigError
 from ..registry import Registry
 
@@ -73,9 +73,7 @@ class ClassifierKind(ABC):
             if given:
                 raise ConfigError(f"model.method={self.name} takes no model.options (got {', '.join(given)})")
             return {}
-        from ..config import _build  # the config's own type checks and unknown-key hints
-
-        return dataclasses.asdict(_build(self.Options, dict(given), "model.options"))
+        return dataclasses.asdict(typed(self.Options, dict(given), "model.options"))
 
     def options(self, cfg: Config) -> Any:
         """The kind's :attr:`Options` as ``cfg.model.options`` sets them."""

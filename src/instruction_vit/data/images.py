@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..config import DEFAULT_MAX_IMAGE_PIXELS
+from ..limits import DEFAULT_MAX_IMAGE_PIXELS
 from ..errors import DataError
 
 DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS

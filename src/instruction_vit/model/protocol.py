@@ -24,7 +24,7 @@ class ImageClassifier(Protocol):
 
     Optional: ``no_weight_decay()`` (timm's optimizer factory reads it), ``set_prompt_bank(prompts, trainable)``
     (models that read instruction prompts), ``external_state`` and ``external_weights_id`` (weights a checkpoint
-    saves by reference, see :mod:`instruction_vit.engine.checkpoint`), ``weights_report`` (what the backbone loaded),
+    saves by reference, see :mod:`instruction_vit.artifacts.checkpoint`), ``weights_report`` (what the backbone loaded),
     ``set_classes(names)`` (models whose classifier is the class names' text, CLIP prompt learners: classify among
     new names), ``end_epoch(epoch, epochs)`` (called after each training epoch, before validation), and extra loss
     terms in the output's ``aux`` (training only).

@@ -80,6 +80,16 @@ class PromptBank:
             return Prompts.of(next(iter(self.features.values())))
         return Prompts(self.features)
 
+    def closest_pairs(self, count: int = 5) -> list[tuple[str, str, float]]:
+        """The ``count`` pairs of classes whose prompts are closest (cosine of the first source's features), closest
+        first: the classes the prompts confuse most."""
+        feats = torch.nn.functional.normalize(next(iter(self.features.values())).float(), dim=-1)
+        sims = feats @ feats.T
+        n = self.num_classes
+        i, j = torch.triu_indices(n, n, offset=1)
+        order = sims[i, j].argsort(descending=True)[:count]
+        return [(self.class_names[i[k]], self.class_names[j[k]], float(sims[i[k], j[k]])) for k in order.tolist()]
+
     def save(self, path: str | Path) -> Path:
         return save_bank_files(path, self.features, {**self.meta, "key": self.key})
 

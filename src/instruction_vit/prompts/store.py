@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import DataError, MissingFileError
-from ..files import atomic_write
+from ..files import atomic_write, write_text
 
 
 def _stem(path: str | Path) -> Path:
@@ -31,7 +31,7 @@ def save_bank_files(path: str | Path, features: dict[str, Tensor], meta: dict[st
     weights, sidecar = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"key": meta["key"]}))
     text = json.dumps(meta, indent=2, sort_keys=True)
-    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(sidecar, text)
     return weights
 
 

@@ -15,11 +15,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from ..config import Config
 from ..data import LabelledImages, TransformedImages
+from ..devices import resolve_device
+from ..errors import ConfigError
 from ..files import atomic_write
-from ..prompts import PromptEncoder, class_prototypes, cosine_scores, load_encoder
 from ..progress import task
-from ..prompts.encoders import weights_id
+from .encoders import PromptEncoder, joint_space, load_encoder, weights_id
+from .run_bank import prompt_bank
+from .selection import class_prototypes, cosine_scores
 
 
 def image_features(encoder: PromptEncoder | str, data: LabelledImages, cache_dir: str | Path | None = None,
@@ -56,3 +60,20 @@ def zero_shot_scores(image_feats: Tensor, text_bank: Tensor) -> Tensor:
 def prototype_scores(image_feats: Tensor, train_feats: Tensor, train_labels: Tensor, num_classes: int) -> Tensor:
     """``[M, N]`` cosine between image features and the per-class mean training features."""
     return cosine_scores(image_feats, class_prototypes(train_feats, train_labels, num_classes))
+
+
+def ranker_scores(cfg: Config, train: LabelledImages, data: LabelledImages) -> Tensor:
+    """``[M, N]`` ranker scores of every image of ``data`` for the top-K selection."""
+    p = cfg.prompts
+    if p.ranker == "zero_shot":
+        if not joint_space(p.encoder):
+            raise ConfigError(f"the zero-shot ranker needs a joint image-text encoder; {p.encoder!r} has none "
+                             "(use prompts.encoder=conse or an open_clip model, or prompts.ranker=prototype)")
+        text = prompt_bank(cfg, train, kind="text")
+        feats = image_features(p.encoder, data, p.cache_dir, device=resolve_device(cfg.train.device))
+        return zero_shot_scores(feats, text.features["text"])
+    encoder = p.image_encoder or p.encoder
+    device = resolve_device(cfg.train.device)
+    train_feats = image_features(encoder, train, p.cache_dir, device=device)
+    feats = image_features(encoder, data, p.cache_dir, device=device)
+    return prototype_scores(feats, train_feats, torch.tensor(train.labels), train.num_classes)

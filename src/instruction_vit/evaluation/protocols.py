@@ -12,13 +12,14 @@ import torch
 
 from ..config import Config
 from ..errors import ConfigError
-from ..files import atomic_write, file_sha256
+from ..files import file_sha256, write_text
 from ..prompts import cosine_scores
-from .checkpoint import load_checkpoint
-from .evaluate import Predictions, classification_metrics, predict
-from .rankers import image_features
-from .run import eval_loader, prompt_bank, resolve_device, run_splits
-from .run_folder import write_config
+from ..artifacts.checkpoint import load_checkpoint
+from .predict import Predictions, classification_metrics, predict
+from ..prompts.ranking import image_features
+from ..data.loaders import eval_loader, run_splits
+from ..prompts.run_bank import prompt_bank
+from ..devices import resolve_device
 
 
 class FixedClassesError(ConfigError):
@@ -109,6 +110,5 @@ def transfer(cfg: Config, checkpoint: str | Path, out: str | Path | None = None,
 
 def _write_run(out: Path, cfg: Config, results: dict[str, Any]) -> None:
     """A protocol's run folder: its config, then its results, each written whole."""
-    write_config(out, cfg)
-    text = json.dumps(results, indent=2)
-    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(out / "config.yaml", cfg.to_yaml())
+    write_text(out / "results.json", json.dumps(results, indent=2))

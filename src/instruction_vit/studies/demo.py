@@ -11,8 +11,9 @@ from typing import Any
 
 from ..errors import RunFolderError
 from ..config import load_config
-from ..report import plot_confusion, plot_curves
-from .train import train
+from ..resolve import resolve
+from .report import plot_confusion, plot_curves
+from ..training.loop import train
 
 logger = logging.getLogger(__name__)
 VARIANTS = {"plain ViT": "none", "text prompts": "text", "image prompts": "image", "mixed prompts": "mixed"}
@@ -29,7 +30,7 @@ def run_demo(config: str | Path, out: str | Path, overrides: Sequence[str] = (),
                          "choose another --out or pass --force")
     rows, runs = [], {}
     for name, kind in VARIANTS.items():
-        cfg = load_config(config, [*overrides, f"prompts.kind={kind}"])
+        cfg = resolve(load_config(config, [*overrides, f"prompts.kind={kind}"])).config
         folder = out / name.replace(" ", "_")
         logger.info(f"== {name} ==")
         started = time.time()

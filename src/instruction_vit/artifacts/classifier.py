@@ -26,7 +26,8 @@ from ..model import Prompts
 from ..prompts import build_prompt_bank
 from ..prompts.encoders import joint_space, weights_id
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from .run import resolve_device, transforms
+from ..devices import resolve_device
+from ..data.loaders import transforms
 
 
 @dataclass

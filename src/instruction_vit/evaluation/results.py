@@ -15,9 +15,11 @@ import torch
 from ..config import Config, DataConfig, load_config
 from ..data import LabelledImages
 from ..errors import ConfigError, DataError
-from .checkpoint import Checkpoint, load_checkpoint
-from .evaluate import classification_metrics, predict
-from .run import eval_loader, ranker_scores, resolve_device, run_splits
+from ..artifacts.checkpoint import Checkpoint, load_checkpoint
+from .predict import classification_metrics, predict
+from ..data.loaders import eval_loader, run_splits
+from ..prompts.ranking import ranker_scores
+from ..devices import resolve_device
 
 
 def checkpoint_results(

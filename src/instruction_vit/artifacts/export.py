@@ -26,7 +26,6 @@ different top-1 are an error, and nothing is written.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ import torch
 from timm.data import resolve_data_config
 from torch import Tensor, nn
 
+from ..version import __version__
 from ..errors import ConfigError, ExportError
 from ..files import atomic_write
 from ..outputs import Prompts
@@ -336,18 +336,11 @@ def export_onnx(run: str | Path, out: str | Path, *, prompts_input: bool = False
                     "baked": not prompts_input, "encoder": cfg.prompts.encoder,
                     "image_encoder": cfg.prompts.image_encoder or cfg.prompts.encoder,
                     "weights": encoders, "templates": cfg.prompts.templates, "ranker": cfg.prompts.ranker},
-        "instruction_vit_version": _version(),
+        "instruction_vit_version": __version__,
     }
     return export_model_onnx(classifier.model, out, class_names=classifier.classes, img_size=cfg.data.img_size,
                              prompts_input=prompts_input, select_k=select_k, opset=opset, metadata=metadata,
                              tolerance=tolerance)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("instruction-vit")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree
-        return "unknown"
 
 
 __all__ = ["DEFAULT_OPSET", "ExportError", "OnnxExport", "export_model_onnx", "export_onnx", "preprocessing"]

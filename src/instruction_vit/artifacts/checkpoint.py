@@ -31,7 +31,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..classifiers import classifier_kind
 from ..config import Config, from_dict
 from ..errors import CheckpointError, UserError
 from ..files import atomic_write, file_sha256
@@ -45,6 +44,7 @@ from ..hub_source import (
     resolve_model_source,
 )
 from ..outputs import SINGLE_SOURCE, Prompts
+from ..resolve import Resolved, resolve
 from .folder_config import UNRESOLVED, strip_paths, trusted_config, with_encoders
 
 FORMAT = "instruction-vit-checkpoint/1"
@@ -95,30 +95,28 @@ class Checkpoint:
 
     def build_model(self) -> torch.nn.Module:
         """The model, rebuilt from this file alone (architecture from the config, weights from the tensors)."""
-        cfg, state = self.config, self.model_state()
+        resolved, state = resolve(self.config), self.model_state()
         dims = {k.split(".")[2]: int(v.shape[1]) for k, v in state.items()
                 if k.startswith("prompt_embed.proj.") and k.endswith(".weight")}
         # One projection named "prompts" was built from one prompt dim (an int); several, from {source: dim}.
         prompt_dim = dims[SINGLE_SOURCE] if list(dims) == [SINGLE_SOURCE] else (dims or None)
-        kind = classifier_kind(cfg.model.method)
-        if kind.uses_encoder:
-            self.require_encoders(f"building its {cfg.model.method} model")
-        if kind.timm_backbone:  # sizes first, on the meta device: a config that does not fit allocates nothing
-            self._check_shapes(cfg, prompt_dim)
-        model = model_from_config(cfg, self.class_names, prompt_dim, pretrained=False)
+        if resolved.kind.uses_encoder:
+            self.require_encoders(f"building its {resolved.config.model.method} model")
+        if resolved.kind.timm_backbone:  # sizes first, on the meta device: a config that does not fit allocates nothing
+            self._check_shapes(resolved, prompt_dim)
+        model = resolved.kind.build(resolved.config, self.class_names, prompt_dim, False)
         bank = {k.removeprefix("prompt_bank."): v for k, v in state.items() if k.startswith("prompt_bank.")}
         if bank:  # stored as prompt_bank.<source>: the sources the model was trained with
             model.set_prompt_bank(Prompts(bank))
         self.load_into(model)
         return model
 
-    def _check_shapes(self, cfg: Config, prompt_dim: Any) -> None:
+    def _check_shapes(self, resolved: Resolved, prompt_dim: Any) -> None:
         """The model the config describes, built on the meta device (no memory), must have the tensors this file
         holds, shape for shape: a config whose sizes do not fit is refused before anything is allocated."""
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in
-                        classifier_kind(cfg.model.method).build(cfg, self.class_names, prompt_dim, False)
-                        .state_dict().items()}
+                        resolved.kind.build(resolved.config, self.class_names, prompt_dim, False).state_dict().items()}
         held = {k: tuple(v.shape) for k, v in self.model_state().items() if not k.startswith("prompt_bank.")}
         expected = {k: v for k, v in expected.items() if not k.startswith("prompt_bank.")}
         differing = sorted(k for k in expected.keys() | held.keys() if expected.get(k) != held.get(k))
@@ -171,12 +169,14 @@ class Checkpoint:
         np.random.set_state((np_meta[0], self.tensors["rng/numpy"].numpy().astype(np.uint32), *np_meta[1:]))
 
 
-def model_from_config(cfg: Config, class_names: list[str], prompt_dim, pretrained: Any = None) -> torch.nn.Module:
+def model_from_config(cfg: Config | Resolved, class_names: list[str], prompt_dim,
+                      pretrained: Any = None) -> torch.nn.Module:
     """The model a run config describes: the classifier kind ``cfg.model.method`` names (see
-    :mod:`instruction_vit.classifiers`) builds it. ``pretrained`` overrides ``cfg.model.pretrained``; for a kind on a
-    timm backbone, a run checkpoint there starts the backbone from that run's model (and ``weights_report`` names
-    the checkpoint)."""
-    kind = classifier_kind(cfg.model.method)
+    :mod:`instruction_vit.classifiers`) builds it (a :class:`~instruction_vit.resolve.Resolved` config carries the
+    kind already). ``pretrained`` overrides ``cfg.model.pretrained``; for a kind on a timm backbone, a run checkpoint
+    there starts the backbone from that run's model (and ``weights_report`` names the checkpoint)."""
+    resolved = resolve(cfg)
+    cfg, kind = resolved.config, resolved.kind
     source = cfg.model.pretrained if pretrained is None else pretrained
     start = None
     if kind.timm_backbone and isinstance(source, (str, Path)) and _is_checkpoint(str(source)):

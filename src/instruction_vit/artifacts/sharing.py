@@ -4,13 +4,12 @@ The folder (:mod:`instruction_vit.hub_source` names its files) holds the model's
 the checkpoint's model state, no optimizer or RNG state), its prompt bank (``prompts.safetensors`` +
 ``prompts.json``, a bank file pair ``prompts.bank_file`` reads), ``config.json`` (the resolved run config, the
 classes, the preprocessing and the checkpoint's record: prompt kind, encoder weights, weights kept by reference) and
-a model card (``README.md``). :func:`~instruction_vit.engine.checkpoint.load_checkpoint` reads it back, local or as
+a model card (``README.md``). :func:`~instruction_vit.artifacts.checkpoint.load_checkpoint` reads it back, local or as
 ``hf-hub:ORG/NAME``. The upload is a thin call of ``huggingface_hub`` (``create_repo`` then ``upload_folder``).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import tempfile
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from timm.data import resolve_data_config
 
+from ..version import __version__
 from ..errors import ConfigError, MissingFileError, RunFolderError, UserError
 from ..data import template_set, template_set_names
 from ..files import atomic_folder
@@ -38,7 +38,7 @@ from ..outputs import SINGLE_SOURCE
 from ..prompts.bank import bank_key
 from .checkpoint import Checkpoint, load_checkpoint
 from .folder_config import portable_config, portable_spec, strip_paths
-from .run import read_descriptions
+from ..prompts.run_bank import read_descriptions
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def model_config(ckpt: Checkpoint, model: torch.nn.Module) -> dict[str, Any]:
     return strip_paths({
         "format": FOLDER_FORMAT,
         "library": "instruction-vit",
-        "library_version": _version(),
+        "library_version": __version__,
         "method": cfg.model.method,
         "backbone": cfg.model.backbone,
         "class_names": ckpt.class_names,
@@ -197,14 +197,6 @@ def _file_content(value: Any, read: Any) -> Any:
         raise MissingFileError(f"the run reads its templates or descriptions from {value}, which is not here; a model "
                                "folder carries them: restore the file, or save on the machine that trained the run")
     return read(value)
-
-
-def _version() -> str:
-    """The installed package's version (read from its metadata: the package root is above this layer)."""
-    try:
-        return importlib.metadata.version("instruction-vit")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _bank(ckpt: Checkpoint, state: dict[str, torch.Tensor], results: dict[str, Any] | None,

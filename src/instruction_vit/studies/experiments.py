@@ -40,15 +40,16 @@ from pathlib import Path
 from typing import Any
 
 
-from ..classifiers import classifier_kind
+from ..classifiers import ClassifierKind
+from ..resolve import resolve
 from ..config import Config, ConfigError, load_config, read_yaml_mapping
 from ..data import split_identity
 from ..errors import RunFolderError
-from ..files import atomic_write, file_sha256
+from ..files import file_sha256, write_text
 from ..hub_source import MODEL_FILE, resolve_model_source
 from ..hub_source import bank_stem as hub_bank_stem
 from ..prompts.encoders import parse_spec, weights_id
-from .run_lock import RunFolderInUseError, RunLock
+from ..training.run_lock import RunFolderInUseError, RunLock
 
 logger = logging.getLogger(__name__)
 SHIPPED = Path(__file__).resolve().parents[1] / "experiments"
@@ -76,6 +77,7 @@ class Cell:
     zero_shot: bool = False
     spec_config: Config | None = None  # the same cell from the spec alone (no command-line overrides or weights)
     source: Cell | None = None  # an ``evaluate`` column's cell: the cell whose checkpoint it evaluates
+    kind: ClassifierKind | None = None  # the classifier kind model.method names, resolved once with the config
 
     @property
     def name(self) -> str:
@@ -85,12 +87,11 @@ class Cell:
     def needs_backbone(self) -> bool:
         """Whether the cell trains a timm backbone (zero-shot and CLIP prompt-learner cells use the CLIP encoder
         alone; an evaluating cell trains nothing)."""
-        return not self.zero_shot and self.source is None and classifier_kind(self.config.model.method).timm_backbone
+        return not self.zero_shot and self.source is None and self.kind.timm_backbone
 
     @property
     def uses_encoder(self) -> bool:
-        c = self.config
-        return self.zero_shot or classifier_kind(c.model.method).uses_encoder or c.prompts.kind != "none"
+        return self.zero_shot or self.kind.uses_encoder or self.config.prompts.kind != "none"
 
 
 def load_spec(name_or_path: str) -> dict[str, Any]:
@@ -238,9 +239,11 @@ def _make_cell(spec: dict[str, Any], runs: Path, column: str, row: str, seed: in
         if not zero_shot:  # zero-shot trains nothing: it runs on the target as it is
             source = _make_cell(spec, runs, source_column, row, seed, overrides, weights)
     data = _fill(tree, runs)
-    cfg = load_config(None, overrides, base=data)
+    resolved = resolve(load_config(None, overrides, base=data))
+    cfg = resolved.config
     folder = runs / spec["name"] / column / row / f"seed{seed}"
-    cell = Cell(column, row, seed, cfg, folder, zero_shot, load_config(None, (), base=data), source)
+    cell = Cell(column, row, seed, cfg, folder, zero_shot, resolve(load_config(None, (), base=data)).config, source,
+                resolved.kind)
     backbone_source = weights.get(cfg.model.backbone)
     if cell.needs_backbone and backbone_source is not None and cfg.model.pretrained == "timm":
         model = dataclasses.replace(cfg.model, pretrained=None if backbone_source == "random" else backbone_source)
@@ -430,7 +433,7 @@ def read_record(folder: Path) -> dict[str, Any] | None:
 def _write_record(folder: Path, record: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record, indent=2, default=str)
-    atomic_write(folder / RECORD, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(folder / RECORD, text)
 
 
 def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -585,8 +588,8 @@ def run_cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequenc
 @contextlib.contextmanager
 def _cell_lock(cell: Cell) -> Iterator[None]:
     """The cell's folder locked for the block (rank 0 holding it for all under torchrun, as ``train`` does)."""
-    from .distributed import init_world
-    from .train import hold_run_folder
+    from ..training.distributed import init_world
+    from ..training.loop import hold_run_folder
 
     world, dist_device = init_world(cell.config.train.device)  # a world of one outside torchrun
     with hold_run_folder(cell.folder, world, dist_device):
@@ -617,8 +620,8 @@ def _run_cell(spec: dict[str, Any], runs: Path, cell: Cell, settings: dict[str, 
     """Run one cell with ``settings`` (:func:`cell_settings`) whose folder's lock the caller holds (done cells are
     left, cells that cannot run recorded as not run); returns whether it ran."""
     from ..errors import WeightsUnavailableError
-    from .protocols import FixedClassesError, transfer, zero_shot
-    from .train import train
+    from ..evaluation.protocols import FixedClassesError, transfer, zero_shot
+    from ..training.loop import train
 
     key = settings_key(settings)
     record = read_record(cell.folder) or {}

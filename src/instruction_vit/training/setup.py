@@ -12,7 +12,7 @@ from timm.data import Mixup
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
-from ..classifiers import classifier_kind
+from ..resolve import Resolved
 from ..config import Config, resolved_workers
 from ..data import LabelledImages, TransformedImages
 from ..data.store import StoreDataset, build_store
@@ -20,10 +20,12 @@ from ..errors import ConfigError, DataError, RunFolderError
 from ..losses import InstructionLoss
 from ..model import apply_regime
 from ..prompts import PromptBank
-from .checkpoint import Checkpoint, load_checkpoint, model_from_config
+from ..artifacts.checkpoint import Checkpoint, load_checkpoint, model_from_config
 from .distributed import World
 from .logs import data_line, prompts_line
-from .run import device_augment, eval_loader, prompt_bank, run_splits, seed_everything, transforms
+from ..data.loaders import device_augment, eval_loader, run_splits, transforms
+from ..prompts.run_bank import prompt_bank
+from ..devices import seed_everything
 
 #: What a checkpoint records of the encoders behind its prompts (new class names must come from the same ones).
 BANK_ENCODERS = ("text_encoder", "text_weights", "image_encoder", "image_weights")
@@ -60,11 +62,12 @@ class RunParts:
         return self.splits["train"].class_names
 
 
-def build_run(cfg: Config, out: Path, world: World, device: torch.device, resume: bool,
+def build_run(resolved: Resolved, out: Path, world: World, device: torch.device, resume: bool,
               log: Callable[[str], None]) -> RunParts:
     """Data (unreadable images as ``data.bad_images`` says), the prompt bank (rank 0 builds and caches it first),
     the model (resuming: from the checkpoint, not the weights file again) in its regime, the loaders, the loss, the
     optimizer and the schedule; each start-up fact logged in one line."""
+    cfg = resolved.config
     t = cfg.train
     splits, data_info = run_splits(cfg)
     log(data_line(data_info))
@@ -80,7 +83,7 @@ def build_run(cfg: Config, out: Path, world: World, device: torch.device, resume
             "or start a new run")
     # Seed after everything that may or may not touch the RNG (encoders load only on cache misses).
     seed_everything(t.seed, t.deterministic)
-    model, weights_record = _model(cfg, out, splits["train"].class_names, bank, last, log)
+    model, weights_record = _model(resolved, out, splits["train"].class_names, bank, last, log)
     model.to(device)
 
     workers = resolved_workers(cfg.data)
@@ -118,14 +121,15 @@ def build_run(cfg: Config, out: Path, world: World, device: torch.device, resume
                     scheduler, last, workers, meta)
 
 
-def _model(cfg: Config, out: Path, class_names: list[str], bank: PromptBank | None, last: Checkpoint | None,
-           log: Callable[[str], None]) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+def _model(resolved: Resolved, out: Path, class_names: list[str], bank: PromptBank | None,
+           last: Checkpoint | None, log: Callable[[str], None]) -> tuple[torch.nn.Module, dict[str, Any] | None]:
     """The model in its regime, with the bank's prompts stored, and the record of its starting weights."""
-    model = model_from_config(cfg, class_names, bank.prompt_dim if bank else None,
+    cfg = resolved.config
+    model = model_from_config(resolved, class_names, bank.prompt_dim if bank else None,
                               pretrained=False if last is not None else None)
     report = getattr(model, "weights_report", None)
     record = last.meta.get("backbone_weights") if last is not None else (report.to_dict() if report else None)
-    if classifier_kind(cfg.model.method).timm_backbone:
+    if resolved.kind.timm_backbone:
         if last is not None:
             log(f"backbone {cfg.model.backbone}: from {out / 'checkpoints' / 'last.safetensors'} (it started from "
                 f"{(record or {}).get('source', 'random init')})")

@@ -19,16 +19,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config, load_config
+from ..resolve import Resolved, resolve
 from ..errors import CheckpointError, NonFiniteLossError, RunFolderError
-from ..files import atomic_write
-from .checkpoint import save_checkpoint
+from ..files import write_text
+from ..artifacts.checkpoint import save_checkpoint
 from .distributed import World, close_world, init_world
-from .evaluate import classification_metrics, predict
+from ..evaluation.predict import classification_metrics, predict
 from ..progress import reporting
 from .logs import PROMPT_RECORD, epoch_line
-from .protocols import novel_classes
-from .results import checkpoint_results
-from .run import resolve_device, seed_everything
+from ..evaluation.protocols import novel_classes
+from ..evaluation.results import checkpoint_results
+from ..devices import resolve_device, seed_everything
 from .run_lock import UNREADABLE, RunFolderInUseError, RunLock
 from .run_folder import (
     RESUME_SAFE,
@@ -45,7 +46,7 @@ from .step import EpochOrder, Stepper
 logger = logging.getLogger(__name__)
 
 
-def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = False,
+def train(cfg: Config | Resolved, out: str | Path, resume: bool = False, force: bool = False,
           stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train per ``cfg`` into run folder ``out``; returns the final results (also in ``results.json``).
 
@@ -63,12 +64,12 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     The run holds the folder's lock (:mod:`.run_lock`) from before it reads the folder to its end: a second command
     on the folder meanwhile stops with a :class:`~.run_lock.RunFolderInUseError` naming this one.
     """
-    out = Path(out)
-    world, dist_device = init_world(cfg.train.device)
+    out, resolved = Path(out), resolve(cfg)  # the config checked against the registries, once; passed along
+    world, dist_device = init_world(resolved.config.train.device)
     log: Callable[[str], None] = logger.info if world.is_main else (lambda _: None)
     with hold_run_folder(out, world, dist_device), \
             reporting(None) if not world.is_main else contextlib.nullcontext():  # rank 0 alone shows progress
-        return _run(cfg, out, resume, force, stop_after_epochs, world, dist_device, log)
+        return _run(resolved, out, resume, force, stop_after_epochs, world, dist_device, log)
 
 
 @contextlib.contextmanager
@@ -97,11 +98,12 @@ def hold_run_folder(out: Path, world: World, dist_device: torch.device | None) -
             lock.release()  # nothing when it was not taken
 
 
-def _run(cfg: Config, out: Path, resume: bool, force: bool, stop_after_epochs: int | None, world: World,
+def _run(resolved: Resolved, out: Path, resume: bool, force: bool, stop_after_epochs: int | None, world: World,
          dist_device: torch.device | None, log: Callable[[str], None]) -> dict[str, Any]:
     """The run's outline: folder and config, parts, restore, epochs (checkpointed), test results."""
+    cfg = resolved.config
     if resume and (out / "config.yaml").is_file():
-        changes = resume_changes(load_config(out / "config.yaml"), cfg)
+        changes = resume_changes(resolve(load_config(out / "config.yaml")).config, cfg)
         if changes:
             log(f"resuming with {'; '.join(changes)}")
     world.barrier()  # every rank has read the saved config before rank 0 replaces it
@@ -109,7 +111,7 @@ def _run(cfg: Config, out: Path, resume: bool, force: bool, stop_after_epochs: i
         prepare_run_folder(out, resume, force)
         write_config(out, cfg)
     world.barrier()
-    run = build_run(cfg, out, world, dist_device or resolve_device(cfg.train.device), resume, log)
+    run = build_run(resolved, out, world, dist_device or resolve_device(cfg.train.device), resume, log)
     start_epoch, step, best, history = _restore(run, log)
     stepper = Stepper(cfg, run.model, _train_model(run), run.device, len(run.class_names), run.mixup, run.augment,
                       run.criterion, run.optimizer, run.scheduler, out)
@@ -233,7 +235,7 @@ def _results(run: RunParts) -> dict[str, Any]:
     if cfg.data.classes == "base" and (run.bank is not None or callable(getattr(run.model, "set_classes", None))):
         results["base_to_novel"] = novel_classes(cfg, run.out, results["top1"])
     text = json.dumps(results, indent=2)
-    atomic_write(run.out / "results.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(run.out / "results.json", text)
     return results
 
 

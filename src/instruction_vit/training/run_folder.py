@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import RunFolderError
-from ..files import atomic_write
+from ..files import write_text
 from .run_lock import LOCK_NAME, is_lock_entry
 
 #: What a run folder holds; a folder with only some of these and no checkpoint is a run that failed before its first
@@ -84,7 +84,7 @@ def _flat(tree: dict[str, Any]) -> dict[str, Any]:
 def write_config(out: Path, cfg: Config) -> None:
     """The resolved config, written atomically (a reader never sees half a file)."""
     text = cfg.to_yaml()
-    atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_text(out / "config.yaml", text)
 
 
 def append_metrics(out: Path, row: dict[str, Any], writer) -> None:

@@ -14,7 +14,7 @@ from ..errors import NonFiniteLossError
 from ..losses import InstructionLoss
 from ..progress import Task, task
 from ..prompts import forward_selected, target_mask
-from .evaluate import autocast
+from ..evaluation.predict import autocast
 
 
 class EpochOrder(torch.utils.data.Sampler):
