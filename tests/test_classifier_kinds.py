@@ -18,7 +18,7 @@ from instruction_vit.config import Config, DataConfig, ModelConfig, PromptConfig
 from instruction_vit.artifacts.checkpoint import model_from_config, save_checkpoint
 from instruction_vit.errors import ConfigError
 from instruction_vit.model import REGIMES, ImageClassifier, PlainClassifier, apply_regime
-from instruction_vit.outputs import InstructionOutput
+from instruction_vit.outputs import Capabilities, InstructionOutput
 
 CLASSES = ["cat", "dog", "owl"]
 VIT = ["model.backbone=vit_tiny_patch16_224", "data.img_size=32",
@@ -164,6 +164,9 @@ def test_a_run_checkpoint_starts_the_backbone_and_is_named(tmp_path):
 # -- a kind from outside the package ---------------------------------------------------------------------------
 class TinyClassifier(nn.Module):
     """The smallest model of the classifier protocol: a 1x1 convolution, average pooling and a linear head."""
+
+    capabilities = Capabilities()  # no prompts, no class-name texts: its head's classes only
+    weights_report = None
 
     def __init__(self, num_classes: int):
         super().__init__()

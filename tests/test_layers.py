@@ -39,3 +39,16 @@ print("heavy:", heavy)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "heavy: []" in done.stdout, done.stdout
+
+
+def test_no_caller_probes_a_model_for_what_it_can_do():
+    """What a classifier can do is declared (``capabilities``, :class:`instruction_vit.outputs.Capabilities`): no
+    module asks ``getattr``/``hasattr`` for a capability's method or attribute."""
+    import re
+
+    declared = ("set_classes", "end_epoch", "final_model", "external_state", "external_weights_id",
+                "weights_report", "bank_prompts", "prompt_embed", "set_prompt_bank")
+    probe = re.compile(r"(getattr|hasattr)\([^)]*[\"'](" + "|".join(declared) + r")[\"']")
+    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py")
+             for i, line in enumerate(p.read_text().splitlines(), 1) if probe.search(line)]
+    assert found == []

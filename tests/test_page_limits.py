@@ -20,7 +20,7 @@ from instruction_vit.app import (
     MAX_NAME_CHARS,
     MAX_NAMES,
     DemoModel,
-    check_class_names,
+    check_page_limits,
     parse_class_names,
     parse_file_size,
     upload_path,
@@ -123,7 +123,7 @@ def test_a_long_name_or_a_megabyte_of_text_is_refused_without_being_quoted(demo,
     assert parse_class_names("z" * MAX_NAME_CHARS) == ["z" * MAX_NAME_CHARS]
     with pytest.raises(ConfigError, match="must be text"):
         parse_class_names(["red"])
-    check_class_names(["a"] * MAX_NAMES)
+    check_page_limits(["a"] * MAX_NAMES)
     assert lock.taken == 0 and calls == {"class_prompts": 0, "encode": 0}
 
 

@@ -37,13 +37,13 @@ from .limits import (CONCURRENCY, IMAGE_PIXELS_KEPT, IMAGES_KEPT, MAX_FILE_SIZE,
                      MAX_TEXT_CHARS, PROMPT_SETS, QUEUE_SIZE, SWEEP)
 from .data import read_image
 from .errors import ConfigError, DataError, UserError
+from .outputs import ROUTES, capabilities, route_probabilities
 from .prompts.encoders import joint_space
 from .prompts.selection import cosine_scores, forward_selected
 
 log = logging.getLogger(__name__)
 
 #: The outputs a model may have, in the order the page shows them.
-ROUTES = ("combined", "head", "score")
 TITLES = {"combined": "combined (head + score)", "head": "head", "score": "score (prompts)"}
 TOP = 5
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
@@ -54,7 +54,7 @@ SYSTEM_MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "DejaVu Sa
 UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}
 
 
-def check_class_names(names: Sequence[str]) -> None:
+def check_page_limits(names: Sequence[str]) -> None:
     """At most :data:`MAX_NAMES` names of at most :data:`MAX_NAME_CHARS` characters each (the message quotes no
     name: one may be megabytes long)."""
     if len(names) > MAX_NAMES:
@@ -67,7 +67,7 @@ def check_class_names(names: Sequence[str]) -> None:
 
 def parse_class_names(text: str) -> list[str]:
     """Class names typed one per line or comma-separated (blank entries dropped), within the page's limits
-    (:func:`check_class_names`; a text too long to hold them is refused before it is split); two equal names are an
+    (:func:`check_page_limits`; a text too long to hold them is refused before it is split); two equal names are an
     error, since their bars could not be told apart."""
     if text is not None and not isinstance(text, str):
         raise ConfigError("the class names must be text: one per line or comma-separated")
@@ -77,7 +77,7 @@ def parse_class_names(text: str) -> list[str]:
     names = [n.strip() for n in re.split(r"[\n,]", text or "") if n.strip()]
     if not names:
         raise ConfigError("no class names: type at least one, one per line or comma-separated")
-    check_class_names(names)
+    check_page_limits(names)
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -206,7 +206,7 @@ class DemoModel:
 
     def _reads_names(self) -> bool:
         """A CoOp-style model: its head classifies by the class names' text, whatever they are."""
-        return callable(getattr(self.classifier.model, "set_classes", None))
+        return capabilities(self.classifier.model).reads_class_names
 
     def _class_prompts(self, names: list[str]) -> Any:
         if self._reads_names():  # re-encode every time: the model holds the last names it was given
@@ -243,7 +243,7 @@ class DemoModel:
         """The top classes of ``image`` (a PIL image) among ``names`` through every output that scores them; with
         ``select`` (where :attr:`select_k` is set), each reads the image's top-K+1 prompts instead of all N."""
         names = [str(n) for n in names]
-        check_class_names(names)  # before the lock and before anything is encoded
+        check_page_limits(names)  # before the lock and before anything is encoded
         k = self.select_k if select else None
         if select and k is None:
             raise ConfigError("top-K+1 prompts need the run's prompts.select_k, prompts, and a zero-shot ranker in a "
@@ -259,7 +259,7 @@ class DemoModel:
                     out = forward_selected(self.classifier.model, batch.to(self.classifier.device), use.prompts,
                                            ranking, k)
             for route in routes:
-                probs = _route_probabilities(out, route) if k else \
+                probs = route_probabilities(out.logits, out.scores, route) if k else \
                     self.classifier.probabilities(batch, replace(use, route=route))
                 values, index = probs[0].topk(min(TOP, len(use.names)))
                 bars[route] = {use.names[i]: float(p) for p, i in zip(values.tolist(), index.tolist())}
@@ -335,19 +335,10 @@ def _delete_upload(path: Path) -> None:
             pass
 
 
-def _route_probabilities(out: Any, route: str) -> Any:
-    """``[B, N]`` probabilities of one output of a model's forward (as :meth:`Classifier.probabilities`)."""
-    if route == "score":
-        return out.scores.float().softmax(-1)
-    if route == "combined":
-        return (out.logits.float().softmax(-1) + out.scores.float().softmax(-1)) / 2
-    return out.logits.float().softmax(-1)
-
-
 def _prompt_kind(classifier: Any) -> str:
     p = classifier.config.prompts
     if classifier.model.bank_prompts() is None:
-        return "no prompts" if not callable(getattr(classifier.model, "set_classes", None)) else \
+        return "no prompts" if not capabilities(classifier.model).reads_class_names else \
             f"{classifier.config.model.method} text prompts from {p.encoder}"
     kind = classifier.prompt_kind
     encoders = p.encoder if kind == "text" or not p.image_encoder or p.image_encoder == p.encoder else \

@@ -1,16 +1,21 @@
 """The two types that travel between the layers (a leaf module, imported by prompts, model, classifiers and engine):
 
 * :class:`Prompts`: the prompt features a model reads (a prompt bank's, a selection's, or a checkpoint's);
-* :class:`InstructionOutput`: what every classifier of this package returns.
+* :class:`InstructionOutput`: what every classifier of this package returns, and :func:`route_probabilities`, the one
+  rule turning its outputs into class probabilities (``ivit predict``, evaluation and the demo page all use it);
+* :class:`Capabilities`: what a classifier declares it can do, read by the layers above instead of probing it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from torch import Tensor
+
+#: The prediction routes: the classification head, the prompt scores, and their mean (the paper's combination).
+ROUTES = ("combined", "head", "score")
 
 #: The source name of prompts from one source (:meth:`Prompts.of`). A model built with one prompt dim projects them
 #: with ``prompt_embed.proj.prompts`` and stores them as ``prompt_bank.prompts``: checkpoints carry these names.
@@ -93,3 +98,59 @@ class InstructionOutput(NamedTuple):
     #: the training loss adds each, under its name. ``None`` (or empty) for none; a model returns them only when
     #: training.
     aux: Mapping[str, Tensor] | None = None
+
+
+def route_probabilities(logits: Tensor, scores: Tensor | None, route: str) -> Tensor:
+    """``[B, N]`` class probabilities of one route: ``head`` (softmax of the logits), ``score`` (softmax of the
+    prompt scores) or ``combined`` (the mean of the two), in float32."""
+    if route == "head":
+        return logits.float().softmax(-1)
+    if scores is None:
+        raise ValueError(f"the {route} route needs prompt scores, and there are none")
+    if route == "score":
+        return scores.float().softmax(-1)
+    if route == "combined":
+        return (logits.float().softmax(-1) + scores.float().softmax(-1)) / 2
+    raise ValueError(f"unknown route {route!r}; one of {', '.join(ROUTES)}")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a classifier can do beyond the protocol's core (``forward``, ``bank_prompts``, ``trainable_parameters``),
+    declared as the class attribute ``capabilities`` of its model (as timm models declare ``pretrained_cfg``); the
+    layers above read it and never probe the model with ``getattr``.
+
+    * ``reads_prompts``: it reads instruction prompts (``set_prompt_bank(prompts, trainable)`` stores them, its
+      output's ``scores`` score them): new class names reach it as prompts for the names;
+    * ``reads_class_names``: its classifier is the class names' text (a CLIP prompt learner):
+      ``set_classes(names)`` makes it classify among new names, its ``logits`` are the prediction;
+    * ``external_state``: state-dict prefixes of frozen weights rebuilt from the config (CoOp's CLIP), saved by
+      reference in checkpoints and checked by the model's ``external_weights_id``;
+    * ``end_of_epoch``: ``end_epoch(epoch, epochs)`` is to be called after each training epoch, before validation;
+    * ``final_model``: ``"best"`` (the best validation epoch is the result) or ``"last"`` (the last epoch is, e.g. an
+      aggregate over epochs);
+    * ``exportable``: ``ivit export`` can trace it to ONNX;
+    * ``prompt_dims``: the feature dim of each prompt source it projects (``{"prompts": 384}``, or ``{"text": 512,
+      "image": 1280}``), empty when it reads none.
+
+    A class declares them as a class attribute, or as a property where they depend on how the model was built (an
+    Instruction-ViT built without prompt dims is a plain ViT).
+    """
+
+    reads_prompts: bool = False
+    reads_class_names: bool = False
+    external_state: tuple[str, ...] = ()
+    end_of_epoch: bool = False
+    final_model: str = "best"
+    exportable: bool = True
+    prompt_dims: Mapping[str, int] = field(default_factory=dict)
+
+
+def capabilities(model: Any) -> Capabilities:
+    """The :class:`Capabilities` ``model`` declares (its attribute ``capabilities``); a model that declares none is an
+    error naming it (a classifier kind's model must follow the protocol)."""
+    declared = getattr(model, "capabilities", None)
+    if not isinstance(declared, Capabilities):
+        raise TypeError(f"{type(model).__name__} declares no capabilities: give the class a "
+                        "capabilities = Capabilities(...) attribute (instruction_vit.outputs.Capabilities)")
+    return declared

@@ -43,7 +43,7 @@ from ..hub_source import (
     is_model_folder,
     resolve_model_source,
 )
-from ..outputs import SINGLE_SOURCE, Prompts
+from ..outputs import SINGLE_SOURCE, Prompts, capabilities
 from ..resolve import Resolved, resolve
 from .folder_config import UNRESOLVED, strip_paths, trusted_config, with_encoders
 
@@ -130,16 +130,18 @@ class Checkpoint:
         """Load the weights into ``model``. Parts saved by reference (a CoOp model's frozen CLIP) come from the
         model as built, after checking that it was built from the same weights."""
         prefixes = tuple(self.external["prefixes"]) if self.external else ()
-        if prefixes and getattr(model, "external_weights_id", None) != self.external["weights_id"]:
+        declared = capabilities(model).external_state
+        given = model.external_weights_id if declared else None
+        if prefixes and given != self.external["weights_id"]:
             raise CheckpointError(
                 f"{self.name} was trained over encoder weights {self.external['weights_id']!r}, but prompts.encoder "
-                f"now gives {getattr(model, 'external_weights_id', None)!r}; point prompts.encoder at those weights")
+                f"now gives {given!r}; point prompts.encoder at those weights")
         device = next(iter(model.parameters()), torch.empty(0)).device
         missing, unexpected = model.load_state_dict({k: v.to(device) for k, v in self.model_state().items()},
                                                     strict=False)
         # Parts kept by reference are rebuilt by the model: its own external_state names them (an older checkpoint
         # may name them otherwise, e.g. CoOp's ``clip.`` before its towers were split; the weights id was checked).
-        rebuilt = (*prefixes, *getattr(model, "external_state", ())) if prefixes else ()
+        rebuilt = (*prefixes, *declared) if prefixes else ()
         if unexpected or any(not (rebuilt and k.startswith(rebuilt)) for k in missing):
             raise CheckpointError(f"{self.name} does not fit the model: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}")
@@ -184,7 +186,7 @@ def model_from_config(cfg: Config | Resolved, class_names: list[str], prompt_dim
         state = start.model_state()
         source = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     model = kind.build(cfg, class_names, prompt_dim, source)
-    if start is not None and getattr(model, "weights_report", None) is not None:  # say which checkpoint
+    if start is not None and model.weights_report is not None:  # say which checkpoint
         what = "instruction-vit model folder" if start.source is not None else "instruction-vit checkpoint"
         model.weights_report = dataclasses.replace(model.weights_report, source=start.name, format=what,
                                                    sha256=file_sha256(start.path))
@@ -200,7 +202,7 @@ def save_checkpoint(
     """Write a checkpoint atomically; with ``optimizer``, also the optimizer and RNG states for resuming."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    external = tuple(getattr(model, "external_state", ()))  # frozen weights rebuilt from the config, by reference
+    external = capabilities(model).external_state  # frozen weights rebuilt from the config, by reference
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                if not (external and k.startswith(external))}
     header = {"format": FORMAT, "meta": json.dumps(meta)}

@@ -1,6 +1,7 @@
 """A trained model as a classifier of images: the checkpoint's classes, or any new class names.
 
-New class names reach each kind of model by its own route, and :attr:`ClassPrompts.how` says which in one line:
+New class names reach each kind of model by its own route (the policy: :mod:`.new_classes`), and
+:attr:`~.new_classes.ClassPrompts.how` says which in one line:
 
 * Instruction-ViT, text prompts: text prompts for the new names from the run's encoder and templates (score head);
 * image or mixed prompts: built from example images (``examples``: one subfolder per class) when given; otherwise,
@@ -12,50 +13,22 @@ New class names reach each kind of model by its own route, and :attr:`ClassPromp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ConfigError
 from ..data import DataError, image_folder, read_image, template_set
 from ..data.images import DEFAULT_MAX_PIXELS, rgb_image
+from ..data.loaders import transforms
 from ..data.transforms import transform_side
-from ..model import Prompts
+from ..devices import resolve_device
+from ..errors import ConfigError
+from ..outputs import Prompts, route_probabilities
 from ..prompts import build_prompt_bank
 from ..prompts.encoders import joint_space, weights_id
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from ..devices import resolve_device
-from ..data.loaders import transforms
-
-
-@dataclass
-class ClassPrompts:
-    """What a prediction reads: class names, their prompts (``None``: the model's own), and how they were made."""
-
-    names: list[str]
-    prompts: Prompts | None
-    how: str
-    route: str  # which output ranks the classes: "combined" (head + score), "head" or "score"
-
-
-def check_class_names(classes: Sequence[str]) -> list[str]:
-    """New class names as given: a non-empty list of distinct, non-blank names (a string is one name too many
-    ways to read: give a list)."""
-    if isinstance(classes, str):
-        raise ConfigError(f"classes must be a list of names, not the string {classes[:40]!r}: write "
-                          "classes=[\"cat\", \"dog\"]")
-    names = [str(c) for c in classes]
-    if not names:
-        raise ConfigError("no class names given: give at least one (or None for the checkpoint's own classes)")
-    blank = [i for i, n in enumerate(names) if not n.strip()]
-    if blank:
-        raise ConfigError(f"class name {blank[0] + 1} of {len(names)} is empty: give each class a name")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ConfigError(f"the class name {repeated[0]!r} is given twice: give each class once")
-    return names
+from .new_classes import ClassPrompts, check_class_names, prepare_new_classes, prepare_own_classes
 
 
 class Classifier:
@@ -87,24 +60,14 @@ class Classifier:
         from and written to ``prompts.cache_dir``; ``cache=False`` builds them without touching it (the demo page,
         whose visitors must not fill the disk, keeps them in memory)."""
         if classes is None and examples is None:
-            if callable(getattr(self.model, "set_classes", None)):  # back to its own names after any new ones
-                self.model.set_classes(self.classes)
-            prompts = self.model.bank_prompts()
-            route = "combined" if prompts is not None else "head"
-            return ClassPrompts(self.classes, prompts, "the checkpoint's classes and prompts", route)
+            return prepare_own_classes(self.model, self.classes)
         folder = image_folder(examples) if examples is not None else None
         names = check_class_names(classes) if classes is not None else folder.class_names
         if folder is not None and folder.class_names != names:
             raise DataError(f"the example folder {examples} has classes {folder.class_names[:4]}..., not the class "
                             f"names given ({names[:4]}...): name its subfolders after the classes, in the same order")
-        if callable(getattr(self.model, "set_classes", None)):  # CLIP prompt learners: classes are text, re-encoded
-            self.model.set_classes(names)
-            return ClassPrompts(names, None, f"{self.config.model.method}: its learned prompts with each new class "
-                                "name", "head")
-        if self.model.bank_prompts() is None:
-            raise ConfigError("this checkpoint is a plain classifier (no prompts): it cannot score new class names; "
-                             "train with prompts.kind=text, image or mixed")
-        return self._instruction_prompts(names, folder, cache)
+        return prepare_new_classes(self.model, self.config.model.method, names,
+                           lambda: self._instruction_prompts(names, folder, cache))
 
     def _check_encoders(self, text_encoder: str, image_encoder: str) -> None:
         """New prompts must come from the encoder weights the model was trained with (recorded in the checkpoint)."""
@@ -116,7 +79,7 @@ class Classifier:
                     f"{spec!r} now gives {weights_id(spec)!r}: prompts for new classes would not match; point "
                     "prompts.encoder at the weights the run used")
 
-    def _instruction_prompts(self, names: list[str], folder, cache: bool = True) -> ClassPrompts:
+    def _instruction_prompts(self, names: list[str], folder, cache: bool = True) -> tuple[Prompts, str]:
         self.checkpoint.require_encoders("prompts for new class names")
         p, kind = self.config.prompts, self.prompt_kind
         image_encoder = p.image_encoder or p.encoder
@@ -130,7 +93,7 @@ class Classifier:
             what = f"{kind} prompts from {p.encoder}" + (f" and the example images in {images.root}" if images else "")
             if folder is not None and images is None:
                 what += " (a text run reads text prompts: the example images give only the class names)"
-            return ClassPrompts(names, bank.model_input().to(self.device), what, "score")
+            return bank.model_input().to(self.device), what
         separate = len(self.model.bank_prompts().sources) > 1  # per-modality projections: no joint space
         if kind == "mixed" and separate:
             bank = build_prompt_bank("text", names, **common)
@@ -143,17 +106,13 @@ class Classifier:
                              "one subfolder per class)")
         how = (f"text prompts from {p.encoder} in place of the checkpoint's {kind} prompts (one image-text space); "
                f"give example images (--examples FOLDER) for {kind} prompts")
-        return ClassPrompts(names, prompts.to(self.device), how, "score")
+        return prompts.to(self.device), how
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, use: ClassPrompts) -> torch.Tensor:
         """``[B, N]`` class probabilities of preprocessed ``images`` through the route ``use`` names."""
         out = self.model(images.to(self.device), use.prompts)
-        if use.route == "score":
-            return out.scores.float().softmax(-1)
-        if use.route == "combined":
-            return (out.logits.float().softmax(-1) + out.scores.float().softmax(-1)) / 2
-        return out.logits.float().softmax(-1)
+        return route_probabilities(out.logits, out.scores, use.route)
 
     def preprocess(self, image: Any, max_pixels: int | None = None) -> torch.Tensor:
         """The model input ``[3, S, S]`` of one image: a file path (read under ``max_pixels``, width x height

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from torch import Tensor, nn
 from ..version import __version__
 from ..errors import ConfigError, ExportError
 from ..files import atomic_write
-from ..outputs import Prompts
+from ..outputs import Prompts, capabilities
 
 logger = logging.getLogger(__name__)
 FORMATS = ("onnx",)
@@ -195,10 +194,7 @@ def export_model_onnx(model: nn.Module, out: str | Path, *, class_names: Sequenc
         result.update(_parity(graph, tmp, ort, inputs, outputs, example, prompts_input, select_k, tolerance))
 
     result: dict[str, Any] = {}
-    atomic_write(out, write)
-    umask = os.umask(0)
-    os.umask(umask)
-    out.chmod(0o666 & ~umask)  # as a plain open() would create it (the temporary file was private)
+    atomic_write(out, write)  # with ordinary permissions, as a plain open() would create it
     export = OnnxExport(out, inputs, outputs, result["max_abs_diff"], result["check_batch"], meta)
     logger.info(export.summary())
     return export
@@ -208,9 +204,8 @@ def _graph(model: nn.Module, prompts_input: bool, select_k: int | None, batch: i
     """The module to trace, its input and output names, example inputs, dynamic axes and a description."""
     image = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     described_image = {"image": f"[B, 3, {img_size}, {img_size}] float32, preprocessed (see preprocessing)"}
-    bank = model.bank_prompts() if callable(getattr(model, "bank_prompts", None)) else None
-    dims = dict(getattr(getattr(model, "prompt_embed", None), "dims", None) or {})
-    text_classes = callable(getattr(model, "set_classes", None))
+    caps = capabilities(model)
+    bank, dims, text_classes = model.bank_prompts(), dict(caps.prompt_dims), caps.reads_class_names
     if select_k is not None and select_k < 1:
         raise ConfigError(f"--select-k must be at least 1, got {select_k}")
     if text_classes or not (dims and (bank is not None or prompts_input)):
@@ -331,8 +326,7 @@ def export_onnx(run: str | Path, out: str | Path, *, prompts_input: bool = False
     metadata = {
         "model": {"method": cfg.model.method, "backbone": cfg.model.backbone, "num_classes": len(classifier.classes),
                   "checkpoint": str(ckpt.path)},
-        "prompts": {"kind": classifier.prompt_kind, "sources": sorted(getattr(
-                        getattr(classifier.model, "prompt_embed", None), "dims", None) or {}),
+        "prompts": {"kind": classifier.prompt_kind, "sources": sorted(capabilities(classifier.model).prompt_dims),
                     "baked": not prompts_input, "encoder": cfg.prompts.encoder,
                     "image_encoder": cfg.prompts.image_encoder or cfg.prompts.encoder,
                     "weights": encoders, "templates": cfg.prompts.templates, "ranker": cfg.prompts.ranker},

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..errors import ConfigError
-from ..outputs import InstructionOutput, Prompts
+from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts import load_encoder
 from . import ClassifierKind, register_classifier
 from .deep_prompts import prompt_regime_only
@@ -57,8 +57,10 @@ class CoOpFamily(nn.Module):
         init: the phrase whose word embeddings start the context (its length sets the context length).
     """
 
-    #: The frozen towers' weights: rebuilt from prompts.encoder, left out of checkpoints (checked by weights id).
-    external_state = ("text_tower.", "image_tower.")
+    #: It classifies by the class names' text (set_classes); the frozen towers' weights are rebuilt from
+    #: prompts.encoder, left out of checkpoints (checked by weights id).
+    capabilities = Capabilities(reads_class_names=True, external_state=("text_tower.", "image_tower."))
+    weights_report = None  # no timm backbone: its towers are the encoder's, named by external_weights_id
     method = "CoOp"  # the method's name in messages
 
     def __init__(self, encoder: Any, class_names: Sequence[str], context_length: int = 16,

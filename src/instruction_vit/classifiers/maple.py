@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..errors import ConfigError
-from ..outputs import InstructionOutput, Prompts
+from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts.encoders.openclip import OpenCLIPEncoder
 from . import ClassifierKind, register_classifier
 from .deep_prompts import (ClassTexts, check_depth, clip_logits, encode_image, encode_text, frozen_clip, layers_of,
@@ -55,7 +55,10 @@ class MaPLeClassifier(nn.Module):
     """The classifier protocol (:class:`~instruction_vit.model.ImageClassifier`) over CLIP + MaPLe's prompts (``scores``
     is ``[B, 0]``); only ``regime=prompt``."""
 
-    external_state = ("clip.",)  # CLIP's frozen weights: rebuilt from prompts.encoder, left out of checkpoints
+    #: It classifies by the class names' text; CLIP's frozen weights are rebuilt from prompts.encoder, left out of
+    #: checkpoints.
+    capabilities = Capabilities(reads_class_names=True, external_state=("clip.",))
+    weights_report = None  # no timm backbone: its towers are the encoder's, named by external_weights_id
 
     def __init__(self, encoder: OpenCLIPEncoder, class_names: Sequence[str], n_ctx: int = 2, depth: int = 9,
                  init: str | None = "a photo of a"):

@@ -36,7 +36,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from ..config import Config
 from ..data import template_set
 from ..errors import ConfigError
-from ..outputs import InstructionOutput, Prompts
+from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts.encoders.openclip import OpenCLIPEncoder
 from . import ClassifierKind, register_classifier
 from .deep_prompts import (ClassTexts, check_depth, clip_logits, encode_image, encode_text, frozen_clip, layers_of,
@@ -81,8 +81,12 @@ class PromptSRCClassifier(nn.Module):
     """The classifier protocol (:class:`~instruction_vit.model.ImageClassifier`) over CLIP + PromptSRC's prompts
     (``scores`` is ``[B, 0]``; ``aux`` holds the regularisers in training); only ``regime=prompt``."""
 
-    external_state = ("clip.",)  # CLIP's frozen weights: rebuilt from prompts.encoder, left out of checkpoints
-    final_model = "last"  # the run's result is the last epoch's model (the prompt aggregate), not the best on val
+    #: It classifies by the class names' text; CLIP's frozen weights are rebuilt from prompts.encoder, left out of
+    #: checkpoints; after each epoch it aggregates its prompts, and its result is the last epoch's model (the prompt
+    #: aggregate), not the best on validation.
+    capabilities = Capabilities(reads_class_names=True, external_state=("clip.",), end_of_epoch=True,
+                                final_model="last")
+    weights_report = None  # no timm backbone: its towers are the encoder's, named by external_weights_id
 
     def __init__(self, encoder: OpenCLIPEncoder, class_names: Sequence[str], n_ctx_text: int = 4,
                  n_ctx_vision: int = 4, depth_text: int = 9, depth_vision: int = 9,

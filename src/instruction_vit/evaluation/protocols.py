@@ -15,15 +15,13 @@ from ..errors import ConfigError
 from ..files import file_sha256, write_text
 from ..prompts import cosine_scores
 from ..artifacts.checkpoint import load_checkpoint
+from ..artifacts.new_classes import FixedClassesError, prepare_new_classes
+from ..outputs import Prompts
 from .predict import Predictions, classification_metrics, predict
 from ..prompts.ranking import image_features
 from ..data.loaders import eval_loader, run_splits
 from ..prompts.run_bank import prompt_bank
 from ..devices import resolve_device
-
-
-class FixedClassesError(ConfigError):
-    """A model that cannot classify new class names (a plain classifier: no prompts, a head fixed to its classes)."""
 
 
 def zero_shot(cfg: Config, out: str | Path | None = None) -> dict[str, Any]:
@@ -59,19 +57,15 @@ def new_classes(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
     test = splits["test"]
     device = resolve_device(cfg.train.device)
     model = ckpt.build_model().to(device)
-    if callable(getattr(model, "set_classes", None)):
-        model.set_classes(test.class_names)
-        prompts, how = None, f"{ckpt.config.model.method}: its learned prompts with each new class name"
-    elif model.bank_prompts() is not None:
+
+    def prompts_for() -> tuple[Prompts, str]:  # the data's own prompts for its names (image prompts: its images)
         bank = prompt_bank(cfg, splits["train"], kind=ckpt.meta.get("bank_kind", cfg.prompts.kind))
-        prompts = bank.model_input().to(device)
-        how = f"{bank.kind} prompts for the new class names, through the score head"
-    else:
-        raise FixedClassesError(f"{checkpoint} is a plain classifier (no prompts, a head fixed to its "
-                          f"{len(ckpt.class_names)} training classes): it cannot classify new class names; only "
-                          "models with prompts (Instruction-ViT, CLIP prompt learners) take part")
-    pred = predict(model, eval_loader(cfg, model.backbone, test), prompts, device, cfg.train.amp)
-    if prompts is not None:  # the score head is the prediction over the new names
+        return bank.model_input().to(device), f"{bank.kind} prompts for the new class names, through the score head"
+
+    use = prepare_new_classes(model, ckpt.config.model.method, test.class_names, prompts_for, fixed=str(checkpoint))
+    how = use.how
+    pred = predict(model, eval_loader(cfg, model.backbone, test), use.prompts, device, cfg.train.amp)
+    if use.route == "score":  # the score head is the prediction over the new names
         pred = dataclasses.replace(pred, logits=pred.scores)
     metrics = classification_metrics(pred, test.class_names)["head"]
     top5 = next((k for k in metrics if k.startswith("top") and k != "top1"), None)

@@ -25,7 +25,7 @@ from timm.models._manipulate import checkpoint_seq
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..outputs import SINGLE_SOURCE, InstructionOutput, Prompts
+from ..outputs import SINGLE_SOURCE, Capabilities, InstructionOutput, Prompts
 from .regimes import check_regime
 
 
@@ -94,6 +94,7 @@ class WrapsBackbone:
     """What every model of this package exposes about the timm model it wraps (``self.backbone``)."""
 
     backbone: nn.Module
+    weights_report = None  # what the backbone loaded (a WeightsReport; set by build_model), None for random init
 
     @property
     def num_classes(self) -> int:
@@ -125,6 +126,12 @@ class InstructionViT(WrapsBackbone, nn.Module):
         vpt_tokens: learnable visual prompt tokens (VPT, Jia et al. 2022), the baseline of Table 2; 0 for none.
         vpt_deep: VPT-deep (new tokens before every block) instead of VPT-shallow (input only).
     """
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Reads instruction prompts when built with prompt dims (else a plain ViT); exportable."""
+        dims = dict(self.prompt_embed.dims)
+        return Capabilities(reads_prompts=bool(dims), prompt_dims=dims)
 
     def __init__(self, backbone: VisionTransformer, prompt_dims: Mapping[str, int], score_scale: float = 10.0,
                  vpt_tokens: int = 0, vpt_deep: bool = False):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..outputs import Prompts
+from ..outputs import Capabilities, Prompts
 from .instruction_vit import InstructionOutput, WrapsBackbone
 
 
@@ -15,6 +15,8 @@ class PlainClassifier(WrapsBackbone, nn.Module):
     Regimes (:meth:`~.WrapsBackbone.trainable_parameters`): ``full`` trains everything, ``prompt`` and ``linear`` the
     classification head (it has no prompt parts).
     """
+
+    capabilities = Capabilities()  # no prompts, its head's classes only
 
     def __init__(self, backbone: nn.Module):
         super().__init__()

@@ -1,4 +1,4 @@
-"""What the engine asks of every classifier it trains, evaluates and saves (whatever its kind)."""
+"""What training, evaluation and the artifacts ask of every classifier it trains, evaluates and saves (whatever its kind)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from ..outputs import InstructionOutput, Prompts
+from ..outputs import Capabilities, InstructionOutput, Prompts
 
 
 @runtime_checkable
@@ -21,16 +21,19 @@ class ImageClassifier(Protocol):
     * ``trainable_parameters(regime, train_prompt_features=False)``: the parameters ``regime`` (``full``,
       ``prompt``, ``linear``) trains, stored prompt features only with ``train_prompt_features``; a regime the
       model cannot follow is a :class:`~instruction_vit.errors.ConfigError`. :func:`~.apply_regime` freezes the rest.
+    * ``capabilities``: a :class:`~instruction_vit.outputs.Capabilities` saying what else it can do (read prompts,
+      read class names, weights kept by reference, an end-of-epoch step, which epoch is its result, ONNX export);
+      the layers above read it and never probe the model. What a capability promises: ``reads_prompts``:
+      ``set_prompt_bank(prompts, trainable)``; ``reads_class_names``: ``set_classes(names)``; ``external_state``:
+      ``external_weights_id``; ``end_of_epoch``: ``end_epoch(epoch, epochs)``.
+    * ``weights_report``: what its timm backbone loaded (a :class:`~.weights.WeightsReport`), or ``None``.
 
-    Optional: ``no_weight_decay()`` (timm's optimizer factory reads it), ``set_prompt_bank(prompts, trainable)``
-    (models that read instruction prompts), ``external_state`` and ``external_weights_id`` (weights a checkpoint
-    saves by reference, see :mod:`instruction_vit.artifacts.checkpoint`), ``weights_report`` (what the backbone loaded),
-    ``set_classes(names)`` (models whose classifier is the class names' text, CLIP prompt learners: classify among
-    new names), ``end_epoch(epoch, epochs)`` (called after each training epoch, before validation), and extra loss
-    terms in the output's ``aux`` (training only).
+    Optional: ``no_weight_decay()`` (timm's optimizer factory reads it) and extra loss terms in the output's ``aux``
+    (training only).
     """
 
     backbone: nn.Module
+    capabilities: Capabilities
 
     def __call__(self, images: Tensor, prompts: Prompts | None = None) -> InstructionOutput: ...
 

@@ -620,7 +620,8 @@ def _run_cell(spec: dict[str, Any], runs: Path, cell: Cell, settings: dict[str, 
     """Run one cell with ``settings`` (:func:`cell_settings`) whose folder's lock the caller holds (done cells are
     left, cells that cannot run recorded as not run); returns whether it ran."""
     from ..errors import WeightsUnavailableError
-    from ..evaluation.protocols import FixedClassesError, transfer, zero_shot
+    from ..artifacts.new_classes import FixedClassesError
+    from ..evaluation.protocols import transfer, zero_shot
     from ..training.loop import train
 
     key = settings_key(settings)

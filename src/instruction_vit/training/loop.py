@@ -22,6 +22,7 @@ from ..config import Config, load_config
 from ..resolve import Resolved, resolve
 from ..errors import CheckpointError, NonFiniteLossError, RunFolderError
 from ..files import write_text
+from ..outputs import capabilities
 from ..artifacts.checkpoint import save_checkpoint
 from .distributed import World, close_world, init_world
 from ..evaluation.predict import classification_metrics, predict
@@ -116,14 +117,13 @@ def _run(resolved: Resolved, out: Path, resume: bool, force: bool, stop_after_ep
     stepper = Stepper(cfg, run.model, _train_model(run), run.device, len(run.class_names), run.mixup, run.augment,
                       run.criterion, run.optimizer, run.scheduler, out)
     writer = tensorboard_writer(out) if cfg.train.tensorboard and world.is_main else None
-    sampler, loader = EpochOrder(), None
+    sampler, loader, caps = EpochOrder(), None, capabilities(run.model)
     for epoch in range(start_epoch, cfg.train.epochs):
         loader = _loader(run, sampler, epoch, loader)
         started = time.time()
         sums, step = stepper.run_epoch(loader, epoch, step)
-        end_epoch = getattr(run.model, "end_epoch", None)
-        if callable(end_epoch):  # a method's own per-epoch step, before validation (PromptSRC's prompt aggregation)
-            end_epoch(epoch, cfg.train.epochs)
+        if caps.end_of_epoch:  # a method's own per-epoch step, before validation (PromptSRC's prompt aggregation)
+            run.model.end_epoch(epoch, cfg.train.epochs)
         row = _epoch_row(run, epoch, step, sums, time.time() - started)
         if world.is_main:
             best = _end_epoch(run, row, epoch, step, best, history, started, writer)
@@ -214,7 +214,7 @@ def _end_epoch(run: RunParts, row: dict[str, Any], epoch: int, step: int, best: 
     score = row.get("val_top1_combined", row.get("val_top1_head", -1.0))
     meta = {**run.meta, "epoch": epoch, "step": step, "history": history, "best": max(best, score), "metrics": row}
     # A model whose result is its last epoch (final_model = "last": PromptSRC's prompt aggregate) is its own best.
-    if score > best or getattr(run.model, "final_model", "best") == "last":
+    if score > best or capabilities(run.model).final_model == "last":
         best = max(best, score)
         save_checkpoint(run.out / "checkpoints" / "best.safetensors", run.model, meta)
     save_checkpoint(run.out / "checkpoints" / "last.safetensors", run.model, meta, run.optimizer)
@@ -232,7 +232,7 @@ def _results(run: RunParts) -> dict[str, Any]:
         results["prompt_bank"] = {k: run.bank.meta.get(k) for k in PROMPT_RECORD if k in run.bank.meta}
     # Base-to-novel: a model that takes new class names (prompts, or a CLIP prompt learner's set_classes) is given
     # the novel ones; a plain classifier has no novel number.
-    if cfg.data.classes == "base" and (run.bank is not None or callable(getattr(run.model, "set_classes", None))):
+    if cfg.data.classes == "base" and (run.bank is not None or capabilities(run.model).reads_class_names):
         results["base_to_novel"] = novel_classes(cfg, run.out, results["top1"])
     text = json.dumps(results, indent=2)
     write_text(run.out / "results.json", text)

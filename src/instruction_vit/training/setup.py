@@ -127,7 +127,7 @@ def _model(resolved: Resolved, out: Path, class_names: list[str], bank: PromptBa
     cfg = resolved.config
     model = model_from_config(resolved, class_names, bank.prompt_dim if bank else None,
                               pretrained=False if last is not None else None)
-    report = getattr(model, "weights_report", None)
+    report = model.weights_report
     record = last.meta.get("backbone_weights") if last is not None else (report.to_dict() if report else None)
     if resolved.kind.timm_backbone:
         if last is not None:
