@@ -4,6 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CHROMIUM := /usr/bin/chromium
+SLURM  := /usr/sbin/slurmctld
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo lint
@@ -24,10 +25,16 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq chromium
 
+# Debian's Slurm and munge: tests/test_slurm.py runs cells as jobs on a one-node cluster of this machine
+# (scripts/local_slurm.sh starts it; the tests skip, saying why, where it cannot start).
+$(SLURM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq slurmctld slurmd slurm-client munge
+
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-test: lint $(CHROMIUM)
+test: lint $(CHROMIUM) $(SLURM)
 	$(PY) -m pytest
 
 demo: $(STAMP) $(FMNIST)

@@ -311,3 +311,34 @@ def test_a_chart_gives_every_method_its_own_colour_with_or_without_results():
     legend = bar_figure(records).axes[0].get_legend()
     assert len({tuple(h.get_facecolor()[:3]) for h in legend.legend_handles}) == 4
     assert [t.get_text() for t in legend.get_texts()] == ["A", "B (no results)", "C (no results)", "D (no results)"]
+
+
+def test_a_half_finished_grid_reports_what_it_has_and_marks_what_is_missing(tmp_path):
+    import socket
+    import subprocess
+
+    from instruction_vit.studies.report import markdown_report
+    from instruction_vit.training.run_lock import LOCK_NAME
+
+    spec = {"name": "t", "seeds": [1, 2, 3, 4], "columns": {"c": {}, "d": {"seeds": [1]}},
+            "rows": {"r": {"label": "R"}}}
+    cells_of = {s: tmp_path / "t" / "c" / "r" / f"seed{s}" for s in (1, 2, 3)}
+    for seed, record in ((1, {"status": "done"}), (2, {"status": "failed", "reason": "DataError: x"}),
+                         (3, {"status": "running"})):
+        cells_of[seed].mkdir(parents=True)
+        (cells_of[seed] / "cell.json").write_text(json.dumps(record))
+    (cells_of[1] / "results.json").write_text(json.dumps({"top1": 90.0}))
+    sleeper = subprocess.Popen(["sleep", "600"])  # seed 3's holder: running
+    try:
+        (cells_of[3] / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(),
+                                                         "pid": sleeper.pid, "started": "now", "command": "ivit"}))
+        records = collect(spec, tmp_path)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    by_column = {r["column"]: r for r in records}
+    assert by_column["c"]["missing"] == {"failed": 1, "running": 1, "not run yet": 1}
+    assert by_column["d"]["missing"] == {"not run yet": 1}
+    table = markdown_report(spec, records, "cmd")
+    assert "**Partial**: 4 of the spec's cells have no result yet (1 failed, 2 not run yet, 1 running)" in table
+    assert "| R | 90.00 (n=1) [missing: 1 failed, 1 not run yet, 1 running] | missing: 1 not run yet |" in table

@@ -438,6 +438,9 @@ def demo(
     console.print(f"plots: {out / 'accuracy.png'}, {out / 'confusion.png'}; numbers: {out / 'summary.json'}")
 
 
+SLURM = "Slurm (--launcher slurm)"
+
+
 @app.command()
 @user_errors
 def reproduce(
@@ -451,42 +454,162 @@ def reproduce(
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds instead of the spec's.")] = None,
     weights: Annotated[Optional[Path], typer.Option(
         help="YAML map BACKBONE: SOURCE (a weights file, 'timm' for timm's sources, 'random' for random init).")] = None,
-    dry_run: Annotated[bool, typer.Option(help="List the cells, their run folders and weights; run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="List the cells, their run folders and weights (with --launcher "
+                                               "slurm: the sbatch parameters); run nothing.")] = False,
+    status: Annotated[bool, typer.Option(help="Show where each selected cell stands (done with its top-1, "
+                                              "running, queued, failed, to run, stale); run nothing.")] = False,
     force: Annotated[bool, typer.Option(help="Rerun cells that have results (or were run under other settings).")]
     = False,
     keep_last: Annotated[bool, typer.Option(help="Keep last.safetensors of finished cells (default: only best).")]
     = False,
+    workers: Annotated[int, typer.Option(min=1, help="Run the cells in N local processes, each with its share of "
+                                                     "the cores (or one of --devices).")] = 1,
+    devices: Annotated[Optional[str], typer.Option(help="Comma-separated GPUs for the workers, one each in turn "
+                                                        "(CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3.")] = None,
+    lease: Annotated[float, typer.Option(min=1, help="Seconds a cell's claim lives without its heartbeat; then "
+                                                     "another process takes the cell over.")] = 600.0,
+    launcher: Annotated[str, typer.Option(help="local (this machine) or slurm (a job array through submitit).")]
+    = "local",
+    partition: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM, help="Slurm partition.")] = None,
+    gpus_per_cell: Annotated[int, typer.Option(min=0, rich_help_panel=SLURM,
+                                               help="GPUs per cell; more than one trains it with DDP.")] = 0,
+    cpus_per_cell: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=SLURM,
+                                                         help="CPUs per cell (torch threads, data workers).")] = None,
+    mem_per_cell: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM, help="Memory per cell: 32G.")] = None,
+    time: Annotated[int, typer.Option("--time", min=1, rich_help_panel=SLURM,
+                                      help="Minutes per job; a cell that needs more is requeued and resumes.")]
+    = 24 * 60,
+    max_parallel: Annotated[Optional[int], typer.Option(min=1, rich_help_panel=SLURM,
+                                                        help="Cells running at once.")] = None,
+    account: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM, help="Slurm account.")] = None,
+    qos: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM, help="Slurm quality of service.")] = None,
+    slurm_arg: Annotated[Optional[list[str]], typer.Option(rich_help_panel=SLURM, help=(
+        "Any other sbatch option, KEY=VALUE (repeatable): --slurm-arg constraint=a100."))] = None,
+    wait: Annotated[bool, typer.Option(rich_help_panel=SLURM, help="Wait for the jobs and show the cells' progress "
+                                                                   "(Ctrl-C stops waiting, not the jobs).")] = True,
 ) -> None:
     """Run the cells of an experiment spec: finished cells with the same settings are skipped, interrupted ones
     resumed; a cell run under other settings is refused unless --force.
 
     Backbone weights go per backbone (weights.vit_base_patch16_224=FILE, or --weights MAP.yaml); a cell whose
     backbone has none is reported as not run, never trained from random init unless asked (weights.NAME=random).
+    Each cell is claimed before it runs, so any number of commands (--workers, Slurm jobs, other nodes) on one
+    runs folder train each cell once.
     """
     from .studies.grid import check_weights_map
-    from .studies.runner import run_cells
     from .studies.specs import load_spec, split_weights
-    from .studies.states import cell_states, summary
 
     if ".yaml" in target:  # a spec file, maybe with a selection after it: PATH.yaml/COLUMN/ROW
         spec_name, _, select = target.partition(".yaml")
         spec_name, select = spec_name + ".yaml", select.removeprefix("/")
     else:
         spec_name, _, select = target.partition("/")
+    if launcher not in ("local", "slurm"):
+        raise ConfigError(f"--launcher is local or slurm, not {launcher!r}")
+    slurm_given = [name for name, value, default in (
+        ("--partition", partition, None), ("--gpus-per-cell", gpus_per_cell, 0),
+        ("--cpus-per-cell", cpus_per_cell, None), ("--mem-per-cell", mem_per_cell, None), ("--time", time, 24 * 60),
+        ("--max-parallel", max_parallel, None),
+        ("--account", account, None), ("--qos", qos, None), ("--slurm-arg", slurm_arg, None), ("--no-wait", wait, True),
+    ) if value != default]
+    if launcher == "local" and slurm_given:
+        raise ConfigError(f"{', '.join(slurm_given)} go with --launcher slurm")
+    if launcher == "slurm" and (workers > 1 or devices):
+        raise ConfigError("--workers and --devices run local workers; with --launcher slurm each cell is a job "
+                          "(--gpus-per-cell, --max-parallel)")
+    if devices and workers == 1:
+        raise ConfigError("--devices goes with --workers N (one device per worker, in turn)")
     spec = load_spec(spec_name)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     rest, weight_map = split_weights(overrides or [], weights)
     check_weights_map(spec, runs, weight_map)
-    if dry_run:
-        states = cell_states(spec, runs, select, seed_list, rest, weight_map)
+    grid = (spec, runs, select, seed_list, rest, weight_map)
+    if status or dry_run:
+        _print_states(grid, launcher, status)
+        if dry_run and launcher == "slurm":
+            _print_sbatch(grid, _slurm_options(partition, gpus_per_cell, cpus_per_cell, mem_per_cell, time,
+                                               max_parallel, account, qos, slurm_arg))
+        return
+    if launcher == "slurm":
+        options = _slurm_options(partition, gpus_per_cell, cpus_per_cell, mem_per_cell, time, max_parallel, account,
+                                 qos, slurm_arg)
+        done = _run_on_slurm(grid, spec_name, options, force, keep_last, lease, wait)
+        if done is None:
+            return
+    elif workers > 1:
+        from .studies.runner import finish
+        from .studies.workers import run_workers
+
+        done = finish(run_workers(*grid, workers=workers, devices=devices.split(",") if devices else None,
+                                  force=force, keep_last=keep_last, lease=lease))
+    else:
+        from .studies.runner import run_cells
+
+        with _progress():
+            done = run_cells(*grid[:5], force, weight_map, keep_last, lease=lease)
+    console.print(f"ran {len(done)} cell(s); summarise with: ivit report {spec_name} --runs {runs}")
+
+
+def _print_states(grid: tuple, launcher: str, as_table: bool) -> None:
+    """The selected cells' states: one line each (the dry run: with folder and what it reads) or one table."""
+    from .studies.slurm import job_states
+    from .studies.states import cell_states, summary
+
+    spec, runs = grid[0], grid[1]
+    states = cell_states(*grid, jobs=job_states(spec, runs))
+    if as_table:
+        table = Table(title=f"{spec['name']} in {runs}")
+        for column in ("cell", "state", "detail"):
+            table.add_column(column)
+        for s in states:
+            table.add_row(s.cell.name, s.state, s.detail)
+        console.print(table)
+    else:
         for s in states:
             state = f"{s.state}: {s.detail}" if s.detail else s.state
             console.print(f"{s.cell.name}: {s.cell.folder} ({state}; {s.reads})", highlight=False)
-        console.print(summary(states), highlight=False)
-        return
-    with _progress():
-        done = run_cells(spec, runs, select, seed_list, rest, force, weight_map, keep_last)
-    console.print(f"ran {len(done)} cell(s); summarise with: ivit report {spec_name} --runs {runs}")
+    console.print(summary(states), highlight=False)
+
+
+def _slurm_options(partition, gpus_per_cell, cpus_per_cell, mem_per_cell, time, max_parallel, account, qos,
+                   slurm_arg):
+    from .studies.slurm import SlurmOptions, parse_slurm_args
+
+    return SlurmOptions(partition, gpus_per_cell, cpus_per_cell, mem_per_cell, time, max_parallel, account, qos,
+                        parse_slurm_args(slurm_arg or []))
+
+
+def _print_sbatch(grid: tuple, options) -> None:
+    from .studies.grid import cells
+    from .studies.slurm import preview
+
+    for line in preview(grid[0], grid[1], list(cells(*grid)), options):
+        console.print(line, highlight=False, markup=False)
+
+
+def _run_on_slurm(grid: tuple, spec_name: str, options, force: bool, keep_last: bool, lease: float, wait: bool):
+    """Submit the cells, then (``wait``) follow them until their jobs end; ``None`` when not waiting."""
+    from .studies.runner import finish, prepare
+    from .studies.slurm import submit, watch, watch_hint
+
+    spec, runs, _, _, rest, weight_map = grid
+    found = prepare(*grid, force, lease)
+    submission = submit(spec, runs, found, options, overrides=rest, weights=weight_map, keep_last=keep_last,
+                        lease=lease)
+    for s in submission.left:
+        console.print(f"{s.cell.name}: {s.state}{': ' + s.detail if s.detail else ''}; not submitted", highlight=False)
+    if not submission.jobs:
+        console.print("nothing to submit", highlight=False)
+        return None
+    if not wait:
+        console.print(watch_hint(spec_name, runs, submission), highlight=False)
+        return None
+    try:
+        outcome = watch(spec, runs, [c for c in found if c.name in submission.jobs])
+    except KeyboardInterrupt:
+        console.print(watch_hint(spec_name, runs, submission), highlight=False)
+        raise typer.Exit(130) from None
+    return finish(outcome)
 
 
 @app.command()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,21 @@ class Cell:
         return self.folder.parents[3]
 
     @property
+    def upstream(self) -> tuple[Path, ...]:
+        """The folders of the cells whose output this one reads, so it runs after them: the cell it evaluates, and a
+        cell whose checkpoint it starts from (``model.pretrained: "{runs}/SPEC/COLUMN/ROW/seedK/checkpoints/..."``)."""
+        found = [self.source.folder] if self.source is not None else []
+        pretrained = self.config.model.pretrained
+        if pretrained and pretrained not in ("timm", "random"):
+            spec_folder = Path(os.path.abspath(self.folder.parents[2]))
+            path = Path(os.path.abspath(Path(pretrained).expanduser()))
+            if path.is_relative_to(spec_folder):
+                parts = path.relative_to(spec_folder).parts
+                if len(parts) > 3 and parts[2].startswith("seed"):
+                    found.append(self.folder.parents[2] / parts[0] / parts[1] / parts[2])
+        return tuple(dict.fromkeys(found))
+
+    @property
     def needs_backbone(self) -> bool:
         """Whether the cell trains a timm backbone (zero-shot and CLIP prompt-learner cells use the CLIP encoder
         alone; an evaluating cell trains nothing)."""
@@ -60,7 +76,8 @@ def _make_cell(spec: dict[str, Any], runs: Path, column: str, row: str, seed: in
     else:
         if row not in column_rows(spec, source_column):
             raise ConfigError(f"{spec['name']}/{column} evaluates {source_column}'s models, which has no row {row!r}")
-        tree = merge_tree(cell_tree(spec, source_column, row, seed, overrides), column_entry(spec, column).get("config", {}))
+        tree = merge_tree(cell_tree(spec, source_column, row, seed, overrides),
+                          column_entry(spec, column).get("config", {}))
         if not zero_shot:  # zero-shot trains nothing: it runs on the target as it is
             source = _make_cell(spec, runs, source_column, row, seed, overrides, weights)
     data = fill_runs(tree, runs)
@@ -95,6 +112,21 @@ def cells(spec: dict[str, Any], runs: Path, select: str = "", seeds: Sequence[in
                 found.append(_make_cell(spec, runs, column, row, seed, overrides, weights))
     _check_table_wide_weights(found, overrides)
     yield from found
+
+
+def run_order(found: Sequence[Cell]) -> list[Cell]:
+    """``found`` in an order that runs each cell after the cells of ``found`` it reads (:attr:`Cell.upstream`),
+    spec order otherwise: by level (0: reads no selected cell; n + 1: reads a cell of level n)."""
+    by_folder = {c.folder: c for c in found}
+    levels: dict[Path, int] = {}
+
+    def level(cell: Cell, seen: frozenset[Path] = frozenset()) -> int:
+        if cell.folder not in levels:
+            ups = [by_folder[f] for f in cell.upstream if f in by_folder and f not in seen and f != cell.folder]
+            levels[cell.folder] = 1 + max((level(u, seen | {cell.folder}) for u in ups), default=-1)
+        return levels[cell.folder]
+
+    return sorted(found, key=level)
 
 
 def _check_table_wide_weights(found: list[Cell], overrides: Sequence[str]) -> None:

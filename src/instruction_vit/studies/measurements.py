@@ -1,13 +1,16 @@
-"""What the finished cells measured, per (column, metric, row) over seeds, for the report (:func:`collect`)."""
+"""What the finished cells measured, per (column, metric, row) over seeds, for the report (:func:`collect`); a
+half-finished grid says which of the spec's seeds have no result yet and why (running, failed, not run yet)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from .cell_record import read_record
-from .specs import averaged_columns, column_rows
+from .claims import live_holder
+from .specs import averaged_columns, column_rows, column_seeds
 
 
 def _lookup(results: dict[str, Any], path: str) -> float | None:
@@ -44,10 +47,25 @@ def _seed_results(spec: dict[str, Any], runs: Path, column: str, row: str, path:
     return values, changes, not_run
 
 
+def _missing(spec: dict[str, Any], runs: Path, column: str, row: str, have: set[int]) -> Counter:
+    """The spec's seeds of a cell row without a result, counted by why: ``running`` (a live claim), ``failed``, or
+    ``not run yet`` (seeds recorded as not run are reported as such, not here)."""
+    missing: Counter = Counter()
+    for seed in column_seeds(spec, column):
+        folder = runs / spec["name"] / column / row / f"seed{seed}"
+        status = (read_record(folder) or {}).get("status")
+        if seed in have or status == "not_run":
+            continue
+        missing["running" if live_holder(folder) is not None else "failed" if status == "failed" else
+                "not run yet"] += 1
+    return missing
+
+
 def collect(spec: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
     """One record per (column, metric, row): the values over seeds, the paper's number if any, how the runs'
-    settings departed from the spec (``changes``), and why seeds were not run (``not_run``). An ``average``
-    column's values are per-seed means over its columns (a seed counts when every one of them has it)."""
+    settings departed from the spec (``changes``), why seeds were not run (``not_run``), and the spec's seeds
+    without a result yet by why (``missing``: running, failed, not run yet). An ``average`` column's values are
+    per-seed means over its columns (a seed counts when every one of them has it)."""
     records = []
     for column, col in spec["columns"].items():
         col = col or {}
@@ -64,10 +82,13 @@ def collect(spec: dict[str, Any], runs: Path) -> list[dict[str, Any]]:
                     per_seed = {seed: sum(v[seed] for v, _, _ in parts) / len(parts) for seed in sorted(common)}
                     changes = list(dict.fromkeys(c for _, ch, _ in parts for c in ch))
                     not_run = [n for _, _, nr in parts for n in nr]  # a plain ViT's targets: said so here too
+                    missing = sum((_missing(spec, runs, c, row, set(v)) for c, (v, _, _) in zip(averaged, parts)
+                                   if row in column_rows(spec, c)), Counter())
                 else:
                     per_seed, changes, not_run = _seed_results(spec, runs, column, row, path)
+                    missing = _missing(spec, runs, column, row, set(per_seed))
                 records.append({"column": column, "metric": label, "row": row,
                                 "label": (spec["rows"][row] or {}).get("label", row), "values": list(per_seed.values()),
                                 "paper": (col.get("paper") or {}).get(row) if label == next(iter(metrics)) else None,
-                                "changes": changes, "not_run": sorted(set(not_run))})
+                                "changes": changes, "not_run": sorted(set(not_run)), "missing": dict(missing)})
     return records

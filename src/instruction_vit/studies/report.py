@@ -80,9 +80,15 @@ def paper_cell(values: list[float], paper: float | None) -> str:
     return f"{paper:.2f} (Δ {mean - paper:+.2f}{flag})"
 
 
+def missing_text(missing: dict[str, int]) -> str:
+    """``2 running, 1 failed``: the seeds of a cell row without a result yet."""
+    return ", ".join(f"{n} {why}" for why, n in sorted(missing.items()) if n)
+
+
 def markdown_report(spec: dict, records: list[dict], command: str) -> str:
     """Rows: methods; columns: each spec column's metrics, measured mean ± std (n seeds) and the paper's number with
-    the difference. Cells whose runs departed from the spec carry a mark and a footnote saying how."""
+    the difference. Cells whose runs departed from the spec carry a mark and a footnote saying how. A half-finished
+    grid says so at the top, and each cell of the table with seeds still missing says how many and why."""
     keys = list(dict.fromkeys((r["column"], r["metric"]) for r in records))
     with_paper = {(c, m) for c, m in keys if any(r["paper"] is not None for r in records
                                                   if (r["column"], r["metric"]) == (c, m))}
@@ -94,8 +100,11 @@ def markdown_report(spec: dict, records: list[dict], command: str) -> str:
     lines = [f"# {spec['name']}: {spec.get('description', '').strip()}", "",
              f"Measured top-1 % (mean ± sample std over the seeds run, n in brackets). Made by `{command}`. "
              "Δ: measured mean minus the paper's number; ⚠: the paper's number lies outside mean ± 2 std of the "
-             "seeds. †: run with settings that differ from the spec (footnotes).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             "seeds. †: run with settings that differ from the spec (footnotes).", ""]
+    partial = _partial_line(records)
+    if partial:
+        lines += [partial, ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = list(dict.fromkeys(r["row"] for r in records))
     by_key = {(r["column"], r["metric"], r["row"]): r for r in records}
     footnotes: dict[str, list[str]] = {}
@@ -105,17 +114,18 @@ def markdown_report(spec: dict, records: list[dict], command: str) -> str:
         for column, metric in keys:
             record = by_key.get((column, metric, row))
             values = record["values"] if record else []
+            missing = missing_text(record.get("missing", {})) if record else ""
             if values:
                 text = measured_cell(values)
                 if record.get("changes"):
                     note = "; ".join(record["changes"])
                     footnotes.setdefault(note, []).append(f"{column}/{row}")
                     text += f" †{list(footnotes).index(note) + 1}"
-                cells.append(text)
+                cells.append(text + (f" [missing: {missing}]" if missing else ""))
             elif record and record.get("not_run"):
                 cells.append("not run: " + "; ".join(record["not_run"]))
             else:
-                cells.append("-")
+                cells.append(f"missing: {missing}" if missing else "-")
             if (column, metric) in with_paper:
                 cells.append(paper_cell(values, record["paper"] if record else None))
         lines.append("| " + " | ".join(cells) + " |")
@@ -124,6 +134,23 @@ def markdown_report(spec: dict, records: list[dict], command: str) -> str:
     for note in spec.get("notes", []):
         lines += ["", f"- {note}"]
     return "\n".join(lines) + "\n"
+
+
+def _partial_line(records: list[dict]) -> str:
+    """``Partial: 5 of the spec's cells have no result yet (2 running, 3 not run yet); ...``, or "" for a whole grid
+    (counted on the first metric of each column, where every cell is once)."""
+    first = {}
+    for r in records:
+        first.setdefault(r["column"], r["metric"])
+    counted = [r for r in records if r["metric"] == first[r["column"]]]
+    missing: dict[str, int] = {}
+    for r in counted:
+        for why, n in r.get("missing", {}).items():
+            missing[why] = missing.get(why, 0) + n
+    if not missing:
+        return ""
+    return (f"**Partial**: {sum(missing.values())} of the spec's cells have no result yet ({missing_text(missing)}); "
+            "the table says where. Run `ivit report` again when they finish.")
 
 
 def bar_chart(records: list[dict], path: Path, title: str = "") -> Path:

@@ -10,15 +10,16 @@ changed), ``running`` (a live claim: host, pid or Slurm job, epoch), ``queued`` 
 from __future__ import annotations
 
 import csv
-import functools
 import json
+import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .cell_record import has_run, read_record
+from .claims import holder_text, live_holder
 from .grid import Cell, cells
 from .keys import Identities, cell_settings, settings_diff, settings_key
 
@@ -53,60 +54,49 @@ def cell_states(spec: dict[str, Any], runs: Path, select: str = "", seeds: Seque
                 overrides: Sequence[str] = (), weights: Mapping[str, str] | None = None,
                 jobs: Mapping[str, Job] | None = None) -> list[CellState]:
     """The state of every selected cell (``jobs``: the launcher's Slurm jobs by cell name, if any)."""
-    found = list(cells(spec, runs, select, seeds, overrides, weights))
-    made = functools.cache(lambda: {c.folder for c in cells(spec, runs, "", seeds, overrides, weights)})
+    return states_of(list(cells(spec, runs, select, seeds, overrides, weights)), jobs)
+
+
+def states_of(found: Sequence[Cell], jobs: Mapping[str, Job] | None = None) -> list[CellState]:
+    """The state of each cell of ``found``."""
     ids = Identities()
-    return [_state(cell, ids, made, (jobs or {}).get(cell.name)) for cell in found]
+    return [_state(cell, ids, (jobs or {}).get(cell.name)) for cell in found]
 
 
-def _state(cell: Cell, ids: Identities, made: Callable[[], set[Path]], job: Job | None) -> CellState:
+def _state(cell: Cell, ids: Identities, job: Job | None) -> CellState:
     reads = _reads(cell)
     record = read_record(cell.folder) or {}
-    key = settings_key(cell_settings(cell, ids))
-    holder = _live_holder(cell.folder)
-    if holder is not None:
-        return CellState(cell, RUNNING, f"{holder}{_epoch(cell)}", reads)
-    if has_run(cell.folder) or record.get("status") in ("done", "failed"):
-        if not record or record.get("status") == "unreadable":
-            return CellState(cell, STALE, "no readable record of the settings it was run with", reads)
-        if record.get("key") != key:
-            return CellState(cell, STALE, "; ".join(settings_diff(record.get("settings", {}),
-                                                                  cell_settings(cell, ids))[:2]), reads)
-    if job is not None and job.state == "queued":
-        return CellState(cell, QUEUED, f"Slurm job {job.job_id}", reads)
     status = record.get("status")
+    holder = live_holder(cell.folder)
+    if holder is not None:
+        return CellState(cell, RUNNING, f"{holder_text(holder)}{_epoch(cell)}", reads)
+    if has_run(cell.folder):  # what the runner would refuse without --force
+        if not record or status == "unreadable":
+            return CellState(cell, STALE, "no readable record of the settings it was run with", reads)
+        settings = cell_settings(cell, ids)
+        if record.get("key") != settings_key(settings):
+            return CellState(cell, STALE, "; ".join(settings_diff(record.get("settings", {}), settings)[:2]), reads)
     if status == "done" and (cell.folder / "results.json").is_file():
         top1 = _top1(cell.folder)
         return CellState(cell, DONE, "" if top1 is None else f"top-1 {top1:.2f}", reads, top1)
+    if job is not None and job.state != "ended" and job.state != "unknown":
+        return CellState(cell, QUEUED if job.state == "queued" else RUNNING,
+                         f"Slurm job {job.job_id}" + ("" if job.state == "queued" else ", starting"), reads)
     if status == "failed":
         log = record.get("log") or (job.log if job else "")
         return CellState(cell, FAILED, record.get("reason", "failed") + (f" (log: {log})" if log else ""), reads)
     if status == "not_run":
         return CellState(cell, TO_RUN, f"not run last time: {record.get('reason', 'not run')}", reads)
-    blocker, why = _blocker(cell, ids, made)
-    if blocker:
-        return CellState(cell, CANNOT_RUN, why, reads, blocker=blocker)
-    if job is not None and job.state in ("running", "ended") and status == "running":
+    if job is not None and job.state == "ended":  # its job left the queue without recording an end
         return CellState(cell, FAILED, f"Slurm job {job.job_id} ended without finishing it"
                                        + (f" (log: {job.log})" if job.log else ""), reads)
+    blocker, why = _blocker(cell, ids)
+    if blocker:
+        return CellState(cell, CANNOT_RUN, why, reads, blocker=blocker)
     if status == "running" and (cell.folder / "checkpoints" / "last.safetensors").is_file():
         return CellState(cell, TO_RUN, f"interrupted{_epoch(cell, ' after')}; resumes from its last checkpoint",
                          reads)
     return CellState(cell, TO_RUN, "not started", reads)
-
-
-def _live_holder(folder: Path) -> str | None:
-    """Who holds the cell's folder, if a live process does (a stale lock is no holder: it will be taken over)."""
-    from ..training.run_lock import RunLock
-
-    lock = RunLock(folder)
-    holder = lock.holder()
-    if holder is None or lock.is_stale(holder):
-        return None
-    if not holder.readable:
-        return "a lock that cannot be read"
-    return f"Slurm job {holder.slurm_job_id} on {holder.host}" if holder.slurm_job_id else \
-        f"pid {holder.pid} on {holder.host}"
 
 
 def _epoch(cell: Cell, prefix: str = ",") -> str:
@@ -141,9 +131,10 @@ def _reads(cell: Cell) -> str:
     return f"{cell.config.model.backbone} weights {source or 'random init'}"
 
 
-def _blocker(cell: Cell, ids: Identities, made: Callable[[], set[Path]]) -> tuple[str, str]:
+def _blocker(cell: Cell, ids: Identities) -> tuple[str, str]:
     """``("data", why)`` when the cell's data folder is missing, ``("weights", why)`` when its backbone weights are
-    a file that is not there and that no cell of the grid makes; ``("", "")`` when nothing is missing."""
+    a file that is not there and that no cell of the grid makes (:attr:`~.grid.Cell.upstream`); ``("", "")`` when
+    nothing is missing."""
     from ..data.sets import dataset
 
     data = cell.config.data
@@ -152,7 +143,8 @@ def _blocker(cell: Cell, ids: Identities, made: Callable[[], set[Path]]) -> tupl
         return "data", f"no data at {home}: set data.root"
     source = cell.config.model.pretrained if cell.needs_backbone else None
     if source not in (None, "timm") and ids.file(source).startswith("missing:") and \
-            not any(folder in Path(source).parents for folder in made()):
+            not any(Path(os.path.abspath(folder)) in Path(os.path.abspath(source)).parents
+                    for folder in cell.upstream):
         return "weights", f"no weights file {source}: give weights.{cell.config.model.backbone}=FILE"
     return "", ""
 

@@ -74,11 +74,13 @@ def train(cfg: Config | Resolved, out: str | Path, resume: bool = False, force: 
 
 
 @contextlib.contextmanager
-def hold_run_folder(out: Path, world: World, dist_device: torch.device | None) -> Iterator[None]:
-    """Rank 0 holds the run folder's lock (:class:`~.run_lock.RunLock`) for the block; the other ranks wait for it
-    at the run's barriers. Under torchrun every rank learns whether rank 0 got it, so a refused run stops on every
-    rank (all raise :class:`~.run_lock.RunFolderInUseError`) instead of leaving the others waiting at a barrier."""
-    lock = RunLock(out, logger.info) if world.is_main else None
+def hold_run_folder(out: Path, world: World, dist_device: torch.device | None,
+                    lease: float | None = None) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock (:class:`~.run_lock.RunLock`, with ``lease``: a heartbeat) for the block;
+    the other ranks wait for it at the run's barriers. Under torchrun every rank learns whether rank 0 got it, so a
+    refused run stops on every rank (all raise :class:`~.run_lock.RunFolderInUseError`) instead of leaving the
+    others waiting at a barrier."""
+    lock = RunLock(out, logger.info, lease) if world.is_main else None
     refused: BaseException | None = None
     if lock is not None:
         try:
@@ -94,6 +96,11 @@ def hold_run_folder(out: Path, world: World, dist_device: torch.device | None) -
         if refused is not None:
             raise refused
         yield
+    except KeyboardInterrupt:
+        if lock is not None and lock.lost:  # its heartbeat found it taken over and stopped this thread
+            lock.release()
+            raise lock.taken_over_error() from None
+        raise
     finally:
         if lock is not None:
             lock.release()  # nothing when it was not taken

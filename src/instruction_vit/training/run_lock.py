@@ -18,9 +18,16 @@ How the lock is made, and why:
 * A lock whose holder is surely gone is taken over, with a log line: one from this host (same hostname, and the
   same boot id when recorded) whose pid no longer runs, runs as a zombie, or runs with another start time than
   recorded (a reused pid; Linux ``/proc/PID/stat``), or one from before this host's last reboot. A lock from
-  another host is never taken over automatically: the message says how to remove it when its holder is known to
-  be gone. The takeover renames the stale file aside and checks it renamed the record it judged, so two commands
-  taking over at once do not both win.
+  another host is taken over only when it has a lease (below) that ran out, or when it was taken by an earlier
+  run of this very Slurm job (same job id, fewer restarts: the job was requeued); otherwise the message says how
+  to remove it when its holder is known to be gone. The takeover renames the stale file aside and checks it
+  renamed the record it judged, so two commands taking over at once do not both win.
+* A lock taken with a **lease** (``RunLock(folder, lease=600)``: the cell claims of ``ivit reproduce``) records
+  it, and a thread of the holder refreshes the lock file's mtime (its heartbeat) every tenth of the lease. A lock
+  whose heartbeat is older than its lease is stale on any host: its holder is dead, frozen or cut off (the file's
+  mtime is set by the filesystem's clock, so hosts' clocks may differ by less than the lease). A holder that finds
+  its lock taken over (it was frozen for longer than the lease) stops its main thread, so that one command
+  writes the folder. A lock without a lease (``ivit train``) never expires this way: it promised no heartbeat.
 * The lock is released on exit (``with``, ``finally``: exceptions and Ctrl-C included). While it is held, SIGTERM
   (``kill``, Slurm's end of job, torchrun stopping its workers) raises ``SystemExit(143)`` so the lock is removed
   too, when the process has no SIGTERM handler of its own. A SIGKILL leaves the lock, which the next command on
@@ -28,8 +35,7 @@ How the lock is made, and why:
 * A process that already holds a folder's lock may take it again (``ivit reproduce`` holds a cell's folder, then
   trains into it): the inner lock is a no-op.
 
-Designed for the later cell claims (a lock with a heartbeat and a lease): :meth:`RunLock.is_stale` is where an
-expired lease will count, :meth:`RunLock.holder` reads the record a heartbeat refreshes.
+The cell claims (:mod:`instruction_vit.studies.claims`) are these locks with a lease.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ FILLING_SECONDS = 5.0
 #: How many times :meth:`RunLock.acquire` looks again after a lock vanished, was taken over or was being written.
 ATTEMPTS = 50
 _SHOWN_COMMAND = 120
+#: The heartbeat refreshes a leased lock this many times per lease (and at most every minute).
+BEATS_PER_LEASE = 10
 
 
 def is_lock_entry(name: str) -> bool:
@@ -86,16 +94,19 @@ class LockHolder:
     pid_start: int | None = None  # the process's start time (clock ticks after boot, /proc/PID/stat): a reused pid
     boot_id: str | None = None  # the host's boot id: a lock from before a reboot is stale
     token: str = ""  # this acquisition's id: release removes only its own lock
+    lease: float | None = None  # seconds: the holder refreshes the file's mtime; older than this, it is stale
+    slurm_restarts: int | None = None  # SLURM_RESTART_COUNT: a requeued job's earlier run held it with fewer
     readable: bool = True  # False: a lock file that could not be read as a record
 
     @classmethod
-    def this_process(cls) -> LockHolder:
+    def this_process(cls, lease: float | None = None) -> LockHolder:
         pid = os.getpid()
         stat = process_stat(pid)
         started = datetime.now().astimezone().isoformat(timespec="seconds")
-        return cls(host=socket.gethostname(), pid=pid, started=started, command=command_line(),
-                   slurm_job_id=os.environ.get("SLURM_JOB_ID") or None,
-                   pid_start=stat[1] if stat else None, boot_id=_boot_id(), token=uuid.uuid4().hex)
+        job = os.environ.get("SLURM_JOB_ID") or None
+        return cls(host=socket.gethostname(), pid=pid, started=started, command=command_line(), slurm_job_id=job,
+                   pid_start=stat[1] if stat else None, boot_id=_boot_id(), token=uuid.uuid4().hex, lease=lease,
+                   slurm_restarts=_slurm_restarts() if job else None)
 
     def to_bytes(self) -> bytes:
         record = {k: v for k, v in dataclasses.asdict(self).items() if k != "readable" and v is not None}
@@ -116,10 +127,12 @@ class LockHolder:
             return UNREADABLE
         text = {k: record.get(k) if isinstance(record.get(k), str) else None
                 for k in ("started", "command", "slurm_job_id", "boot_id", "token")}
-        pid_start = record.get("pid_start")
+        pid_start, lease, restarts = record.get("pid_start"), record.get("lease"), record.get("slurm_restarts")
         return cls(host=host, pid=pid, started=text["started"] or "?", command=text["command"] or "?",
                    slurm_job_id=text["slurm_job_id"], pid_start=pid_start if type(pid_start) is int else None,
-                   boot_id=text["boot_id"], token=text["token"] or "")
+                   boot_id=text["boot_id"], token=text["token"] or "",
+                   lease=float(lease) if type(lease) in (int, float) and lease > 0 else None,
+                   slurm_restarts=restarts if type(restarts) is int else None)
 
     def same_process(self, other: LockHolder) -> bool:
         """Whether both records name one process (same host, pid and start time)."""
@@ -161,16 +174,21 @@ class RunLock:
 
     :meth:`acquire` creates the folder if needed and takes the lock, taking over a stale one (:meth:`is_stale`),
     or raises :class:`RunFolderInUseError`; :meth:`release` removes it (and the folder, if acquire created it and
-    it is empty again). ``log`` receives the takeover line."""
+    it is empty again). ``log`` receives the takeover line. With a ``lease`` (seconds) the lock is kept alive by a
+    heartbeat while it is held, and expires for everyone when the heartbeat stops for longer."""
 
-    def __init__(self, folder: str | Path, log: Callable[[str], Any] | None = None):
+    def __init__(self, folder: str | Path, log: Callable[[str], Any] | None = None, lease: float | None = None):
+        if lease is not None and lease <= 0:
+            raise ValueError(f"a lock's lease must be positive, not {lease}")
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
+        self.lease = lease
         self._log = log or logger.info
         self._me: LockHolder | None = None
         self._nested = False
         self._created_folder = False
         self._previous_sigterm: Any = None
+        self._heartbeat: _Heartbeat | None = None
 
     @property
     def held(self) -> bool:
@@ -183,23 +201,46 @@ class RunLock:
         return None if data is None else LockHolder.parse(data)
 
     def is_stale(self, holder: LockHolder) -> bool:
-        """Whether ``holder`` is surely gone: on this host (hostname, and boot id when both are known), it no longer
-        runs (or its pid now belongs to a process started at another time), or this host rebooted since. A lock
-        from another host is never stale here; a lease (the cell claims) will add the case of a holder that
-        stopped refreshing its lock."""
-        if not holder.readable or holder.host != socket.gethostname():
-            return False
+        """Whether ``holder`` is surely gone: its lease ran out (no heartbeat for longer than the lease it
+        recorded, on any host); an earlier run of this Slurm job held it (the job was requeued); or on this host
+        (hostname, and boot id when both are known) it no longer runs (or its pid now belongs to a process
+        started at another time), or this host rebooted since."""
+        return self.why_stale(holder) is not None
+
+    def why_stale(self, holder: LockHolder) -> str | None:
+        """Why ``holder`` is surely gone (:meth:`is_stale`), or ``None`` while it may be alive."""
+        if not holder.readable:
+            return None
+        age = self.heartbeat_age()
+        if holder.lease is not None and age > holder.lease:
+            return f"whose heartbeat stopped {age:.0f} s ago (lease {holder.lease:g} s)"
+        if _earlier_run_of_this_job(holder):
+            return "an earlier run of this Slurm job (requeued since)"
+        if holder.host != socket.gethostname():
+            return None
         boot = _boot_id()
         if holder.boot_id and boot and holder.boot_id != boot:
-            return True
-        return not pid_alive(holder.pid, holder.pid_start)
+            return "from before this host rebooted"
+        return None if pid_alive(holder.pid, holder.pid_start) else "which no longer runs"
+
+    def heartbeat_age(self) -> float:
+        """Seconds since the lock file was last written or refreshed (0 when there is none)."""
+        try:
+            return max(0.0, time.time() - self.path.stat().st_mtime)
+        except FileNotFoundError:
+            return 0.0
+
+    @property
+    def lost(self) -> bool:
+        """Whether another command took this lock over while it was held (its heartbeat found it replaced)."""
+        return self._heartbeat is not None and self._heartbeat.lost
 
     def acquire(self) -> RunLock:
         if self.held:
             raise RuntimeError(f"the lock of {self.folder} is already held by this RunLock")
         self._created_folder = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
-        me = LockHolder.this_process()
+        me = LockHolder.this_process(self.lease)
         try:
             self._acquire(me)
         except BaseException:
@@ -212,6 +253,9 @@ class RunLock:
             if self._publish(me):
                 self._me = me
                 self._catch_sigterm()
+                if self.lease is not None:
+                    self._heartbeat = _Heartbeat(self, me.token, min(60.0, self.lease / BEATS_PER_LEASE))
+                    self._heartbeat.start()
                 return
             data = self._read()
             if data is None:  # released between our try and our look: try again
@@ -223,9 +267,10 @@ class RunLock:
             if not holder.readable and self._filling():
                 time.sleep(0.1)
                 continue
-            if self.is_stale(holder):
+            why = self.why_stale(holder)
+            if why is not None:
                 if self._take_over(data):
-                    self._log(f"{self.folder}: took over the lock of {holder.describe()}, which no longer runs")
+                    self._log(f"{self.folder}: took over the lock of {holder.describe()}, {why}")
                 continue
             raise RunFolderInUseError(self.folder, holder)
         raise RunFolderInUseError(self.folder, self.holder() or UNREADABLE)
@@ -238,6 +283,8 @@ class RunLock:
         if self._me is None:
             return
         me, self._me = self._me, None
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         self._restore_sigterm()
         data = self._read()
         if data is not None and LockHolder.parse(data).token == me.token:
@@ -249,8 +296,26 @@ class RunLock:
     def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        lost = self.lost
         self.release()
+        if lost and kind is KeyboardInterrupt:  # the heartbeat stopped the main thread: say why
+            raise self.taken_over_error()
+
+    def taken_over_error(self) -> RunFolderInUseError:
+        """What stopped a holder whose leased lock another command took over."""
+        return RunFolderInUseError(self.folder, self.holder() or UNREADABLE, (
+            f"{self.folder}: this command did not refresh its lock for longer than its lease ({self.lease or 0:g} s) "
+            "and another command took it over; this one stopped so that one command writes the folder"))
+
+    def refresh(self, token: str) -> bool:
+        """The heartbeat: refresh the lock file's mtime if the lock is still the one with ``token``."""
+        data = self._read()
+        if data is None or LockHolder.parse(data).token != token:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path)
+        return True
 
     # -- the file -------------------------------------------------------------------------------------------------
     def _read(self) -> bytes | None:
@@ -328,6 +393,51 @@ class RunLock:
                     signal.getsignal(signal.SIGTERM) is _exit_on_signal:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
+
+
+class _Heartbeat(threading.Thread):
+    """Refreshes a leased lock every ``every`` seconds while it is held; stops the main thread (KeyboardInterrupt,
+    turned into a RunFolderInUseError by the lock's ``with``) when it finds the lock taken over."""
+
+    def __init__(self, lock: RunLock, token: str, every: float):
+        super().__init__(name=f"heartbeat {lock.folder}", daemon=True)
+        self.lock, self.token, self.every = lock, token, every
+        self.lost = False
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.every):
+            try:
+                kept = self.lock.refresh(self.token)
+            except OSError:  # a filesystem's hiccup (NFS): the next beat tries again, well within the lease
+                continue
+            if not kept:
+                self.lost = True
+                logger.error(f"{self.lock.folder}: its lock was taken over by another command (this one did not "
+                             f"refresh it for longer than its lease); stopping")
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # wakes a sleep too
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self is not threading.current_thread():
+            self.join()
+
+
+def _earlier_run_of_this_job(holder: LockHolder) -> bool:
+    """Whether ``holder`` is an earlier run of the Slurm job this process runs in (requeued since: same job id,
+    fewer restarts). Local workers inside one allocation share the job id and the restart count: never each
+    other's."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return bool(job) and holder.slurm_job_id == job and holder.slurm_restarts is not None and \
+        holder.slurm_restarts < _slurm_restarts()
+
+
+def _slurm_restarts() -> int:
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
