@@ -32,7 +32,7 @@ from ..hub_source import bank_stem
 from ..outputs import Prompts
 from ..progress import task
 from .encoders import IMAGE, TEXT, PromptEncoder, load_encoder, weights_id
-from .store import load_bank_files, save_bank_files
+from .bank_files import load_bank_files, save_bank_files
 
 KINDS = ("text", "image", "mixed")
 
