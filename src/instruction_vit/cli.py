@@ -463,15 +463,10 @@ def reproduce(
     Backbone weights go per backbone (weights.vit_base_patch16_224=FILE, or --weights MAP.yaml); a cell whose
     backbone has none is reported as not run, never trained from random init unless asked (weights.NAME=random).
     """
-    from .studies.experiments import (
-        Identities,
-        cells,
-        check_weights_map,
-        load_spec,
-        run_cells,
-        split_weights,
-        stale_cells,
-    )
+    from .studies.grid import check_weights_map
+    from .studies.runner import run_cells
+    from .studies.specs import load_spec, split_weights
+    from .studies.states import cell_states, summary
 
     if ".yaml" in target:  # a spec file, maybe with a selection after it: PATH.yaml/COLUMN/ROW
         spec_name, _, select = target.partition(".yaml")
@@ -483,21 +478,11 @@ def reproduce(
     rest, weight_map = split_weights(overrides or [], weights)
     check_weights_map(spec, runs, weight_map)
     if dry_run:
-        found = list(cells(spec, runs, select, seed_list, rest, weight_map))
-        stale = {c.folder: changes for c, changes in stale_cells(found, Identities())}
-        for cell in found:
-            state = f"ran under other settings: {'; '.join(stale[cell.folder][:2])}" if cell.folder in stale else \
-                "done" if (cell.folder / "results.json").is_file() else "to run"
-            source = cell.config.model.pretrained if cell.needs_backbone else None
-            if source == "timm":
-                source = "timm (timm's own sources: online, or a filled cache)"
-            elif source is not None and not Path(source).expanduser().is_file():
-                source = f"{source} (not there yet)"
-            what = f"{cell.config.model.backbone} weights {source or 'random init'}" if cell.needs_backbone else \
-                f"encoder {cell.config.prompts.encoder}"
-            if cell.source is not None:  # an evaluate column: no training, the source cell's model on other data
-                what = f"evaluates {cell.source.name}'s model on {cell.config.data.dataset}, no training"
-            console.print(f"{cell.name}: {cell.folder} ({state}; {what})", highlight=False)
+        states = cell_states(spec, runs, select, seed_list, rest, weight_map)
+        for s in states:
+            state = f"{s.state}: {s.detail}" if s.detail else s.state
+            console.print(f"{s.cell.name}: {s.cell.folder} ({state}; {s.reads})", highlight=False)
+        console.print(summary(states), highlight=False)
         return
     with _progress():
         done = run_cells(spec, runs, select, seed_list, rest, force, weight_map, keep_last)
@@ -513,7 +498,8 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="Folder for NAME.md and NAME.png (default: RUNS/SPEC).")] = None,
 ) -> None:
     """Markdown table of measured mean ± std over seeds beside the paper's numbers, and a bar chart."""
-    from .studies.experiments import collect, load_spec
+    from .studies.measurements import collect
+    from .studies.specs import load_spec
     from .studies.report import bar_chart, markdown_report
 
     spec = load_spec(spec_name)
