@@ -86,8 +86,9 @@ def build_prompts(class_names: Sequence[str], encoder: str | PromptEncoder = "co
 def load_classifier(path: str | Path, device: str = "auto", *, encoder: str | None = None,
                     image_encoder: str | None = None) -> Classifier:
     """A checkpoint file, run folder, model folder (``save_pretrained``) or ``hf-hub:ORG/NAME[@REVISION]`` (offline:
-    from the Hugging Face cache) as a classifier: ``.classes``, ``.transform``, ``.model``, ``.to(device)``,
-    ``.predict(images_or_paths, classes=None, top_k=5)``; new class names work as in ``ivit predict --classes``.
+    from the Hugging Face cache) as a classifier: ``.classes``, ``.transform``, ``.model``, ``.predict(image)`` (one
+    image: its ranked ``(class, probability)`` pairs) or ``.predict([images...])`` (one such list per image), with
+    ``classes=[...]`` for new class names as in ``ivit predict --classes``.
 
     ``encoder`` (and ``image_encoder``): the prompt encoder to use where the model folder names its own by a file on
     the machine that wrote it (a folder's paths are not followed); it must be the weights the folder records."""
@@ -125,8 +126,9 @@ def export_onnx(run: str | Path, out: str | Path, *, prompts_input: bool = False
     outputs ``logits`` and ``scores``, dynamic batch; the checkpoint's prompts baked in, or with ``prompts_input``
     one ``[P, D]`` input per prompt source (new class names); ``select_k`` adds the input ``ranking`` and top-K+1
     selection in the graph. Class names and preprocessing go into the metadata. The file is written only if ONNX
-    Runtime reproduces PyTorch (1e-4); returns what was written and the measured difference. Needs the extra
-    ``instruction-vit[onnx]``."""
+    Runtime reproduces PyTorch (1e-4); returns what was written and the measured difference. Needs onnx and
+    onnxruntime (the ``onnx`` extra: ``pip install -e '.[onnx]'`` in a checkout; the ``.venv`` ``make`` builds has
+    them)."""
     return _export_onnx(run, out, prompts_input=prompts_input, select_k=select_k, opset=opset, fmt=fmt)
 
 

@@ -71,8 +71,8 @@ def _onnx_modules() -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError as err:
-        raise ConfigError(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): "
-                          "pip install 'instruction-vit[onnx]'") from err
+        raise ConfigError(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): pip install onnx "
+                          "onnxruntime onnxscript (the onnx extra; in a checkout: pip install -e '.[onnx]')") from err
     return onnx, onnxruntime
 
 

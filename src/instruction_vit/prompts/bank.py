@@ -68,7 +68,7 @@ class PromptBank:
 
     @property
     def prompt_dim(self) -> int | dict[str, int]:
-        """What :func:`instruction_vit.model.build_model` takes as ``prompt_dim`` for this bank."""
+        """What :func:`instruction_vit.create_model` takes as ``prompt_dim`` for this bank."""
         dims = {name: int(t.shape[-1]) for name, t in self.features.items()}
         return next(iter(dims.values())) if len(dims) == 1 else dims
 
