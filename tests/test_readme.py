@@ -162,10 +162,9 @@ class Outcome:
     error: str | None = None
     printed: list[tuple] = dataclasses.field(default_factory=list)
     namespace: dict[str, Any] = dataclasses.field(default_factory=dict)
-    outputs: list[str] = dataclasses.field(default_factory=list)  # a bash block's command outputs
 
 
-def run_bash(block: Block, outcome: Outcome) -> None:
+def run_bash(block: Block) -> None:
     from instruction_vit.cli import app
 
     for args in commands(block.code):
@@ -177,7 +176,6 @@ def run_bash(block: Block, outcome: Outcome) -> None:
             arguments = [*arguments, *TINY]
         result = CliRunner().invoke(app, arguments)
         assert result.exit_code == 0, f"{block.id}: `{' '.join(args)}` exited {result.exit_code}:\n{result.output}"
-        outcome.outputs.append(result.output)
 
 
 def run_python(block: Block, outcome: Outcome) -> None:
@@ -227,7 +225,8 @@ def check_only(block: Block) -> None:
         tomllib.loads(block.code)
 
 
-def run_block(block: Block, world: Path, files: Path) -> Outcome:
+def run_block(block: Block, files: Path) -> Outcome:
+    """Run (or check) one block in the current folder; package files are written under ``files``."""
     outcome = Outcome()
     try:
         if block.not_run or block.lang in ("yaml", "toml"):
@@ -235,7 +234,7 @@ def run_block(block: Block, world: Path, files: Path) -> Outcome:
         elif block.module:
             run_package_file(block, files)
         elif block.lang == "bash":
-            run_bash(block, outcome)
+            run_bash(block)
         else:
             run_python(block, outcome)
     except Exception as err:  # noqa: BLE001 - recorded for the block's own test, which fails with it
@@ -249,7 +248,7 @@ def session(tmp_path_factory) -> tuple[Path, dict[str, Outcome]]:
     world = make_world(tmp_path_factory.mktemp("world"))
     files = tmp_path_factory.mktemp("package_files")
     with contextlib.chdir(world):
-        outcomes = {block.id: run_block(block, world, files) for block in BLOCKS}
+        outcomes = {block.id: run_block(block, files) for block in BLOCKS}
     return world, outcomes
 
 
@@ -345,7 +344,7 @@ def test_the_onnx_runtime_snippet_gives_ivit_predicts_answer(tmp_path):
             chosen[int(out.scores.argmax()) != int(combined.argmax())].append(path)
         for path in chosen[True][:3] + chosen[False][:3]:
             shutil.copy(path, world / "img.jpg")
-            outcome = run_block(block, world, world)
+            outcome = run_block(block, world)
             predicted = runner.invoke(app, ["predict", "runs/mine", "img.jpg", "--top-k", "1"])
             assert outcome.error is None and predicted.exit_code == 0, (outcome.error, predicted.output)
             name, probability = outcome.printed[0]

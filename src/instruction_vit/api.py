@@ -1,9 +1,9 @@
 """The library's face: what ``import instruction_vit as ivit`` offers, and what the ``ivit`` command calls.
 
-Each function is a thin, typed entry to the layer that does the work; see the README's "Python API". The long ones
-(``train``, ``evaluate``, ``build_prompts``, ``export_onnx``, ``save_pretrained``, ``push_to_hub``) show their one-line
-messages and long steps on stderr where nobody set up logging (a notebook, a script):
-:func:`~instruction_vit.progress.shown_by_default`.
+Each function is a thin, typed entry to the layer that does the work; see the README's "Python API". Those that
+read, write or train (``train``, ``evaluate``, ``load_classifier``, ``build_prompts``, ``export_onnx``,
+``save_pretrained``, ``push_to_hub``) show their one-line messages and long steps on stderr where nobody set up
+logging (a notebook, a script): :func:`~instruction_vit.progress.shown_by_default`.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def build_prompts(class_names: Sequence[str], encoder: str | PromptEncoder = "co
                              image_split="train" if images is not None else None)
 
 
+@_shown
 def load_classifier(path: str | Path, device: str = "auto", *, encoder: str | None = None,
                     image_encoder: str | None = None) -> Classifier:
     """A checkpoint file, run folder, model folder (``save_pretrained``) or ``hf-hub:ORG/NAME[@REVISION]`` (offline:
