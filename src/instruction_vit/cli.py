@@ -260,7 +260,7 @@ def serve(
     image_encoder: Annotated[Optional[str], typer.Option(help=IMAGE_ENCODER_HELP)] = None,
 ) -> None:
     """The demo page: drop an image, edit the class names, see the top-5 per output and which prompts were used
-    (needs the app extra: pip install 'instruction-vit\\[app]'). Offline; runs until Ctrl-C. Limits per request: one
+    (needs gradio, the app extra: in a checkout, pip install -e '.\\[app]'; make's .venv has it). Offline; runs until Ctrl-C. Limits per request: one
     image, at most 1000 class names of at most 200 characters; nothing is written into the run or the prompt cache,
     uploads are deleted once read."""
     from .app import serve as serve_page
@@ -318,8 +318,8 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
 ) -> None:
     """Export the model to ONNX (image -> logits, scores; dynamic batch; class names and preprocessing in the
-    metadata), checked in ONNX Runtime against PyTorch before it is written (needs the onnx extra:
-    pip install 'instruction-vit\\[onnx]')."""
+    metadata), checked in ONNX Runtime against PyTorch before it is written (needs onnx and onnxruntime, the onnx
+    extra: in a checkout, pip install -e '.\\[onnx]'; make's .venv has them)."""
     from .api import export_onnx
 
     export_onnx(run, out, fmt=fmt, prompts_input=prompts_input, select_k=select_k, opset=opset)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config
+from ..data.templates import class_text
 from ..errors import ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts import load_encoder
@@ -82,7 +83,7 @@ class CoOpFamily(nn.Module):
         class-agnostic, so it transfers to new classes as it is)."""
         length = self.prompt_embed.context.shape[0]
         placeholder = " ".join(["X"] * length)
-        tokens = self.text_tower.tokenize([f"{placeholder} {name}." for name in class_names])
+        tokens = self.text_tower.tokenize([f"{placeholder} {class_text(name)}." for name in class_names])
         with torch.no_grad():
             embedded = self.text_tower.embed(tokens)
         self.register_buffer("tokens", tokens, persistent=False)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config
+from ..data.templates import class_text
 from ..errors import ConfigError
 from ..model import check_regime
 from ..prompts import load_encoder
@@ -183,7 +184,7 @@ class ClassTexts(nn.Module):
         self.n = n
         lead = phrase if phrase else " ".join(["X"] * n)
         device = tower.token_embedding.weight.device
-        tokens = tokenizer([f"{lead} {name}." for name in class_names]).to(device)
+        tokens = tokenizer([f"{lead} {class_text(name)}." for name in class_names]).to(device)
         with torch.no_grad():
             embedded = tower.token_embedding(tokens)
         self.register_buffer("tokens", tokens, persistent=False)

@@ -272,8 +272,8 @@ def _executor(spec: dict[str, Any], runs: Path, options: SlurmOptions):
     try:
         import submitit
     except ImportError:
-        raise SlurmUnavailableError("--launcher slurm needs submitit: pip install 'instruction-vit[cluster]' (or "
-                                    "pip install submitit)") from None
+        raise SlurmUnavailableError("--launcher slurm needs submitit: pip install 'submitit>=1.5,<2' (the cluster "
+                                    "extra; in a checkout: pip install -e '.[cluster]')") from None
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise SlurmUnavailableError("--launcher slurm needs Slurm's commands (sbatch, srun) on this machine: run it "
                                     "on the cluster's login node, or use --workers N on one machine")
