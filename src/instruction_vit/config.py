@@ -210,6 +210,7 @@ def moved_model_keys(data: dict[str, Any]) -> dict[str, Any]:
         return data  # typed() names the malformed options
     method = model.get("method", ModelConfig.method)
     old = {key: model.pop(key) for key in MOVED_MODEL_KEYS if key in model}
+    moved = []
     for key, value in old.items():
         new, readers, default = MOVED_MODEL_KEYS[key]
         if method not in readers or (key == "coop_context" and old.get("coop_init")):
@@ -222,7 +223,9 @@ def moved_model_keys(data: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"model.{key} and model.options.{new} are one setting given twice: keep "
                               f"model.options.{new} (model.{key} is its old name)")
         options[new] = value
-        _note_once(f"model.{key} is now model.options.{new}: read as such (write model.options.{new})")
+        moved.append(f"model.{key} as model.options.{new}")
+    if moved:
+        _note_once(f"old config keys read under their new names: {', '.join(moved)} (write the new ones)")
     model["options"] = options
     return {**data, "model": model}
 
