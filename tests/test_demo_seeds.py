@@ -45,7 +45,9 @@ def test_each_seed_sets_every_seeded_key_and_the_spread_is_the_seeds_mean_and_st
         assert entry["head_top1"] == {"values": values, "mean": statistics.fmean(values),
                                       "std": statistics.stdev(values)}
     assert spread["variants"][0]["combined_top1"] is None  # the plain ViT has no score head
-    assert "| plain ViT |" in (out / "spread.md").read_text() and "± " in (out / "spread.md").read_text()
+    table = (out / "spread.md").read_text()
+    assert "| plain ViT |" in table and "± " in table and "Made by `ivit demo --seeds 0,3`" in table
+    assert spread["machine"]["threads"] >= 1 and spread["machine"]["cpu"]  # what the numbers hold on
     run_demo_seeds(tiny_demo, out, [0])  # an earlier seeds demo may be run again into its folder
 
 

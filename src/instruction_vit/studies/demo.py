@@ -96,10 +96,26 @@ def run_demo_seeds(config: str | Path, out: str | Path, seeds: Sequence[int], ov
         logger.info(f"=== seed {seed} ===")
         runs[seed] = run_demo(config, out / f"seed{seed}", [*overrides, *(f"{k}={seed}" for k in SEEDED_KEYS)],
                               force=force)
-    spread = demo_spread(runs)
+    spread = {**demo_spread(runs), "machine": machine()}
     (out / "spread.json").write_text(json.dumps(spread, indent=2), encoding="utf-8")
     (out / "spread.md").write_text(spread_markdown(spread), encoding="utf-8")
     return spread
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (their determinism holds for one CPU and one torch build): the CPU model,
+    whether it has AVX-512, torch's version and its intra-op threads."""
+    import platform
+
+    import torch
+
+    info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace") if Path("/proc/cpuinfo").is_file() \
+        else ""
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info.splitlines()) if v}
+    cpu = fields.get("model name", platform.processor() or platform.machine())
+    if "cpu family" in fields and "model" in fields:  # e.g. AMD EPYC family 25 model 17: Zen 4 (Genoa)
+        cpu += f" (family {fields['cpu family']}, model {fields['model']})"
+    return {"cpu": cpu, "avx512": " avx512f" in info, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def demo_spread(runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -125,8 +141,11 @@ def demo_spread(runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
 def spread_markdown(spread: dict[str, Any]) -> str:
     """The spread as a Markdown table: mean ± sample std (n) per variant and measure, then each seed's values."""
     seeds = spread["seeds"]
+    where = spread.get("machine")
+    measured = f" Measured on {where['cpu']}{' (AVX-512)' if where['avx512'] else ''}, torch {where['torch']}, " \
+        f"{where['threads']} threads." if where else ""
     lines = [f"Test top-1 % over seeds {', '.join(map(str, seeds))} (each sets {', '.join(spread['seeded_keys'])}): "
-             "mean ± sample std (n seeds).", "",
+             f"mean ± sample std (n seeds). Made by `ivit demo --seeds {','.join(map(str, seeds))}`.{measured}", "",
              "| variant | " + " | ".join(MEASURES.values()) + " |", "|---|" + "---|" * len(MEASURES)]
     for entry in spread["variants"]:
         cells = ["-" if entry[k] is None else measured_cell(entry[k]["values"]) for k in MEASURES]
