@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from instruction_vit.data import TransformedImages, fashion_mnist, image_folder, train_transform
 from instruction_vit.data.gpu_augment import GpuAugment
-from instruction_vit.data.store import StoreDataset, build_store
+from instruction_vit.data.image_store import StoreDataset, build_store
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 RANDAUGMENT = "rand-m9-mstd0.5"

@@ -85,7 +85,7 @@ def prepare(mode: str, work: Path) -> dict:
     import torch
 
     from instruction_vit.data import load_splits
-    from instruction_vit.data.store import build_store
+    from instruction_vit.data.image_store import build_store
     from instruction_vit.prompts import PromptBank
 
     m = MODES[mode]

@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import nn
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
 
@@ -84,3 +86,79 @@ def save_clip(folder: Path, cfg: dict) -> str:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {"size": 32}}))
     return f"open_clip:local-dir:{folder}"
+
+
+# -- OpenAI-format CLIP archives (TorchScript), clean and armed ----------------------------------------------------
+OPENAI_TINY = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1},
+}
+TEXTS = ["a photo of a dog.", "a diagram of a tax form.", "a blurry photo of a sneaker."]
+
+
+def save_openai_archive(state: dict, path: Path, modules: dict | None = None) -> Path:
+    """A TorchScript archive whose state_dict is ``state`` under OpenAI's key names, saved with torch.jit.save
+    (with the non-weight entries OpenAI's archives carry), i.e. the format of OpenAI's ``ViT-B-16.pt``.
+    ``modules``: more submodules of the root (name -> module; test_archive_as_data's hostile ones)."""
+
+    class Holder(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = Holder()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for part in parents:
+            if part not in module._modules:
+                module.add_module(part, Holder())
+            module = module._modules[part]
+        module.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
+    for key, value in (("input_resolution", 32), ("context_length", 16), ("vocab_size", 49408)):
+        root.register_buffer(key, torch.tensor(value))
+    for name, module in (modules or {}).items():
+        root.add_module(name, module)
+    torch.jit.save(torch.jit.script(root), path)
+    return path
+
+
+class Trap(nn.Module):
+    """A module whose TorchScript ``__setstate__`` creates the file ``marker`` whenever torch.jit.load restores it
+    (``torch.from_file(shared=True)`` maps the file read-write, creating it)."""
+
+    def __init__(self, marker: Path):
+        super().__init__()
+        self.marker = str(marker)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.marker = state[0]
+        written = torch.from_file(self.marker, shared=True, size=8)
+        self.training = state[1] and written.numel() == 8  # the result is used, so TorchScript keeps the call
+
+
+def armed_archive(folder: Path) -> tuple[Path, Path]:
+    """A tiny OpenAI-layout CLIP archive carrying a :class:`Trap`, and the marker file ``torch.jit.load`` on it
+    creates (checked here: the trap is armed; the marker is removed again)."""
+    import torch
+    from open_clip.model import CLIP, convert_weights_to_fp16
+
+    torch.manual_seed(0)
+    model = CLIP(**OPENAI_TINY, quick_gelu=True)
+    convert_weights_to_fp16(model)
+    marker = folder / "marker"
+    archive = save_openai_archive({k: v.clone() for k, v in model.state_dict().items()}, folder / "tiny-openai.pt",
+                                  modules={"trap": Trap(marker)})
+    torch.jit.load(archive)  # the unsafe loader, on a file the test made: the trap is armed
+    assert marker.exists()
+    marker.unlink()
+    return archive, marker
+

@@ -81,7 +81,7 @@ def test_without_gradio_the_page_says_how_to_install_it(run, monkeypatch):
     from instruction_vit.app import build_page
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
-    with pytest.raises(ConfigError, match=r"pip install 'instruction-vit\[app\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'gradio>=6.31,<7' \(the app extra; in a checkout: pip install -e '\.\[app\]'\)"):
         build_page(DemoModel.load(run / "run", "cpu"))
 
 
@@ -109,7 +109,7 @@ def _wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float
 
 @pytest.mark.allow_hosts(["127.0.0.1"])
 def test_the_page_in_a_browser_ranks_new_class_names_as_ivit_predict(run, tmp_path):
-    pytest.importorskip("gradio", reason="the demo page needs the app extra: pip install 'instruction-vit[app]'")
+    pytest.importorskip("gradio", reason="the demo page needs gradio, the app extra: pip install -e '.[app]'")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
     if not CHROMIUM.is_file():
         pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium) to drive the page in")
@@ -192,7 +192,7 @@ def test_the_page_in_a_browser_ranks_new_class_names_as_ivit_predict(run, tmp_pa
 
 @pytest.mark.allow_hosts(["127.0.0.1"])
 def test_serve_ends_in_one_clear_line_for_a_missing_run_or_a_busy_port(run, tmp_path):
-    pytest.importorskip("gradio", reason="the demo page needs the app extra: pip install 'instruction-vit[app]'")
+    pytest.importorskip("gradio", reason="the demo page needs gradio, the app extra: pip install -e '.[app]'")
     runner = CliRunner()
     result = runner.invoke(cli, ["serve", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "not found" in result.output

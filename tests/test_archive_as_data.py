@@ -21,8 +21,7 @@ import torch
 from open_clip.model import CLIP, convert_weights_to_fp16
 from torch import nn
 
-from helpers import fill_hf_cache  # the hf_cache fixture is in conftest.py
-from test_clip_weights import OPENAI_TINY, TEXTS, save_openai_archive
+from helpers import OPENAI_TINY, TEXTS, Trap, fill_hf_cache, save_openai_archive  # hf_cache: conftest.py
 
 import instruction_vit
 from instruction_vit.errors import UserError, WeightsError
@@ -31,28 +30,6 @@ from instruction_vit.prompts.encoders.torchscript_archive import read_archive_st
 
 SRC = Path(instruction_vit.__file__).parent  # the package under test
 QUICK_CONFIG = {"model_cfg": {**OPENAI_TINY, "quick_gelu": True}}
-
-
-class Trap(nn.Module):
-    """A module whose TorchScript ``__setstate__`` creates the file ``marker`` whenever torch.jit.load restores it
-    (``torch.from_file(shared=True)`` maps the file read-write, creating it)."""
-
-    def __init__(self, marker: Path):
-        super().__init__()
-        self.marker = str(marker)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    @torch.jit.export
-    def __getstate__(self) -> tuple[str, bool]:
-        return (self.marker, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: tuple[str, bool]) -> None:
-        self.marker = state[0]
-        written = torch.from_file(self.marker, shared=True, size=8)
-        self.training = state[1] and written.numel() == 8  # the result is used, so TorchScript keeps the call
 
 
 class Attributes(nn.Module):

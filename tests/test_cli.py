@@ -95,3 +95,27 @@ def test_demo_refuses_a_folder_that_is_not_an_earlier_demo(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "holds no earlier demo" in " ".join(result.output.split())
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_a_log_line_is_printed_once_when_the_root_logger_has_a_handler(setup):
+    """Another package's logging.basicConfig gave the root logger a handler: the CLI's lines were printed twice (as
+    its own line and again as INFO:instruction_vit...). Its logger no longer propagates."""
+    import logging
+
+    reached = []
+
+    class Root(logging.Handler):
+        def emit(self, record):
+            reached.append(record.name)
+
+    handler, root = Root(), logging.getLogger()
+    root.addHandler(handler)
+    try:
+        result = runner.invoke(app, ["predict", str(setup / "run"), str(setup / "images" / "red" / "0.png"),
+                                     "--classes", "crimson,navy"])
+        assert result.exit_code == 0, result.output
+        assert "prompt encoder: open_clip" in result.output  # printed by the CLI ...
+        assert not [name for name in reached if name.startswith("instruction_vit")]  # ... and not again by the root
+    finally:
+        root.removeHandler(handler)
+        logging.getLogger("instruction_vit").propagate = True  # as the other tests (caplog) expect

@@ -16,7 +16,7 @@ from open_clip.model import CLIP, convert_weights_to_fp16
 from safetensors.torch import save_file
 from torch import nn
 
-from helpers import fill_hf_cache  # the hf_cache fixture is in conftest.py
+from helpers import OPENAI_TINY, TEXTS, fill_hf_cache, save_openai_archive  # the hf_cache fixture: conftest.py
 
 from instruction_vit.errors import WeightsError, WeightsUnavailableError
 from instruction_vit.prompts import load_encoder
@@ -24,12 +24,6 @@ from instruction_vit.prompts.encoders import weights_id
 
 # A CLIP that open_clip.build_model_from_openai_state_dict can infer from shapes alone: it takes the heads as
 # width // 64 (text and vision), layers from key counts, image size from patch size x grid.
-OPENAI_TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 1},
-}
-TEXTS = ["a photo of a dog.", "a diagram of a tax form.", "a blurry photo of a sneaker."]
 
 
 @pytest.fixture(scope="module")
@@ -65,32 +59,6 @@ def tiny_names(monkeypatch):
     for name, extra in (("tiny-clip", {}), ("tiny-clip-quickgelu", {"quick_gelu": True}),
                         ("tiny-clip-wide", {"embed_dim": 32})):
         monkeypatch.setitem(factory._MODEL_CONFIGS, name, {**copy.deepcopy(OPENAI_TINY), **extra})
-
-
-def save_openai_archive(state: dict, path: Path, modules: dict | None = None) -> Path:
-    """A TorchScript archive whose state_dict is ``state`` under OpenAI's key names, saved with torch.jit.save
-    (with the non-weight entries OpenAI's archives carry), i.e. the format of OpenAI's ``ViT-B-16.pt``.
-    ``modules``: more submodules of the root (name -> module; test_archive_as_data's hostile ones)."""
-
-    class Holder(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x
-
-    root = Holder()
-    for key, value in state.items():
-        *parents, leaf = key.split(".")
-        module = root
-        for part in parents:
-            if part not in module._modules:
-                module.add_module(part, Holder())
-            module = module._modules[part]
-        module.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
-    for key, value in (("input_resolution", 32), ("context_length", 16), ("vocab_size", 49408)):
-        root.register_buffer(key, torch.tensor(value))
-    for name, module in (modules or {}).items():
-        root.add_module(name, module)
-    torch.jit.save(torch.jit.script(root), path)
-    return path
 
 
 def features(model, tokenizer, images, texts=TEXTS):

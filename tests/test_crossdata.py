@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 
 from instruction_vit.cli import app
 from instruction_vit.config import ConfigError, load_config
-from instruction_vit.studies.experiments import cells, collect, load_spec
+from instruction_vit.studies.grid import cells
+from instruction_vit.studies.measurements import collect
+from instruction_vit.studies.specs import load_spec
 
 runner = CliRunner()
 TARGET = {"crimson": COLOURS["red"], "lime": COLOURS["green"], "navy": COLOURS["blue"], "coal": (90, 90, 90)}

@@ -26,7 +26,7 @@ from instruction_vit.data import (
     split_info,
     training_split,
 )
-from instruction_vit.data.store import StoreDataset, build_store
+from instruction_vit.data.image_store import StoreDataset, build_store
 
 LOGGER = "instruction_vit.data"
 

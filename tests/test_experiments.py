@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 
 from instruction_vit.cli import app
 from instruction_vit.config import ConfigError
-from instruction_vit.studies.experiments import SHIPPED, cells, collect, load_spec
+from instruction_vit.studies.grid import cells
+from instruction_vit.studies.measurements import collect
+from instruction_vit.studies.specs import SHIPPED, load_spec
 
 runner = CliRunner()
 
@@ -184,7 +186,7 @@ def test_shipped_specs_stand_on_their_own():
 
 
 def test_spec_changes_judge_weights_and_encoders_by_what_they_are(tmp_path):
-    from instruction_vit.studies.experiments import Identities, spec_changes
+    from instruction_vit.studies.keys import Identities, spec_changes
 
     spec, ids = load_spec("table2"), Identities()
 
@@ -205,7 +207,7 @@ def test_spec_changes_judge_weights_and_encoders_by_what_they_are(tmp_path):
 
 
 def test_cell_keys_follow_content_not_paths(tmp_path, monkeypatch):
-    from instruction_vit.studies.experiments import Identities, cell_settings, settings_key
+    from instruction_vit.studies.keys import Identities, cell_settings, settings_key
 
     spec = load_spec("offline")
     monkeypatch.chdir(tmp_path)
@@ -220,7 +222,9 @@ def test_cell_keys_follow_content_not_paths(tmp_path, monkeypatch):
 
 
 def test_records_that_are_not_done_report_nothing(tmp_path):
-    from instruction_vit.studies.experiments import check_weights_map, read_record, split_weights
+    from instruction_vit.studies.cell_record import read_record
+    from instruction_vit.studies.grid import check_weights_map
+    from instruction_vit.studies.specs import split_weights
 
     spec = {"name": "t", "columns": {"c": {}}, "rows": {"r": {}}}
     seed = tmp_path / "t" / "c" / "r" / "seed1"
@@ -239,8 +243,71 @@ def test_records_that_are_not_done_report_nothing(tmp_path):
 
 
 def test_weights_files_that_are_not_there_are_named_before_anything_runs(tmp_path):
-    from instruction_vit.studies.experiments import check_weights_map
+    from instruction_vit.studies.grid import check_weights_map
 
     with pytest.raises(ConfigError, match="weights files not found: vit_base_patch16_224=/nowhere/vit.safetensors"):
         check_weights_map(load_spec("table1"), tmp_path, {"vit_base_patch16_224": "/nowhere/vit.safetensors"})
     check_weights_map(load_spec("table1"), tmp_path, {"vit_base_patch16_224": "timm", "resnet50": "random"})
+
+
+def test_dry_run_ends_with_what_can_run_and_why_not(tmp_path):
+    result = runner.invoke(app, ["reproduce", "table1", "--dry-run", "--runs", str(tmp_path / "runs"),
+                                 f"data.root={tmp_path / 'nowhere'}"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[-1] == "168 cell(s): 168 cannot run (data not found 168)"
+    assert f"cannot run: no data at {tmp_path / 'nowhere' / 'caltech101'}: set data.root" in lines[0]
+
+
+@pytest.fixture
+def state_spec(tmp_path):
+    root = colour_folder(tmp_path / "images", per_class=8)
+    path = tmp_path / "tinystate.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tinystate", "seeds": [1, 2, 3],
+        "base": {"data": {"dataset": "folder", "root": str(root), "val_fraction": 0.25, "img_size": 16,
+                          "num_workers": 0, "randaugment": None},
+                 "prompts": {"kind": "none"},
+                 "model": {"backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}},
+                 "train": {"epochs": 1, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0.5, "mixup": 0,
+                           "cutmix": 0, "device": "cpu"}},
+        "columns": {"full": {},
+                    "frozen": {"rows": ["vit"], "seeds": [1], "config": {"model": {
+                        "regime": "linear", "pretrained": "{runs}/tinystate/full/vit/seed1/checkpoints/best.safetensors"}}}},
+        "rows": {"vit": {"label": "ViT"},
+                 "other": {"label": "Other", "config": {"model": {"pretrained": str(tmp_path / "gone.safetensors")}}}},
+    }, sort_keys=False))
+    return path
+
+
+def test_cell_states_say_done_stale_to_run_and_cannot_run(state_spec, tmp_path):
+    from instruction_vit.studies.runner import run_cells
+    from instruction_vit.studies.states import cell_states, summary
+
+    spec, runs = load_spec(str(state_spec)), tmp_path / "runs"
+    before = {s.cell.name: s for s in cell_states(spec, runs)}
+    assert before["frozen/vit/seed1"].state == "to run"  # its weights are made by full/vit/seed1: runnable
+    assert before["full/other/seed1"].state == "cannot run" and "gone.safetensors" in before["full/other/seed1"].detail
+    run_cells(spec, runs, "full/vit", [1])
+    seed2 = runs / "tinystate" / "full" / "vit" / "seed2"
+    seed2.mkdir(parents=True)
+    (seed2 / "results.json").write_text(json.dumps({"top1": 10.0}))
+    record = json.loads((runs / "tinystate" / "full" / "vit" / "seed1" / "cell.json").read_text())
+    record["settings"]["config"].update({"train.epochs": 5, "train.seed": 2, "data.shots_seed": 2})
+    (seed2 / "cell.json").write_text(json.dumps({**record, "key": "k"}))  # done, with 5 epochs
+    states = {s.cell.name: s for s in cell_states(spec, runs)}
+    top1 = json.loads((runs / "tinystate" / "full" / "vit" / "seed1" / "results.json").read_text())["top1"]
+    assert (states["full/vit/seed1"].state, states["full/vit/seed1"].top1) == ("done", top1)
+    assert states["full/vit/seed2"].state == "stale" and "train.epochs: 5 -> 1" in states["full/vit/seed2"].detail
+    assert (states["full/vit/seed3"].state, states["full/vit/seed3"].detail) == ("to run", "not started")
+    assert summary(states.values()) == "7 cell(s): 2 to run, 1 done, 1 stale, 3 cannot run (weights missing 3)"
+
+
+def test_a_chart_gives_every_method_its_own_colour_with_or_without_results():
+    from instruction_vit.studies.report import bar_figure
+
+    records = [{"column": "c", "metric": "top-1", "row": r, "label": r.upper(), "values": [50.0] if r == "a" else [],
+                "paper": None, "changes": [], "not_run": []} for r in "abcd"]
+    legend = bar_figure(records).axes[0].get_legend()
+    assert len({tuple(h.get_facecolor()[:3]) for h in legend.legend_handles}) == 4
+    assert [t.get_text() for t in legend.get_texts()] == ["A", "B (no results)", "C (no results)", "D (no results)"]

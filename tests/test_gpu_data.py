@@ -9,7 +9,7 @@ from PIL import Image
 
 from instruction_vit.data import image_folder
 from instruction_vit.data.gpu_augment import GEOMETRIC, OPS, GpuAugment, apply_layers, parse_randaugment
-from instruction_vit.data.store import StoreDataset, build_store
+from instruction_vit.data.image_store import StoreDataset, build_store
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

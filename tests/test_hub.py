@@ -145,7 +145,7 @@ def test_hf_hub_repo_starts_a_new_run_as_pretrained_weights_and_bank(run, folder
     assert "prompt bank: prompts.safetensors of hf-hub:someorg/tiny-ivit" in result.output
 
     # A reproduce cell that starts from the repo is keyed by the content of its files, not by the name.
-    from instruction_vit.studies.experiments import Identities
+    from instruction_vit.studies.keys import Identities
     from instruction_vit.files import file_sha256
 
     ids = Identities()

@@ -24,7 +24,8 @@ from instruction_vit.errors import CheckpointError, ConfigError
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
 from instruction_vit.resolve import resolve
-from instruction_vit.studies.experiments import cells, load_spec
+from instruction_vit.studies.grid import cells
+from instruction_vit.studies.specs import load_spec
 
 CLASSES = ["cat", "dog", "car"]
 OLD_DEFAULTS = {"coop_context": 16, "coop_init": "a photo of a", "vpt_tokens": 0, "vpt_deep": False}

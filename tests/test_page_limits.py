@@ -257,7 +257,7 @@ def test_serve_reads_its_limits_before_loading_the_run_and_its_help_states_them(
 def served(run, tmp_path, monkeypatch):
     """``serve`` on a free loopback port with a 4 KB upload limit and a queue of 3, gradio's files in a folder of
     the test's own; yields (page, its url, that folder)."""
-    pytest.importorskip("gradio", reason="the demo page needs the app extra: pip install 'instruction-vit[app]'")
+    pytest.importorskip("gradio", reason="the demo page needs gradio, the app extra: pip install -e '.[app]'")
     import socket
 
     uploads = tmp_path / "gradio"

@@ -318,7 +318,8 @@ def test_two_reproduce_commands_train_each_cell_once_and_skip_held_cells(spec, t
 
 
 def test_a_cell_held_by_another_command_is_skipped_in_process(spec, tmp_path, live_pid):
-    from instruction_vit.studies.experiments import CellsInUseError, load_spec, run_cells
+    from instruction_vit.studies.runner import CellsInUseError, run_cells
+    from instruction_vit.studies.specs import load_spec
 
     runs = tmp_path / "runs"
     held = runs / "tinylock" / "full" / "vit" / "seed2"

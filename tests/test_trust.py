@@ -284,7 +284,7 @@ def test_new_class_prompts_must_come_from_the_runs_encoder(image_run):
 
 def test_caches_of_images_know_where_the_images_are(tmp_path):
     from instruction_vit.data import image_folder
-    from instruction_vit.data.store import store_key
+    from instruction_vit.data.image_store import store_key
 
     a = colour_folder(tmp_path / "a", per_class=2)
     b = colour_folder(tmp_path / "b", per_class=2)  # the same relative paths, another copy

@@ -105,21 +105,29 @@ def test_files_named_by_a_folder_are_not_read_and_not_quoted(folder, tmp_path):
     assert isinstance(load_checkpoint(folder).config.prompts.templates, (str, list))
 
 
-def test_an_encoder_file_named_by_a_folder_is_never_opened(folder, tmp_path, monkeypatch, image_root):
-    """A CoOp-like folder naming a TorchScript .pt (or any file) as its CLIP: nothing loads it unless the caller
-    names the encoder."""
-    from instruction_vit.prompts.encoders import registry
+@pytest.mark.parametrize("where", ["folder", "hf-hub"])
+def test_a_torchscript_payload_named_by_a_folder_never_runs(folder, tmp_path, image_root, hf_cache, where):
+    """A model folder (local, or an hf-hub: repo in a filled cache) whose config.json names an armed TorchScript
+    archive as its CLIP: predicting with new class names (which needs the encoder) writes no marker and stops in one
+    line naming --encoder; the archive is not even opened."""
+    from helpers import armed_archive, fill_hf_cache
 
-    payload = tmp_path / "ViT-B-16.pt"
-    payload.write_bytes(b"PK\x03\x04 not opened")
-    opened = []
-    monkeypatch.setattr(registry, "load_encoder", lambda spec, device="cpu": opened.append(spec))
+    archive, marker = armed_archive(tmp_path)
     copy = hostile(folder, tmp_path, lambda c: c["config"]["prompts"].__setitem__(
-        "encoder", f"open_clip:ViT-B-16@{payload}"))
-    result = CliRunner().invoke(app, ["predict", str(copy), str(image_root / "red" / "0.png"), "--classes", "a,b"])
-    assert result.exit_code == 2 and "--encoder open_clip:ViT-B-16@/path/to/ViT-B-16.pt" in result.output, \
-        result.output
-    assert opened == []
+        "encoder", f"open_clip:tiny-openai@{archive}"))
+    source = str(copy)
+    if where == "hf-hub":
+        fill_hf_cache(hf_cache, "someorg/hostile", {f.name: f for f in copy.iterdir()})
+        source = "hf-hub:someorg/hostile"
+    image = str(image_root / "red" / "0.png")
+    for args in (["--classes", "crimson, navy"], []):
+        result = CliRunner().invoke(app, ["predict", source, image, *args])
+        assert not marker.exists(), "code in the archive ran"
+        if args:
+            assert result.exit_code == 2 and "--encoder open_clip:tiny-openai@/path/to/tiny-openai.pt" in \
+                result.output, result.output
+        else:  # its own classes need no encoder: it predicts
+            assert result.exit_code == 0, result.output
 
 
 def test_sizes_that_do_not_fit_are_refused_before_the_model_is_built(folder, tmp_path, monkeypatch):

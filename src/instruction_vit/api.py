@@ -1,14 +1,18 @@
 """The library's face: what ``import instruction_vit as ivit`` offers, and what the ``ivit`` command calls.
 
-Each function is a thin, typed entry to the layer that does the work; see the README's "Python API".
+Each function is a thin, typed entry to the layer that does the work; see the README's "Python API". Those that
+read, write or train (``train``, ``evaluate``, ``load_classifier``, ``build_prompts``, ``export_onnx``,
+``save_pretrained``, ``push_to_hub``) show their one-line messages and long steps on stderr where nobody set up
+logging (a notebook, a script): :func:`~instruction_vit.progress.shown_by_default`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -27,9 +31,20 @@ from .model import build_model
 from .outputs import Prompts
 from .prompts import PromptBank, build_prompt_bank
 from .prompts.encoders import PromptEncoder, list_encoders, load_encoder, register_encoder
+from .progress import shown_by_default
 from .resolve import resolve
 
 RunConfig = Config | Mapping[str, Any] | str | Path | Sequence[str]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _shown(fn: F) -> F:
+    """``fn`` run inside :func:`~instruction_vit.progress.shown_by_default`: its messages are seen in a notebook."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with shown_by_default():
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def create_model(backbone: str, num_classes: int, *, prompt_dim: int | Mapping[str, int] | None = None,
@@ -42,6 +57,7 @@ def create_model(backbone: str, num_classes: int, *, prompt_dim: int | Mapping[s
     return build_model(backbone, num_classes, prompt_dim, pretrained=pretrained, **kwargs)
 
 
+@_shown
 def build_prompts(class_names: Sequence[str], encoder: str | PromptEncoder = "conse", kind: str = "text", *,
                   templates: str | Sequence[str] = "simple", images: str | Path | LabelledImages | None = None,
                   image_encoder: str | PromptEncoder | None = None, per_class: int = 1, seed: int = 0,
@@ -67,17 +83,20 @@ def build_prompts(class_names: Sequence[str], encoder: str | PromptEncoder = "co
                              image_split="train" if images is not None else None)
 
 
+@_shown
 def load_classifier(path: str | Path, device: str = "auto", *, encoder: str | None = None,
                     image_encoder: str | None = None) -> Classifier:
     """A checkpoint file, run folder, model folder (``save_pretrained``) or ``hf-hub:ORG/NAME[@REVISION]`` (offline:
-    from the Hugging Face cache) as a classifier: ``.classes``, ``.transform``, ``.model``, ``.to(device)``,
-    ``.predict(images_or_paths, classes=None, top_k=5)``; new class names work as in ``ivit predict --classes``.
+    from the Hugging Face cache) as a classifier: ``.classes``, ``.transform``, ``.model``, ``.predict(image)`` (one
+    image: its ranked ``(class, probability)`` pairs) or ``.predict([images...])`` (one such list per image), with
+    ``classes=[...]`` for new class names as in ``ivit predict --classes``.
 
     ``encoder`` (and ``image_encoder``): the prompt encoder to use where the model folder names its own by a file on
     the machine that wrote it (a folder's paths are not followed); it must be the weights the folder records."""
     return Classifier.load(path, device, encoder, image_encoder)
 
 
+@_shown
 def save_pretrained(run: str | Path, folder: str | Path, *, license: str = "mit", repo_id: str | None = None,
                     force: bool = False) -> Path:
     """Write a trained model (a run folder, checkpoint file or model folder) as a shareable model folder:
@@ -90,6 +109,7 @@ def save_pretrained(run: str | Path, folder: str | Path, *, license: str = "mit"
     return _save(run, folder, license=license, repo_id=repo_id, force=force)
 
 
+@_shown
 def push_to_hub(run: str | Path, repo_id: str, *, private: bool = False, license: str = "mit",
                 token: str | None = None) -> str:
     """Upload a trained model to the Hugging Face Hub repo ``repo_id`` (``ORG/NAME``, created if missing) as the
@@ -100,14 +120,16 @@ def push_to_hub(run: str | Path, repo_id: str, *, private: bool = False, license
     return _push(run, repo_id, private=private, license=license, token=token)
 
 
+@_shown
 def export_onnx(run: str | Path, out: str | Path, *, prompts_input: bool = False, select_k: int | None = None,
                 opset: int = 17, fmt: str = "onnx") -> OnnxExport:
     """Export a trained model (run folder or checkpoint) to the ONNX file ``out``: input ``image`` (preprocessed),
     outputs ``logits`` and ``scores``, dynamic batch; the checkpoint's prompts baked in, or with ``prompts_input``
     one ``[P, D]`` input per prompt source (new class names); ``select_k`` adds the input ``ranking`` and top-K+1
     selection in the graph. Class names and preprocessing go into the metadata. The file is written only if ONNX
-    Runtime reproduces PyTorch (1e-4); returns what was written and the measured difference. Needs the extra
-    ``instruction-vit[onnx]``."""
+    Runtime reproduces PyTorch (1e-4); returns what was written and the measured difference. Needs onnx and
+    onnxruntime (the ``onnx`` extra: ``pip install -e '.[onnx]'`` in a checkout; the ``.venv`` ``make`` builds has
+    them)."""
     return _export_onnx(run, out, prompts_input=prompts_input, select_k=select_k, opset=opset, fmt=fmt)
 
 
@@ -133,14 +155,17 @@ def run_config(config: RunConfig) -> Config:
     raise ConfigError(f"a run config is a Config, a dict, a YAML path or a list of overrides, not {type(config)}")
 
 
+@_shown
 def train(config: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,
           stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train into run folder ``out`` (resolved config, metrics, checkpoints, ``results.json``); returns the test
     results of the best checkpoint. ``config``: see :func:`run_config`. Messages go to the ``instruction_vit``
-    logger (``logging.basicConfig(level=logging.INFO)`` shows them)."""
+    logger: what the run reads, each epoch's line, one line per long step; where nobody set up logging (a notebook),
+    they are shown on stderr, and a logging set-up of your own decides otherwise."""
     return _train(run_config(config), out, resume=resume, force=force, stop_after_epochs=stop_after_epochs)
 
 
+@_shown
 def evaluate(checkpoint: str | Path, split: str = "test", select_k: int | None = None,
              overrides: Sequence[str] = (), *, encoder: str | None = None,
              image_encoder: str | None = None) -> dict[str, Any]:

@@ -6,7 +6,8 @@ and the output ``ivit predict`` ranks by is marked. The checkpoint's own classes
 (combined, head, score); other class names show only the outputs that score the names given: the head knows only
 the training classes, so it is hidden for Instruction-ViT (a CoOp-style head reads the class names and stays).
 
-Gradio is an optional extra (``pip install 'instruction-vit[app]'``), imported only when the page is built. The page
+Gradio is an optional extra (the ``app`` extra: ``pip install -e '.[app]'`` in a checkout), imported only when the page
+is built. The page
 works offline: no share link, no analytics, system fonts, nothing fetched from the Hugging Face Hub.
 
 A page open to visitors has limits, each checked before the model is touched: uploads of at most ``max_file_size``
@@ -352,7 +353,8 @@ def _gradio():
     try:
         import gradio
     except ImportError as err:
-        raise ConfigError("the demo page needs gradio: pip install 'instruction-vit[app]'") from err
+        raise ConfigError("the demo page needs gradio: pip install 'gradio>=6.31,<7' (the app extra; in a checkout: "
+                          "pip install -e '.[app]')") from err
     return gradio
 
 

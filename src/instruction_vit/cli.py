@@ -260,7 +260,7 @@ def serve(
     image_encoder: Annotated[Optional[str], typer.Option(help=IMAGE_ENCODER_HELP)] = None,
 ) -> None:
     """The demo page: drop an image, edit the class names, see the top-5 per output and which prompts were used
-    (needs the app extra: pip install 'instruction-vit\\[app]'). Offline; runs until Ctrl-C. Limits per request: one
+    (needs gradio, the app extra: in a checkout, pip install -e '.\\[app]'; make's .venv has it). Offline; runs until Ctrl-C. Limits per request: one
     image, at most 1000 class names of at most 200 characters; nothing is written into the run or the prompt cache,
     uploads are deleted once read."""
     from .app import serve as serve_page
@@ -318,8 +318,8 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
 ) -> None:
     """Export the model to ONNX (image -> logits, scores; dynamic batch; class names and preprocessing in the
-    metadata), checked in ONNX Runtime against PyTorch before it is written (needs the onnx extra:
-    pip install 'instruction-vit\\[onnx]')."""
+    metadata), checked in ONNX Runtime against PyTorch before it is written (needs onnx and onnxruntime, the onnx
+    extra: in a checkout, pip install -e '.\\[onnx]'; make's .venv has them)."""
     from .api import export_onnx
 
     export_onnx(run, out, fmt=fmt, prompts_input=prompts_input, select_k=select_k, opset=opset)
@@ -476,15 +476,10 @@ def reproduce(
     Backbone weights go per backbone (weights.vit_base_patch16_224=FILE, or --weights MAP.yaml); a cell whose
     backbone has none is reported as not run, never trained from random init unless asked (weights.NAME=random).
     """
-    from .studies.experiments import (
-        Identities,
-        cells,
-        check_weights_map,
-        load_spec,
-        run_cells,
-        split_weights,
-        stale_cells,
-    )
+    from .studies.grid import check_weights_map
+    from .studies.runner import run_cells
+    from .studies.specs import load_spec, split_weights
+    from .studies.states import cell_states, summary
 
     if ".yaml" in target:  # a spec file, maybe with a selection after it: PATH.yaml/COLUMN/ROW
         spec_name, _, select = target.partition(".yaml")
@@ -496,21 +491,11 @@ def reproduce(
     rest, weight_map = split_weights(overrides or [], weights)
     check_weights_map(spec, runs, weight_map)
     if dry_run:
-        found = list(cells(spec, runs, select, seed_list, rest, weight_map))
-        stale = {c.folder: changes for c, changes in stale_cells(found, Identities())}
-        for cell in found:
-            state = f"ran under other settings: {'; '.join(stale[cell.folder][:2])}" if cell.folder in stale else \
-                "done" if (cell.folder / "results.json").is_file() else "to run"
-            source = cell.config.model.pretrained if cell.needs_backbone else None
-            if source == "timm":
-                source = "timm (timm's own sources: online, or a filled cache)"
-            elif source is not None and not Path(source).expanduser().is_file():
-                source = f"{source} (not there yet)"
-            what = f"{cell.config.model.backbone} weights {source or 'random init'}" if cell.needs_backbone else \
-                f"encoder {cell.config.prompts.encoder}"
-            if cell.source is not None:  # an evaluate column: no training, the source cell's model on other data
-                what = f"evaluates {cell.source.name}'s model on {cell.config.data.dataset}, no training"
-            console.print(f"{cell.name}: {cell.folder} ({state}; {what})", highlight=False)
+        states = cell_states(spec, runs, select, seed_list, rest, weight_map)
+        for s in states:
+            state = f"{s.state}: {s.detail}" if s.detail else s.state
+            console.print(f"{s.cell.name}: {s.cell.folder} ({state}; {s.reads})", highlight=False)
+        console.print(summary(states), highlight=False)
         return
     with _progress():
         done = run_cells(spec, runs, select, seed_list, rest, force, weight_map, keep_last)
@@ -526,7 +511,8 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="Folder for NAME.md and NAME.png (default: RUNS/SPEC).")] = None,
 ) -> None:
     """Markdown table of measured mean ± std over seeds beside the paper's numbers, and a bar chart."""
-    from .studies.experiments import collect, load_spec
+    from .studies.measurements import collect
+    from .studies.specs import load_spec
     from .studies.report import bar_chart, markdown_report
 
     spec = load_spec(spec_name)

@@ -125,6 +125,10 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def flat(self) -> dict[str, Any]:
+        """``{"section.key": value}`` for every key (``model.options`` as one value)."""
+        return {f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()}
+
 
 def read_yaml_mapping(path: str | Path, what: str, shape: str = "a mapping") -> dict[str, Any]:
     """The mapping a YAML file holds; a missing file, invalid YAML or another top level is a :class:`ConfigError`

@@ -22,6 +22,12 @@ ROUTES = ("combined", "head", "score")
 SINGLE_SOURCE = "prompts"
 
 
+def prompt_input_name(source: str) -> str:
+    """The name of a prompt source's input in an exported ONNX graph (``ivit export --prompts-input``): ``prompts``
+    for prompts from one source, ``prompts_text`` / ``prompts_image`` for text and image in different spaces."""
+    return SINGLE_SOURCE if source == SINGLE_SOURCE else f"{SINGLE_SOURCE}_{source}"
+
+
 @dataclass(frozen=True, eq=False)
 class Prompts:
     """Prompt features, the one form in which prompts reach a model.
@@ -85,6 +91,16 @@ class Prompts:
     def to(self, *args: Any, **kwargs: Any) -> Prompts:
         """As :meth:`torch.Tensor.to`, for every source."""
         return self.map(lambda feats: feats.to(*args, **kwargs))
+
+    def onnx_inputs(self) -> dict[str, Any]:
+        """These prompts as the inputs of a graph exported with ``--prompts-input``: each source's ``[P, D]`` features
+        as a float32 numpy array under its input name (:func:`prompt_input_name`), ready for ONNX Runtime:
+        ``session.run(None, {"image": x, **prompts.onnx_inputs()})``."""
+        per_sample = [name for name, feats in self.features.items() if feats.dim() != 2]
+        if per_sample:
+            raise ValueError(f"an exported graph reads one [P, D] set of prompts for the batch; {per_sample[0]!r} "
+                             "holds per-sample [B, P, D] features")
+        return {prompt_input_name(name): feats.detach().float().cpu().numpy() for name, feats in self.features.items()}
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{name!r}: {list(feats.shape)}" for name, feats in self.features.items())

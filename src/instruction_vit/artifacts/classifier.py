@@ -12,11 +12,13 @@ New class names reach each kind of model by its own route (the policy: :mod:`.ne
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ..data import DataError, image_folder, read_image, template_set
 from ..data.images import DEFAULT_MAX_PIXELS, rgb_image
@@ -24,11 +26,25 @@ from ..data.loaders import transforms
 from ..data.transforms import transform_side
 from ..devices import resolve_device
 from ..errors import ConfigError
-from ..outputs import Prompts, route_probabilities
+from ..outputs import Prompts, capabilities, route_probabilities
 from ..prompts import build_prompt_bank
 from ..prompts.encoders import joint_space, weights_id
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .new_classes import ClassPrompts, check_class_names, prepare_new_classes, prepare_own_classes
+
+#: One image as :meth:`Classifier.preprocess` reads it: a file path, a PIL image, a numpy array ``(H, W[, C])`` or a
+#: tensor ``[[C, ]H, W]``.
+OneImage = str | Path | Image.Image | np.ndarray | torch.Tensor
+#: What a class ranking is: ``(class name, probability)`` pairs, best first.
+Ranked = list[tuple[str, float]]
+
+
+def is_one_image(images: Any) -> bool:
+    """Whether ``images`` is one image (a path, a PIL image, an array or tensor of at most 3 dims) rather than a
+    collection of them (a list, or a batch array or tensor ``[B, ...]`` of 4 dims)."""
+    if isinstance(images, (str, Path, Image.Image)):
+        return True
+    return isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim <= 3
 
 
 class Classifier:
@@ -53,6 +69,22 @@ class Classifier:
     @property
     def prompt_kind(self) -> str:
         return self.checkpoint.meta.get("bank_kind", self.config.prompts.kind)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(self.classes[:5]) + (", ..." if len(self.classes) > 5 else "")
+        return (f"Classifier({self.checkpoint.name!r}, method={self.config.model.method!r}, "
+                f"classes={len(self.classes)} [{shown}], prompts={self._prompts_phrase()!r}, "
+                f"device={str(self.device)!r})")
+
+    def _prompts_phrase(self) -> str:
+        """What the model reads beside the image, in a phrase (its repr)."""
+        p = self.config.prompts
+        encoders = p.encoder if p.image_encoder in (None, p.encoder) else f"{p.encoder} and {p.image_encoder}"
+        if capabilities(self.model).reads_class_names:
+            return f"class-name texts over {encoders}"
+        if self.model.bank_prompts() is None:
+            return "none"
+        return f"{self.prompt_kind} from {encoders}"
 
     def class_prompts(self, classes: Sequence[str] | None = None, examples: str | Path | None = None, *,
                       cache: bool = True) -> ClassPrompts:
@@ -126,20 +158,35 @@ class Classifier:
             rgb = rgb_image(image, self.min_side)
         return self.transform(rgb)
 
-    def predict(self, images: Sequence[Any], classes: Sequence[str] | None = None, top_k: int = 5,
+    @overload
+    def predict(self, images: OneImage, classes: Sequence[str] | None = None, top_k: int = 5,
                 examples: str | Path | None = None, batch_size: int = 64, max_pixels: int | None = None
-                ) -> list[list[tuple[str, float]]]:
-        """Per image (a path, PIL image, numpy array or tensor: see :meth:`preprocess`), the top ``min(top_k, N)``
-        classes with their probabilities, best first. ``max_pixels``: the largest file read (width x height;
-        ``None``: 150 MP)."""
-        use = self.class_prompts(classes, examples)
-        return list(self.iter_predict(images, use, top_k, batch_size, max_pixels=max_pixels))
+                ) -> Ranked: ...
 
-    def iter_predict(self, images: Sequence[Any], use: ClassPrompts, top_k: int = 5, batch_size: int = 64,
-                     skip_unreadable: bool = False, max_pixels: int | None = None):
-        """Per image, in order, its ranked classes; with ``skip_unreadable``, the :class:`DataError` of an image
-        that cannot be read stands in its place (the others are still predicted). Images are read one at a time
-        and kept only as model inputs (:meth:`preprocess`): a batch never holds decoded images."""
+    @overload
+    def predict(self, images: Sequence[OneImage], classes: Sequence[str] | None = None, top_k: int = 5,
+                examples: str | Path | None = None, batch_size: int = 64, max_pixels: int | None = None
+                ) -> list[Ranked]: ...
+
+    def predict(self, images, classes=None, top_k=5, examples=None, batch_size=64, max_pixels=None):
+        """The top ``min(top_k, N)`` classes with their probabilities, best first, ranked as ``ivit predict``
+        ranks them: for one image (a path, PIL image, numpy array or tensor: see :meth:`preprocess`) its list of
+        ``(class, probability)``; for a list of images (or a batch array or tensor ``[B, ...]``) one such list per
+        image, in order. ``classes``: new class names (``None``: the checkpoint's own); ``examples``: their example
+        images (one subfolder per class) for image or mixed prompts. ``max_pixels``: the largest file read (width x
+        height; ``None``: 150 MP)."""
+        use = self.class_prompts(classes, examples)
+        ranked = list(self.iter_predict(images, use, top_k, batch_size, max_pixels=max_pixels))
+        return ranked[0] if is_one_image(images) else ranked
+
+    def iter_predict(self, images: OneImage | Sequence[OneImage], use: ClassPrompts, top_k: int = 5,
+                     batch_size: int = 64, skip_unreadable: bool = False, max_pixels: int | None = None
+                     ) -> Iterator[Ranked | DataError]:
+        """Per image, in order, its ranked classes (one image is a list of one); with ``skip_unreadable``, the
+        :class:`DataError` of an image that cannot be read stands in its place (the others are still predicted).
+        Images are read one at a time and kept only as model inputs (:meth:`preprocess`): a batch never holds decoded
+        images."""
+        images = [images] if is_one_image(images) else images
         k = min(top_k, len(use.names))
         for start in range(0, len(images), batch_size):
             batch, errors = [], {}

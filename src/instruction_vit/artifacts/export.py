@@ -9,7 +9,8 @@ output). The batch size is dynamic. Two variants for Instruction-ViT:
 * ``prompts_input``: the prompt features are inputs, one per prompt source (``prompts``, or ``prompts_text`` and
   ``prompts_image``), each ``[P, D]`` with ``P`` dynamic, so new class names work in ONNX too. The features must
   come from the run's own encoder (the ``prompts`` metadata names it and its weights), e.g.
-  ``instruction_vit.build_prompts(names, encoder=SPEC).model_input()`` or ``ivit prompts build``.
+  ``load_classifier(run).class_prompts(names).prompts.onnx_inputs()`` (the arrays ONNX Runtime takes, by input
+  name) or ``ivit prompts build``.
 
 With ``select_k=K`` (paper §3.4) the graph takes a third input, ``ranking`` ``[B, N]`` (the ranker's per-class
 scores, computed outside: e.g. the cosine between the encoder's image features and the text prompts), keeps each
@@ -41,7 +42,7 @@ from torch import Tensor, nn
 from ..version import __version__
 from ..errors import ConfigError, ExportError
 from ..files import atomic_write
-from ..outputs import Prompts, capabilities
+from ..outputs import Prompts, capabilities, prompt_input_name
 
 logger = logging.getLogger(__name__)
 FORMATS = ("onnx",)
@@ -70,8 +71,8 @@ def _onnx_modules() -> tuple[Any, Any]:
         import onnx
         import onnxruntime
     except ImportError as err:
-        raise ConfigError(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): "
-                          "pip install 'instruction-vit[onnx]'") from err
+        raise ConfigError(f"ONNX export needs onnx and onnxruntime ({err.name} is missing): pip install onnx "
+                          "onnxruntime onnxscript (the onnx extra; in a checkout: pip install -e '.[onnx]')") from err
     return onnx, onnxruntime
 
 
@@ -219,7 +220,7 @@ def _graph(model: nn.Module, prompts_input: bool, select_k: int | None, batch: i
                 {"inputs": described_image, "outputs": {"logits": "[B, num_classes] float32, the head's logits"},
                  "doc": "image -> logits (no prompts)"})
     sources = list(dims) if prompts_input else []
-    names = ["prompts" if s == "prompts" else f"prompts_{s}" for s in sources]
+    names = [prompt_input_name(s) for s in sources]
     n = bank.num_prompts if bank is not None else 0
     if prompts_input:
         n = max(n, (select_k or 0) + 2, 2)

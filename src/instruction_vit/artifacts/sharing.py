@@ -252,7 +252,8 @@ def model_card(config: dict[str, Any], results: dict[str, Any] | None, name: str
     shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
     lines = [f"# {name.split('/')[-1]}", "", _what(config), "", f"Classes ({len(names)}): {shown}.", "",
              "## Data and splits", "", *_data_lines(cfg["data"], data), "", "## Results", "", *_metric_lines(results),
-             "", "## Use", "", "```bash", "pip install instruction-vit",
+             "", "## Use", "", "instruction-vit is not on a package index: install it from a checkout of its repository "
+             "(`pip install -e .`), then:", "", "```bash",
              f"ivit predict hf-hub:{repo} img.jpg", f"ivit predict hf-hub:{repo} img.jpg --classes \"{', '.join(names[:2])}, "
              "a new class\"", "```", "", "```python", "import instruction_vit as ivit", "",
              f"classifier = ivit.load_classifier(\"hf-hub:{repo}\")",

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config
+from ..data.templates import class_text
 from ..errors import CheckpointError, ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts import load_encoder
@@ -108,7 +109,7 @@ class CoOpFamily(nn.Module):
         initial phrase (the family's context is class-agnostic, so it transfers to new classes as it is)."""
         length = self.prompt_embed.context.shape[0]
         lead = self.ctx_init or " ".join(["X"] * length)
-        tokens = self.text_tower.tokenize([f"{lead} {name}." for name in class_names])
+        tokens = self.text_tower.tokenize([f"{lead} {class_text(name)}." for name in class_names])
         self.text_tower.check_fits(tokens, "model.options.n_ctx")
         with torch.no_grad():
             embedded = self.text_tower.embed(tokens)

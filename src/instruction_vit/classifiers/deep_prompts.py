@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config
+from ..data.templates import class_text
 from ..errors import ConfigError
 from ..model import check_regime
 from ..prompts import load_encoder
@@ -183,7 +184,7 @@ class ClassTexts(nn.Module):
         self.n = n
         lead = clean_phrase(phrase) or " ".join(["X"] * n)
         device = tower.token_embedding.weight.device
-        tokens = tokenizer([f"{lead} {name}." for name in class_names]).to(device)
+        tokens = tokenizer([f"{lead} {class_text(name)}." for name in class_names]).to(device)
         full = int(((tokens > 0).sum(-1) >= tokens.shape[-1]).sum())
         if full:  # the tokenizer cuts longer texts: a cut prompt would lose its name's end or its end token
             raise ConfigError(f"{full} of {len(class_names)} class prompts (context, rest of the phrase, class name) "

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import Config
-from ..data.templates import check_templates
+from ..data.templates import check_templates, class_text
 from ..outputs import InstructionOutput, Prompts
 from . import register_classifier
 from .context import PHOTO_PHRASE
@@ -56,7 +56,7 @@ class KgCoOpClassifier(CoOpFamily):
 
     def _encode_hand_crafted(self) -> None:
         with torch.no_grad():
-            feats = self.text_tower.encode_text([self.template.format(name) for name in self.class_names])
+            feats = self.text_tower.encode_text([self.template.format(class_text(name)) for name in self.class_names])
         self.register_buffer("hand_crafted", F.normalize(feats.float(), dim=-1), persistent=False)
 
     def knowledge_loss(self, text: Tensor) -> Tensor:

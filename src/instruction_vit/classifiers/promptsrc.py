@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from ..config import Config
-from ..data import template_set
+from ..data import class_text, template_set
 from ..errors import ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts.encoders.openclip import OpenCLIPEncoder
@@ -161,7 +161,7 @@ class PromptSRCClassifier(nn.Module):
         """``[N, D]`` the frozen CLIP's class text features, averaged over the templates, normalised (cached)."""
         device = self.clip.logit_scale.device
         if self._frozen_text is None or self._frozen_text.device != device:
-            texts = [t.replace("{}", name) for t in self.templates for name in self.class_names]
+            texts = [t.replace("{}", class_text(name)) for t in self.templates for name in self.class_names]
             with torch.no_grad():
                 features = torch.cat([self.clip.encode_text(self.tokenizer(texts[i:i + 1024]).to(device)).float()
                                       for i in range(0, len(texts), 1024)])

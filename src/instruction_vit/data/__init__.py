@@ -21,7 +21,7 @@ from .scan import BadImage, SkipReport, drop_unreadable, image_files, probe_file
 from .sets import DataSet, dataset, list_datasets, register_dataset
 from .splits import load_splits, split_identity, split_info, training_split
 from .check import DataReport, Problem, check_data
-from .templates import check_templates, template_set, template_set_names
+from .templates import check_templates, class_text, template_set, template_set_names
 from .transforms import TransformedImages, eval_transform, train_transform
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "balanced_limit",
     "check_data",
     "check_templates",
+    "class_text",
     "class_subset",
     "coop_split",
     "dataset",

@@ -10,6 +10,10 @@ is a choice recorded with every prompt bank. Named sets:
   (``caltech101``, ``oxford_pets``, ``stanford_cars``, ``oxford_flowers``, ``fashion_mnist``, ...).
 
 Anything else is read as a file path: one template per line, blank lines and ``#`` comments ignored.
+
+A class name fills a template as :func:`class_text` writes it: underscores become spaces ("ankle_boot" reads "a
+photo of a ankle boot."), as CoOp does; the name itself (shown in predictions, results and model folders) stays as
+given. Every text built from a class name (prompt banks, the CLIP prompt learners) goes through it.
 """
 
 from __future__ import annotations
@@ -61,6 +65,13 @@ def template_set(name_or_path: str | Sequence[str]) -> list[str]:
         )
     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     return check_templates([line for line in lines if line and not line.startswith("#")], source=str(path))
+
+
+def class_text(name: str) -> str:
+    """The words a class name stands for in a prompt text: underscores become spaces (folder names such as
+    ``ankle_boot``), as CoOp's prompt learner does (``classname.replace("_", " ")``). Only texts change: the class
+    name shown stays as given."""
+    return name.replace("_", " ")
 
 
 def check_templates(templates: Sequence[str], source: str = "templates") -> list[str]:

@@ -27,7 +27,8 @@ def build_model(
     vpt_deep: bool = False,
     **backbone_kwargs: Any,
 ) -> InstructionViT | PlainClassifier:
-    """Create a timm ViT by name and wrap it as an Instruction-ViT.
+    """Create a timm ViT by name and wrap it as an Instruction-ViT: the model layer's factory, which the classifier
+    kinds call. Users call it as :func:`instruction_vit.create_model` (the same model; ``prompt_dim`` by keyword).
 
     Args:
         backbone: any timm ViT name, e.g. ``"vit_base_patch16_224"``.

@@ -10,10 +10,8 @@ architecture adapts the rest (position embeddings, patch embeddings), and only t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
-import pickle
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -28,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import MissingFileError, WeightsError, WeightsUnavailableError
 from ..files import file_sha256
+from ..state_dicts import torch_load
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
 PREFIXES = ("module.", "model.", "encoder.", "backbone.")
@@ -126,28 +125,7 @@ def _read(path: Path) -> Mapping[str, Any]:
             return load_file(str(path))
         except Exception as err:  # safetensors_rust.SafetensorError is not exported as a stable class
             raise WeightsError(f"{path}: cannot read it as .safetensors ({_first_line(err)})") from err
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # DINO/MAE checkpoints store their args
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as err:
-                if "mmap" not in str(err):
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise WeightsError(
-            f"{path}: cannot read it as a torch state dict ({_unpickling_reason(err)}); "
-            "save the state dict alone: torch.save(model.state_dict(), path)"
-        ) from err
-
-
-def _unpickling_reason(err: BaseException) -> str:
-    """torch's multi-paragraph refusal of a pickled object, cut to the class it refused."""
-    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-    if isinstance(err, pickle.UnpicklingError):
-        what = refused.group(1) if refused else "Python objects"
-        return f"it pickles {what}, which weights_only loading refuses"
-    return _first_line(err)
+    return torch_load(path)
 
 
 def _first_line(err: BaseException, limit: int = 160) -> str:

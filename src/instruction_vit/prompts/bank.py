@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.templates import check_templates
+from ..data.templates import check_templates, class_text
 from ..errors import ConfigError, DataError
 from ..hub_source import bank_stem
 from ..outputs import Prompts
 from ..progress import task
 from .encoders import IMAGE, TEXT, PromptEncoder, load_encoder, weights_id
-from .store import load_bank_files, save_bank_files
+from .bank_files import load_bank_files, save_bank_files
 
 KINDS = ("text", "image", "mixed")
 
@@ -68,7 +68,7 @@ class PromptBank:
 
     @property
     def prompt_dim(self) -> int | dict[str, int]:
-        """What :func:`instruction_vit.model.build_model` takes as ``prompt_dim`` for this bank."""
+        """What :func:`instruction_vit.create_model` takes as ``prompt_dim`` for this bank."""
         dims = {name: int(t.shape[-1]) for name, t in self.features.items()}
         return next(iter(dims.values())) if len(dims) == 1 else dims
 
@@ -110,12 +110,13 @@ def bank_key(meta: Mapping[str, Any]) -> str:
 def class_texts(
     class_names: Sequence[str], templates: Sequence[str], descriptions: Mapping[str, Sequence[str]] | None = None
 ) -> list[list[str]]:
-    """The sentences of each class: every template filled in, then the class's own descriptions."""
+    """The sentences of each class: every template filled in with the class name's text (:func:`class_text`:
+    underscores as spaces), then the class's own descriptions."""
     descriptions = descriptions or {}
     unknown = sorted(set(descriptions) - set(class_names))
     if unknown:
         raise ConfigError(f"descriptions given for classes not in the class list: {unknown[:5]}")
-    texts = [[t.format(c) for t in templates] + list(descriptions.get(c, ())) for c in class_names]
+    texts = [[t.format(class_text(c)) for t in templates] + list(descriptions.get(c, ())) for c in class_names]
     empty = [c for c, ts in zip(class_names, texts) if not ts]
     if empty:
         raise ConfigError(f"no templates and no descriptions for classes {empty[:5]}: nothing to encode")
@@ -222,6 +223,8 @@ def build_prompt_bank(
         texts = class_texts(class_names, templates, descriptions)
         meta.update(text_encoder=_spec(text_encoder), text_weights=_weights(text_encoder), templates=list(templates),
                     descriptions={k: list(v) for k, v in (descriptions or {}).items()})
+        if any(class_text(c) != c for c in class_names):  # in the key: a bank cached with the names as they are
+            meta["class_texts"] = [class_text(c) for c in class_names]  # (before this rule) is not reused
     chosen: list[list[int]] = []
     if use_image:
         chosen = choose_prompt_images(images.labels, len(class_names), per_class, seed)

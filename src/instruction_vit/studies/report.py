@@ -129,6 +129,18 @@ def markdown_report(spec: dict, records: list[dict], command: str) -> str:
 def bar_chart(records: list[dict], path: Path, title: str = "") -> Path:
     """Grouped bars: one group per (column, metric), one bar per method, error bars = sample std."""
     plt = _pyplot()
+    fig = bar_figure(records, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def bar_figure(records: list[dict], title: str = ""):
+    """The figure :func:`bar_chart` saves; each method keeps its own colour in the legend, with or without results
+    (one without is listed faded, "(no results)")."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
     keys = list(dict.fromkeys((r["column"], r["metric"]) for r in records))
     rows = list(dict.fromkeys(r["row"] for r in records))
     labels = {r["row"]: r["label"] for r in records}
@@ -136,6 +148,7 @@ def bar_chart(records: list[dict], path: Path, title: str = "") -> Path:
     width = 0.8 / max(1, len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys) + 2), 4.5))
     colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20").colors  # one distinct colour per method
+    handles = []
     for i, row in enumerate(rows):
         means, stds, xs = [], [], []
         for j, key in enumerate(keys):
@@ -145,13 +158,15 @@ def bar_chart(records: list[dict], path: Path, title: str = "") -> Path:
                 xs.append(j + (i - (len(rows) - 1) / 2) * width)
                 means.append(mean)
                 stds.append(std)
-        ax.bar(xs, means, width, yerr=stds, capsize=2, label=labels[row], color=colours[i % len(colours)])
+        colour = colours[i % len(colours)]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, color=colour)
+        # The legend's own patch: an empty bar group (a method with no results yet) has no bar to take a colour from.
+        handles.append(Patch(facecolor=colour, label=labels[row] if xs else f"{labels[row]} (no results)",
+                             alpha=1.0 if xs else 0.35))
     ax.set_xticks(range(len(keys)), [f"{c}\n{m}" for c, m in keys], fontsize=8)
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(handles=handles, fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

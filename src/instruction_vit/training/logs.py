@@ -8,6 +8,7 @@ from typing import Any
 from ..config import Config
 from ..prompts import PromptBank
 
+
 def epoch_line(row: dict[str, Any]) -> str:
     val = " ".join(f"{k.removeprefix('val_top1_')} {v:.1f}%" for k, v in row.items() if k.startswith("val_top1_"))
     return f"epoch {row['epoch']}: loss {row.get('train_loss', math.nan):.3f}  val top-1 {val} " \
@@ -50,3 +51,14 @@ def prompts_line(cfg: Config, bank: PromptBank) -> str:
         line += (f"; prompts.select_k={k} >= {bank.num_classes} classes: top-K+1 selection keeps every prompt, so it "
                  "equals evaluation with all prompts")
     return line
+
+
+def results_line(results: dict[str, Any], where: str) -> str:
+    """One line with a finished run's test top-1 per route (and with top-K+1 prompts), saying where the results are."""
+    parts = []
+    for key, routes in results.items():
+        if key == "all_prompts" or key.startswith("select_k"):
+            label = "" if key == "all_prompts" else f" (top-{key.removeprefix('select_k')}+1 prompts)"
+            parts.append(", ".join(f"{route} {m['top1']:.1f}%" for route, m in routes.items()) + label)
+    return (f"test top-1 of the best epoch ({results.get('best_epoch')}): {'; '.join(parts)}; all results in "
+            f"{where}")

@@ -27,7 +27,7 @@ from ..artifacts.checkpoint import save_checkpoint
 from .distributed import World, close_world, init_world
 from ..evaluation.predict import classification_metrics, predict
 from ..progress import reporting
-from .logs import PROMPT_RECORD, epoch_line
+from .logs import PROMPT_RECORD, epoch_line, results_line
 from ..evaluation.protocols import novel_classes
 from ..evaluation.results import checkpoint_results
 from ..devices import resolve_device, seed_everything
@@ -139,6 +139,7 @@ def _run(resolved: Resolved, out: Path, resume: bool, force: bool, stop_after_ep
         if writer is not None:
             writer.close()
         results = _results(run)
+        log(results_line(results, str(out / "results.json")))
     world.barrier()
     close_world(world)
     return results

@@ -64,7 +64,7 @@ def _content(out: Path) -> set[str]:
 def resume_changes(saved: Config, cfg: Config) -> list[str]:
     """Keys whose value ``cfg`` changes from the run's saved config, as ``key: old -> new``; refuses (RunFolderError)
     a change to anything but :data:`RESUME_SAFE`."""
-    old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    old, new = saved.flat(), cfg.flat()
     changed = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
     unsafe = [k for k in changed if k not in RESUME_SAFE]
     if unsafe:
@@ -75,10 +75,6 @@ def resume_changes(saved: Config, cfg: Config) -> list[str]:
             "To go on differently, start a new run from this one's weights: ivit train --out NEW "
             "model.pretrained=RUN/checkpoints/last.safetensors ...")
     return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()]
-
-
-def _flat(tree: dict[str, Any]) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, values in tree.items() for key, value in values.items()}
 
 
 def write_config(out: Path, cfg: Config) -> None:

@@ -15,7 +15,7 @@ from timm.scheduler import CosineLRScheduler
 from ..resolve import Resolved
 from ..config import Config, resolved_workers
 from ..data import LabelledImages, TransformedImages
-from ..data.store import StoreDataset, build_store
+from ..data.image_store import StoreDataset, build_store
 from ..errors import ConfigError, DataError, RunFolderError
 from ..losses import InstructionLoss
 from ..model import apply_regime

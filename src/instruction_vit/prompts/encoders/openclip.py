@@ -14,7 +14,6 @@ is read back from the built modules (:attr:`OpenCLIPEncoder.activation`) and is 
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError, WeightsError, WeightsUnavailableError
 from ...files import file_sha256
+from ...state_dicts import torch_load
 from .base import IMAGE, TEXT, ImagePreprocess, PromptEncoder
 from .identity import (
     ACTIVATION_LABELS,
@@ -293,7 +293,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         for key in _OPENAI_EXTRA_KEYS:
             state.pop(key, None)
     else:
-        state = _torch_load(path)
+        state = torch_load(path)
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     if not (isinstance(state, Mapping) and state and all(isinstance(k, str) and isinstance(v, Tensor)
@@ -303,25 +303,6 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     if next(iter(state)).startswith("module"):
         state = {k[7:]: v for k, v in state.items()}
     return dict(state)
-
-
-def _torch_load(path: Path) -> object:
-    """A ``torch.save`` file unpickled with ``weights_only=True`` (tensors and containers only; a TorchScript
-    archive is refused by torch itself, and is told apart before this)."""
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError as err:
-        raise WeightsError(f"{path}: cannot read it as a torch state dict: it pickles Python objects other than "
-                           "tensors, which are never unpickled here; save the state dict alone, or as .safetensors") \
-            from err
-    except Exception as err:  # noqa: BLE001 - a damaged or foreign file fails in many ways; its text is not quoted
-        raise WeightsError(f"{path}: cannot read it as a torch state dict ({type(err).__name__}); save the state "
-                           "dict alone (torch.save(model.state_dict(), path)) or as .safetensors") from err
 
 
 def _fit_state_dict(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
