@@ -23,8 +23,9 @@ def colour_folder(root: Path, per_class: int = 16, colours: dict | None = None, 
 
 
 def tiny_run(image_root: Path, clip_dir: Path, cache: Path, *overrides: str):
-    """A few-second run config: a 1-block ViT on 16-px colour images, text prompts from the tiny CLIP."""
-    from instruction_vit.config import load_config
+    """A few-second run config: a 1-block ViT on 16-px colour images, text prompts from the tiny CLIP; resolved (the
+    kind's options filled in), as a run records it."""
+    from instruction_vit.api import load_config
 
     return load_config(None, [
         "data.dataset=folder", f"data.root={image_root}", "data.val_fraction=0.25", "data.img_size=16",

@@ -47,7 +47,8 @@ def _coop_cfg(tiny_clip_dir, method="coop", extra=()):
 CASES = {
     "instruction_vit: text prompts": ("instruction_vit", VIT, 16, "InstructionViT",
                                       {"full": "all", "prompt": VIT_HEAD | EMBED, "linear": VIT_HEAD}),
-    "instruction_vit: VPT-deep, no prompts": ("instruction_vit", VIT + ["model.vpt_tokens=2", "model.vpt_deep=true"],
+    "instruction_vit: VPT-deep, no prompts": ("instruction_vit", VIT + ["model.options.vpt_tokens=2",
+                                                                    "model.options.vpt_deep=true"],
                                               None, "InstructionViT",
                                               {"full": "all", "prompt": VIT_HEAD | {"visual_prompts"},
                                                "linear": VIT_HEAD}),

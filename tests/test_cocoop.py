@@ -45,7 +45,7 @@ def test_the_context_changes_with_the_image(clip):
     assert not torch.allclose(text[0], text[1], atol=1e-4) and torch.allclose(text[0], text[2])
     # Each image's logits are those of CoOp with that image's context.
     logits = model(images).logits
-    coop = CoOpClassifier(clip, CLASSES).eval()
+    coop = CoOpClassifier(clip, CLASSES, ctx_init="a photo of a").eval()  # CoCoOp's default context
     for i in range(3):
         coop.prompt_embed.context.data.copy_(context[i])
         torch.testing.assert_close(logits[i], coop(images[i:i + 1]).logits[0], atol=1e-4, rtol=1e-4)
@@ -60,5 +60,5 @@ def test_a_zero_token_is_coop(clip):
         model.meta_net.linear2.weight.zero_()
         model.meta_net.linear2.bias.zero_()
     images = torch.randn(2, 3, 32, 32)
-    coop = CoOpClassifier(clip, CLASSES).eval()
+    coop = CoOpClassifier(clip, CLASSES, ctx_init="a photo of a").eval()  # CoCoOp's default context
     torch.testing.assert_close(model(images).logits, coop(images).logits, atol=1e-4, rtol=1e-4)

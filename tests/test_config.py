@@ -104,8 +104,18 @@ def test_a_kinds_options_are_validated_and_filled_with_its_defaults():
             load_config(overrides=["model.method=optioned", "model.options.dpth=3"])
         with pytest.raises(ConfigError, match=r"model\.options\.depth.*must be int"):
             load_config(overrides=["model.method=optioned", "model.options.depth=deep"])
-    with pytest.raises(ConfigError, match="takes no model.options"):
-        load_config(overrides=["model.options.weight=2"])
+
+        @register_classifier("optionless")
+        class Optionless(ClassifierKind):
+            """A kind without options."""
+
+            def build(self, cfg, class_names, prompt_dim=None, pretrained=None) -> nn.Module:
+                return nn.Identity()
+
+        with pytest.raises(ConfigError, match="takes no model.options"):
+            load_config(overrides=["model.method=optionless", "model.options.weight=2"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.options\.weight' \(valid: vpt_tokens, vpt_deep\)"):
+        load_config(overrides=["model.options.weight=2"])  # instruction_vit's options are VPT's
 
 
 def test_sgd_with_plain_momentum_is_the_prompt_learners_optimizer():

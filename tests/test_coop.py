@@ -19,7 +19,7 @@ CLASSES = ["cat", "dog", "car"]
 
 
 def test_initialised_from_a_phrase_it_is_clips_zero_shot_classifier(clip):
-    coop = CoOpClassifier(clip, CLASSES, init="a photo of a").eval()
+    coop = CoOpClassifier(clip, CLASSES, ctx_init="a photo of a").eval()
     expected = clip.model.encode_text(clip.tokenizer([f"a photo of a {c}." for c in CLASSES]))
     torch.testing.assert_close(coop.text_features(), expected, atol=1e-5, rtol=1e-4)
     images = torch.randn(2, 3, 32, 32)
@@ -29,7 +29,7 @@ def test_initialised_from_a_phrase_it_is_clips_zero_shot_classifier(clip):
 
 
 def test_only_the_context_learns(clip):
-    coop = CoOpClassifier(clip, CLASSES, context_length=4, init=None)
+    coop = CoOpClassifier(clip, CLASSES, n_ctx=4, ctx_init=None)
     assert coop.prompt_embed.context.shape == (4, 32)
     assert apply_regime(coop, "prompt") == ["prompt_embed.context"]
     coop(torch.randn(2, 3, 32, 32)).logits.sum().backward()
@@ -169,7 +169,7 @@ def conse():
 def test_over_conse_coop_starts_at_conse_zero_shot(conse):
     """MiniLM as the text tower: the context "a photo of a" in its word-embedding space, through BERT, mean pooling
     and normalisation, gives exactly the sentence-transformer's embeddings of "a photo of a {}."."""
-    coop = CoOpClassifier(conse, FASHION).eval()
+    coop = CoOpClassifier(conse, FASHION, ctx_init="a photo of a").eval()
     assert coop.prompt_embed.context.shape == (4, 384) and coop.logit_scale.item() == 100.0
     expected = conse.encode_text([f"a photo of a {c}." for c in FASHION])
     torch.testing.assert_close(coop.text_features(), expected, atol=1e-5, rtol=1e-4)

@@ -163,7 +163,8 @@ def test_the_learners_keep_their_papers_recipes(tmp_path):
         assert c.train.optimizer == "momentum" and c.data.randaugment is None and c.data.shots == 16
     few = {(c.column, c.row): c.config for c in cells(load_spec("fewshot"), tmp_path, seeds=[1])}
     assert [few[f"caltech101_{k}shot", "coop"].train.epochs for k in (1, 2, 4, 8, 16)] == [50, 100, 100, 200, 200]
-    assert few["caltech101_1shot", "coop"].model.coop_init is None  # CoOp's few-shot context: 16 random vectors
+    assert few["caltech101_1shot", "coop"].model.options == {"n_ctx": 16, "ctx_init": None}  # CoOp's few-shot
+    # context: 16 random vectors
     assert few["stanford_cars_4shot", "promptsrc"].model.options["gpa_mean"] == 45.0
     xd = {c.row: c.config for c in cells(load_spec("crossdata"), tmp_path, "caltech101", [1])}
     assert xd["maple"].model.options["depth"] == 3 and xd["maple"].train.epochs == 2

@@ -170,7 +170,7 @@ def test_a_saved_bank_must_match_the_classes(cfg, tmp_path, tiny_clip_dir):
 
 @pytest.mark.parametrize("overrides", [
     {"model.backbone": "resnet18", "model.backbone_kwargs": {}, "prompts.kind": "none", "model.regime": "full"},
-    {"model.vpt_tokens": 2, "model.vpt_deep": True, "prompts.kind": "none", "model.regime": "prompt"},
+    {"model.options": {"vpt_tokens": 2, "vpt_deep": True}, "prompts.kind": "none", "model.regime": "prompt"},
     {"prompts.kind": "none", "model.regime": "linear"},
 ])
 def test_baselines_train_in_the_same_engine(cfg, tmp_path, overrides):
@@ -182,6 +182,7 @@ def test_baselines_train_in_the_same_engine(cfg, tmp_path, overrides):
     assert set(results["all_prompts"]) == {"head"}
     model = load_checkpoint(tmp_path / "run").build_model()
     assert type(model).__name__ == ("PlainClassifier" if "resnet18" in str(overrides) else "InstructionViT")
+    assert getattr(model, "vpt_tokens", 0) == cfg.model.options.get("vpt_tokens", 0)  # VPT's tokens were built
 
 
 def test_base_to_novel_predicts_unseen_classes_through_the_score_head(cfg, tmp_path):

@@ -36,7 +36,7 @@ def test_table_cells_carry_the_papers_recipe(tmp_path):
     assert (cars.config.train.mixup, cars.config.train.cutmix, cars.config.train.mixup_prob) == (0.8, 1.0, 0.1)
     assert spec["columns"]["oxford_pets"]["paper"]["ours_text"] == 94.19
     t2 = next(c for c in cells(load_spec("table2"), tmp_path, "oxford_flowers/vpt_deep"))
-    assert t2.config.model.regime == "prompt" and t2.config.model.vpt_deep and t2.config.model.vpt_tokens == 10
+    assert t2.config.model.regime == "prompt" and t2.config.model.options == {"vpt_tokens": 10, "vpt_deep": True}
 
 
 def test_unknown_cells_are_named(tmp_path):

@@ -46,7 +46,8 @@ def test_the_hand_crafted_prompt_is_the_data_sets_template_and_follows_new_class
     common = ["model.method=kgcoop", "prompts.kind=none", "data.img_size=32",
               f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}"]
     cfg = load_config(None, common + ["data.dataset=oxford_pets"])
-    assert cfg.model.options == {"weight": 8.0, "template": None}  # defaults recorded in the resolved config
+    assert cfg.model.options == {"n_ctx": 4, "ctx_init": "a photo of a", "weight": 8.0, "template": None}  # defaults
+    # recorded in the resolved config: the official context (4 vectors from the phrase the official code hard-codes)
     model = classifier_kind("kgcoop").build(cfg, CLASSES)
     assert model.template == "a photo of a {}, a type of pet." and model.weight == 8.0
     model = classifier_kind("kgcoop").build(load_config(None, common + ["model.options.weight=2",

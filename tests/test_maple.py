@@ -123,7 +123,7 @@ def test_towers_that_cannot_take_deep_prompts_are_config_errors(tmp_path, encode
         MaPLeClassifier(load_encoder(save_clip(tmp_path / "rn", resnet)), CLASSES)
     with pytest.raises(ConfigError, match="model.options.depth=9 does not fit.*3 layers"):
         MaPLeClassifier(encoder, CLASSES)  # the paper's J=9 needs 9 layers
-    with pytest.raises(ConfigError, match="model.options.n_ctx=5 .*gives 4.*model.coop_init=null"):
+    with pytest.raises(ConfigError, match="model.options.n_ctx=5 .*gives 4.*model.options.ctx_init=null"):
         MaPLeClassifier(encoder, CLASSES, n_ctx=5, depth=2)
 
 
@@ -147,7 +147,7 @@ def test_maple_through_the_cli_train_resume_eval_predict(tmp_path, deep_clip):
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "run"), "--resume"])
     assert result.exit_code == 0, result.output
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.safetensors")
-    assert ckpt.meta["epoch"] == 1 and ckpt.config.model.options == {"n_ctx": 2, "depth": 3}
+    assert ckpt.meta["epoch"] == 1 and ckpt.config.model.options == {"n_ctx": 2, "depth": 3, "ctx_init": "a photo of a"}
     assert not [k for k in ckpt.tensors if k.startswith("model/clip.")]
     assert "model/prompt_learner.coupling.2.weight" in ckpt.tensors
     model = ckpt.build_model()

@@ -421,10 +421,23 @@ def demo(
     config: Annotated[Path, typer.Option(help="The demo's config.")] = DEFAULT_DEMO_CONFIG,
     overrides: Annotated[Optional[list[str]], typer.Argument(help="section.key=value overrides.")] = None,
     force: Annotated[bool, typer.Option(help="Use OUT even if it holds something other than an earlier demo.")] = False,
+    seeds: Annotated[Optional[str], typer.Option(
+        help="Comma-separated seeds: the demo once per seed (train.seed, data.split_seed, prompts.seed) into "
+             "OUT/seedS, and the spread (mean ± std) in OUT/spread.md and spread.json.")] = None,
 ) -> None:
     """Offline Fashion-MNIST: plain ViT vs Instruction-ViT with text, image and mixed prompts."""
-    from .studies.demo import run_demo
+    from .studies.demo import run_demo, run_demo_seeds
 
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds takes comma-separated integers, e.g. --seeds 0,1,2 (got {seeds!r})") from None
+        with _progress():
+            run_demo_seeds(config, out, seed_list, overrides or [], force=force)
+        console.print((out / "spread.md").read_text(encoding="utf-8"), highlight=False, markup=False)
+        console.print(f"numbers: {out / 'spread.json'}; each seed's runs and plots: {out}/seedS")
+        return
     with _progress():
         rows = run_demo(config, out, overrides or [], force=force)
     table = Table(title="Fashion-MNIST demo (test top-1 %, best validation epoch)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
+import logging
 import os
 import types
 import typing
@@ -21,6 +23,7 @@ import yaml
 from .errors import ConfigError
 from .limits import DEFAULT_MAX_IMAGE_PIXELS
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,16 +73,13 @@ class PromptConfig:
 class ModelConfig:
     method: str = "instruction_vit"  # a classifier kind (ivit.list_classifiers()): instruction_vit (also plain ViT,
     # VPT, linear probe, CNNs) | coop (CLIP + learned context) | cocoop | kgcoop (CoOp family: CLIP, or offline conse)
-    coop_context: int = 16  # CoOp family: learned context vectors (ignored when coop_init sets them)
-    coop_init: str | None = "a photo of a"  # CoOp family: initial context phrase; None: random, coop_context long
-    options: dict[str, Any] = field(default_factory=dict)  # the method's own options (its kind's Options dataclass);
-    # filled with the kind's defaults when the config is validated, so the resolved config records every value
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (its kind's Options dataclass:
+    # VPT's vpt_tokens/vpt_deep, the CLIP learners' n_ctx/ctx_init, ...); filled with the kind's defaults when the
+    # config is resolved, so the resolved config records every value
     backbone: str = "vit_tiny_patch16_224"
     pretrained: str | None = None  # None: random init; "timm": timm's sources; else a weights file
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model kwargs, e.g. patch_size
     score_scale: float = 10.0  # cosine x scale; see README (100 stalls learning with a proper CE)
-    vpt_tokens: int = 0  # VPT baseline (Jia et al. 2022): learnable visual prompt tokens; 0 for none
-    vpt_deep: bool = False  # VPT-deep (tokens before every block) instead of VPT-shallow
     regime: str = "full"  # full | prompt | linear
     train_prompt_features: bool = False
 
@@ -187,12 +187,66 @@ def resolved_workers(cfg: DataConfig) -> int:
     return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+#: ``model.*`` keys of before every method's settings moved under ``model.options`` (#19): the option each became
+#: and the methods that read it then (this package's kinds of the time; no other method read them), with the value
+#: every config of the time recorded when it was not set. A config that gives one (a YAML file, an override, the
+#: saved config of an older checkpoint, run folder or model folder) is read with it moved, and a note names the new
+#: key once.
+MOVED_MODEL_KEYS: dict[str, tuple[str, tuple[str, ...], Any]] = {
+    "coop_context": ("n_ctx", ("coop", "cocoop", "kgcoop"), 16),
+    "coop_init": ("ctx_init", ("coop", "cocoop", "kgcoop", "maple", "promptsrc"), "a photo of a"),
+    "vpt_tokens": ("vpt_tokens", ("instruction_vit",), 0),
+    "vpt_deep": ("vpt_deep", ("instruction_vit",), False),
+}
+
+
+def moved_model_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a config as a mapping of sections) with the old ``model.*`` keys of :data:`MOVED_MODEL_KEYS` moved
+    to the ``model.options`` their method reads, as the old code read them: ``coop_context`` counted only for a random
+    context (``coop_init: null``; a phrase set the length), and a key the method did not read is dropped (a note
+    says so when it held another value than the old default). Giving a key both ways is a :class:`ConfigError`."""
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or not any(key in model for key in MOVED_MODEL_KEYS):
+        return data
+    model, options = dict(model), model.get("options")
+    options = dict(options) if isinstance(options, dict) else {} if options is None else options
+    if not isinstance(options, dict):
+        return data  # typed() names the malformed options
+    method = model.get("method", ModelConfig.method)
+    old = {key: model.pop(key) for key in MOVED_MODEL_KEYS if key in model}
+    moved = []
+    for key, value in old.items():
+        new, readers, default = MOVED_MODEL_KEYS[key]
+        if method not in readers or (key == "coop_context" and old.get("coop_init")):
+            if value != default:
+                why = "model.coop_init sets the context length" if method in readers else \
+                    f"model.method={method} does not read it"
+                _note_once(f"model.{key}={value!r} is ignored, as before ({why}); dropped")
+            continue
+        if new in options:
+            raise ConfigError(f"model.{key} and model.options.{new} are one setting given twice: keep "
+                              f"model.options.{new} (model.{key} is its old name)")
+        options[new] = value
+        moved.append(f"model.{key} as model.options.{new}")
+    if moved:
+        _note_once(f"old config keys read under their new names: {', '.join(moved)} (write the new ones)")
+    model["options"] = options
+    return {**data, "model": model}
+
+
+@functools.lru_cache(maxsize=None)
+def _note_once(text: str) -> None:
+    """Log ``text`` as a warning, once per process (a config is read many times, e.g. once per reproduce cell)."""
+    log.warning(text)
+
+
 def from_dict(data: dict[str, Any]) -> Config:
     """A :class:`Config` from a mapping of sections: every key known, every value of its type, choices and ranges
-    checked. Names that registries hold (``data.dataset``, ``model.method`` and its ``model.options``) are checked
-    by the resolve step above the registries (:func:`instruction_vit.resolve.resolve`), not here: this module is
-    the schema, at the bottom of the layers."""
-    cfg = typed(Config, data, "")
+    checked; old key names are read under their new ones (:func:`moved_model_keys`). Names that registries hold
+    (``data.dataset``, ``model.method`` and its ``model.options``) are checked by the resolve step above the
+    registries (:func:`instruction_vit.resolve.resolve`), not here: this module is the schema, at the bottom of the
+    layers."""
+    cfg = typed(Config, moved_model_keys(data), "")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

@@ -4,21 +4,26 @@ A small meta-network (``Linear(D, D // 16)``-ReLU-``Linear(D // 16, W)``, D the 
 width) turns each image's normalised image feature into one token π, added to every context vector:
 ``v_m(x) = v_m + π(x)``. Each image thus gets its own class prompts, text features and logits. Trained: the
 context and the meta-network, nothing else (as the official ``trainers/cocoop.py`` of KaiyangZhou/CoOp, whose
-defaults are: context "a photo of a" (4 vectors), SGD lr 0.002, 10 epochs, batch size 1, 16 shots, cosine
+configs are: context "a photo of a" (4 vectors), SGD lr 0.002, 10 epochs, batch size 1, 16 shots, cosine
 schedule with one constant warm-up epoch at 1e-5).
+
+Options (:class:`CoCoOpOptions`): CoOp's ``n_ctx`` and ``ctx_init``, with the paper's context as the default: the
+phrase "a photo of a", one vector per word (every config the official scripts name, ``*_ctxv1``).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from ..outputs import InstructionOutput, Prompts
 from . import register_classifier
-from .coop import CoOpFamily, CoOpFamilyKind
+from .context import PHOTO_PHRASE
+from .coop import CoOpFamily, CoOpFamilyKind, CoOpOptions
 
 
 class CoCoOpClassifier(CoOpFamily):
@@ -26,9 +31,9 @@ class CoCoOpClassifier(CoOpFamily):
 
     method = "CoCoOp"
 
-    def __init__(self, encoder: Any, class_names: Sequence[str], context_length: int = 16,
-                 init: str | None = "a photo of a"):
-        super().__init__(encoder, class_names, context_length, init)
+    def __init__(self, encoder: Any, class_names: Sequence[str], n_ctx: int | None = None,
+                 ctx_init: str | None = PHOTO_PHRASE):
+        super().__init__(encoder, class_names, n_ctx, ctx_init)
         vis_dim, width = self.image_tower.dim, self.text_tower.width
         hidden = max(1, vis_dim // 16)
         self.meta_net = nn.Sequential(OrderedDict([
@@ -52,8 +57,16 @@ class CoCoOpClassifier(CoOpFamily):
         return InstructionOutput(logits, logits.new_zeros(logits.shape[0], 0))
 
 
+@dataclass
+class CoCoOpOptions(CoOpOptions):
+    """``model.options`` of ``model.method=cocoop``: CoOp's, with the CoCoOp paper's context as the default."""
+
+    ctx_init: str | None = PHOTO_PHRASE  # 4 context vectors from "a photo of a" (the official ctxv1 configs)
+
+
 @register_classifier("cocoop")
 class CoCoOpKind(CoOpFamilyKind):
     """CoCoOp: CoOp's context plus a meta-network token from each image (CLIP or, offline, ConSE)."""
 
     model_class = CoCoOpClassifier
+    Options = CoCoOpOptions

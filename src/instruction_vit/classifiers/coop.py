@@ -5,19 +5,24 @@ The prompt-learning baseline users compare Instruction-ViT with. Each class's te
 ``[SOS] v_1 ... v_M <class name>. [EOS]`` where the M context vectors are learned (shared by all classes,
 CoOp's unified context, class token at the end) and everything else is frozen: the text and image towers of CLIP
 (``prompts.encoder=open_clip:...``), or offline MiniLM against ConSE image features (``prompts.encoder=conse``, see
-:mod:`.towers`). The logits are the scaled cosine between image and class-text features. Initialised from a
-phrase (default "a photo of a"), it starts exactly at the zero-shot classifier of the template
-``"a photo of a {}."``.
+:mod:`.towers`). The logits are the scaled cosine between image and class-text features.
+
+Options (``model.options.NAME=value``, :class:`CoOpOptions`): ``n_ctx`` and ``ctx_init``. CoOp's default is its
+paper's main setting and the official code's: 16 context vectors from N(0, 0.02). With a phrase
+(``ctx_init="a photo of a"``, the official ``*_ctxv1`` configs) the context starts as the phrase's word embeddings,
+one vector per word as the official code counts them (:mod:`.context`), and starts exactly at the zero-shot
+classifier of the template ``"a photo of a {}."``.
 
 :class:`CoOpFamily` owns what the methods share: the frozen towers (kept by reference in checkpoints, checked on
 load), the context, the class prompts (:meth:`~CoOpFamily.set_classes`), :meth:`~CoOpFamily.text_features` for a
 shared or per-image context, and what trains (the ``prompt`` regime only). Each method is a small subclass
-with its own ``forward`` and kind: :mod:`.cocoop`, :mod:`.kgcoop`.
+with its own ``forward``, kind and options: :mod:`.cocoop`, :mod:`.kgcoop`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,10 +31,11 @@ from torch import Tensor, nn
 
 from ..config import Config
 from ..data.templates import class_text
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts import load_encoder
 from . import ClassifierKind, register_classifier
+from .context import check_phrase_tokens, clean_phrase, context_length
 from .deep_prompts import prompt_regime_only
 from .towers import Towers, towers_from_encoder
 
@@ -43,6 +49,17 @@ class CoOpContext(nn.Module):
     def __init__(self, init: Tensor):
         super().__init__()
         self.context = nn.Parameter(init.detach().clone().float())
+        self._register_load_state_dict_pre_hook(self._check_length)
+
+    def _check_length(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+        """A saved context of another length is refused in one line with the reason (not torch's size mismatch)."""
+        held = state_dict.get(f"{prefix}context")
+        if held is not None and held.shape != self.context.shape:
+            raise CheckpointError(
+                f"the saved context has {held.shape[0]} vectors, the model its config describes {self.context.shape[0]}"
+                " (model.options.n_ctx): a checkpoint from before the official rule (one vector per word of "
+                "model.options.ctx_init) learned one per token; build it with model.options.n_ctx="
+                f"{held.shape[0]}, or train it again")
 
 
 class CoOpFamily(nn.Module):
@@ -54,8 +71,9 @@ class CoOpFamily(nn.Module):
         encoder: the prompt encoder whose towers the prompts are learned through (open_clip's CLIP or ConSE), or
             :class:`~.towers.Towers` already built from one.
         class_names: the classes, in label order.
-        context_length: the number of context vectors when ``init`` is ``None`` (random init, std 0.02).
-        init: the phrase whose word embeddings start the context (its length sets the context length).
+        n_ctx: the number of context vectors; ``None``: the number of words of ``ctx_init``, or 16 without one.
+        ctx_init: the phrase whose first ``n_ctx`` token embeddings start the context (the rest of it stays in the
+            class texts as frozen words); ``None``: ``n_ctx`` random vectors (std 0.02). See :mod:`.context`.
     """
 
     #: It classifies by the class names' text (set_classes); the frozen towers' weights are rebuilt from
@@ -64,26 +82,35 @@ class CoOpFamily(nn.Module):
     weights_report = None  # no timm backbone: its towers are the encoder's, named by external_weights_id
     method = "CoOp"  # the method's name in messages
 
-    def __init__(self, encoder: Any, class_names: Sequence[str], context_length: int = 16,
-                 init: str | None = "a photo of a"):
+    def __init__(self, encoder: Any, class_names: Sequence[str], n_ctx: int | None = None,
+                 ctx_init: str | None = None):
         super().__init__()
         towers = encoder if isinstance(encoder, Towers) else towers_from_encoder(encoder, type(self).method.lower())
         self.text_tower, self.image_tower = towers.text, towers.image
         self.register_buffer("logit_scale", torch.tensor(towers.logit_scale), persistent=False)
         self.register_buffer("logit_bias", torch.tensor(towers.logit_bias), persistent=False)
-        with torch.no_grad():
-            start = self.text_tower.phrase_embeddings(init) if init else \
-                torch.randn(context_length, self.text_tower.width) * 0.02
-        self.prompt_embed = CoOpContext(start)  # named like Instruction-ViT's trainable prompt part
+        self.ctx_init = clean_phrase(ctx_init)  # stays in the class texts after the context (the official prompt)
+        self.prompt_embed = CoOpContext(self._start(context_length(n_ctx, self.ctx_init)))  # named like
+        # Instruction-ViT's trainable prompt part
         self.external_weights_id = towers.weights_id  # checked when a checkpoint is loaded into this model
         self.set_classes(class_names)
 
+    def _start(self, n: int) -> Tensor:
+        """``[n, width]`` initial context: the embeddings of the phrase's first ``n`` tokens, or N(0, 0.02)."""
+        with torch.no_grad():
+            if not self.ctx_init:
+                return torch.randn(n, self.text_tower.width) * 0.02
+            embedded = self.text_tower.phrase_embeddings(self.ctx_init)
+        check_phrase_tokens(n, embedded.shape[0], self.ctx_init)
+        return embedded[:n]
+
     def set_classes(self, class_names: Sequence[str]) -> None:
-        """Classify among ``class_names``: the learned context goes before each name (the family's context is
-        class-agnostic, so it transfers to new classes as it is)."""
+        """Classify among ``class_names``: the learned context goes before each name, after it the rest of the
+        initial phrase (the family's context is class-agnostic, so it transfers to new classes as it is)."""
         length = self.prompt_embed.context.shape[0]
-        placeholder = " ".join(["X"] * length)
-        tokens = self.text_tower.tokenize([f"{placeholder} {class_text(name)}." for name in class_names])
+        lead = self.ctx_init or " ".join(["X"] * length)
+        tokens = self.text_tower.tokenize([f"{lead} {class_text(name)}." for name in class_names])
+        self.text_tower.check_fits(tokens, "model.options.n_ctx")
         with torch.no_grad():
             embedded = self.text_tower.embed(tokens)
         self.register_buffer("tokens", tokens, persistent=False)
@@ -160,6 +187,15 @@ class CoOpClassifier(CoOpFamily):
     """CoOp: one learned context shared by all classes, over frozen towers."""
 
 
+@dataclass
+class CoOpOptions:
+    """``model.options`` of ``model.method=coop`` (CoOp's defaults: 16 random context vectors, class token at the
+    end); CoCoOp's and KgCoOp's extend it."""
+
+    n_ctx: int | None = None  # context vectors; None: the number of words of ctx_init, or 16 without a phrase
+    ctx_init: str | None = None  # the phrase whose first n_ctx tokens start the context; None: random (std 0.02)
+
+
 class CoOpFamilyKind(ClassifierKind):
     """Base of the CoOp family's kinds: built on prompts.encoder's towers, reading no instruction prompts."""
 
@@ -167,6 +203,15 @@ class CoOpFamilyKind(ClassifierKind):
     timm_backbone = False
     uses_encoder = True
     model_class: type[CoOpFamily] = CoOpClassifier
+    Options: type[CoOpOptions] = CoOpOptions
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The options with ``n_ctx`` resolved (the phrase's number of words, or 16), so the config records the
+        context length, and the phrase as the official code reads it (underscores as spaces)."""
+        options = super().resolve_options(given)
+        options["ctx_init"] = clean_phrase(options["ctx_init"])
+        options["n_ctx"] = context_length(options["n_ctx"], options["ctx_init"])
+        return options
 
     def load_towers(self, cfg: Config) -> Towers:
         """The towers ``prompts.encoder`` names, checked against ``data.img_size``."""
@@ -179,7 +224,8 @@ class CoOpFamilyKind(ClassifierKind):
 
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
               pretrained: Any = None) -> CoOpFamily:
-        return self.model_class(self.load_towers(cfg), class_names, cfg.model.coop_context, cfg.model.coop_init)
+        options = self.options(cfg)
+        return self.model_class(self.load_towers(cfg), class_names, options.n_ctx, options.ctx_init)
 
 
 @register_classifier("coop")

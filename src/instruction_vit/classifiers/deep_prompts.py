@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from ..model import check_regime
 from ..prompts import load_encoder
 from ..prompts.encoders.openclip import OpenCLIPEncoder
+from .context import check_phrase_tokens, clean_phrase
 
 logger = logging.getLogger(__name__)
 
@@ -158,15 +159,14 @@ def clip_logits(clip: nn.Module, image_features: Tensor, text_features: Tensor) 
 
 def phrase_context(clip_tower: TextTower, tokenizer: Any, phrase: str | None, n: int, key: str) -> Tensor:
     """``[n, W]`` initial context: the embeddings of ``phrase``'s first ``n`` tokens (as the official MaPLe and
-    PromptSRC code initialise from "a photo of a"), or ``N(0, 0.02)`` when ``phrase`` is ``None``."""
+    PromptSRC code initialise from "a photo of a"), or ``N(0, 0.02)`` when ``phrase`` is ``None``; more tokens than the
+    phrase has is refused with the fix (:func:`~.context.check_phrase_tokens`)."""
     width = clip_tower.token_embedding.weight.shape[-1]
+    phrase = clean_phrase(phrase)
     if not phrase:
         return torch.randn(n, width) * 0.02
     tokens = tokenizer([phrase])
-    words = int((tokens[0] > 0).sum()) - 2  # without [SOS] and [EOS]
-    if n > words:
-        raise ConfigError(f"{key}={n} context tokens, but model.coop_init={phrase!r} gives {words}: set a shorter "
-                          f"{key}, a longer phrase, or model.coop_init=null for a random context")
+    check_phrase_tokens(n, int((tokens[0] > 0).sum()) - 2, phrase, key)  # without [SOS] and [EOS]
     with torch.no_grad():
         return clip_tower.token_embedding(tokens.to(clip_tower.token_embedding.weight.device))[0, 1:1 + n].float()
 
@@ -179,12 +179,17 @@ class ClassTexts(nn.Module):
     (random init), ``n`` placeholders."""
 
     def __init__(self, tower: TextTower, tokenizer: Any, n: int, class_names: Sequence[str],
-                 phrase: str | None = None):
+                 phrase: str | None = None, key: str = "model.options.n_ctx"):
         super().__init__()
         self.n = n
-        lead = phrase if phrase else " ".join(["X"] * n)
+        lead = clean_phrase(phrase) or " ".join(["X"] * n)
         device = tower.token_embedding.weight.device
         tokens = tokenizer([f"{lead} {class_text(name)}." for name in class_names]).to(device)
+        full = int(((tokens > 0).sum(-1) >= tokens.shape[-1]).sum())
+        if full:  # the tokenizer cuts longer texts: a cut prompt would lose its name's end or its end token
+            raise ConfigError(f"{full} of {len(class_names)} class prompts (context, rest of the phrase, class name) "
+                              f"fill the text tower's {tokens.shape[-1]} tokens and would be cut: set a smaller {key}, "
+                              "or shorter class names")
         with torch.no_grad():
             embedded = tower.token_embedding(tokens)
         self.register_buffer("tokens", tokens, persistent=False)
@@ -206,9 +211,6 @@ def load_clip(cfg: Config, method: str) -> OpenCLIPEncoder:
     if cfg.data.img_size != encoder.preprocess.size:
         raise ConfigError(f"CLIP {cfg.prompts.encoder!r} reads {encoder.preprocess.size} px images: "
                           f"set data.img_size={encoder.preprocess.size}")
-    if cfg.model.coop_context != 16:  # the CoOp key's default: these methods set their length in model.options
-        raise ConfigError(f"model.coop_context is CoOp's context length; model.method={method} sets its prompt "
-                          "lengths in model.options (e.g. model.options.n_ctx=2 for MaPLe)")
     return encoder
 
 

@@ -10,6 +10,10 @@ The hand-crafted prompt is the data set's CoOp template (as the official ``CUSTO
 {}."`` for data sets without one), or the ``template`` option. The official defaults: context "a photo of a" (4
 vectors), SGD lr 0.002, 100 epochs, batch size 128, 16 shots (4 for cross-data transfer), cosine schedule with one
 constant warm-up epoch at 1e-5, weight 8.0.
+
+Options (:class:`KgCoOpOptions`): ``weight``, ``template``, and CoOp's ``n_ctx`` and ``ctx_init``. The official code
+hard-codes the phrase "a photo of a" whenever an initial phrase is set at all (``CTX_INIT``'s words are not read);
+here ``ctx_init`` is read, and its default is that phrase, so the default is the official context.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from ..config import Config
 from ..data.templates import check_templates, class_text
 from ..outputs import InstructionOutput, Prompts
 from . import register_classifier
-from .coop import CoOpFamily, CoOpFamilyKind
+from .context import PHOTO_PHRASE
+from .coop import CoOpFamily, CoOpFamilyKind, CoOpOptions
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -36,9 +41,9 @@ class KgCoOpClassifier(CoOpFamily):
 
     method = "KgCoOp"
 
-    def __init__(self, encoder: Any, class_names: Sequence[str], context_length: int = 16,
-                 init: str | None = "a photo of a", weight: float = 8.0, template: str = DEFAULT_TEMPLATE):
-        super().__init__(encoder, class_names, context_length, init)
+    def __init__(self, encoder: Any, class_names: Sequence[str], n_ctx: int | None = None,
+                 ctx_init: str | None = PHOTO_PHRASE, weight: float = 8.0, template: str = DEFAULT_TEMPLATE):
+        super().__init__(encoder, class_names, n_ctx, ctx_init)
         self.weight = float(weight)
         self.template = check_templates([template], source="KgCoOp's template")[0]
         self._encode_hand_crafted()
@@ -68,9 +73,10 @@ class KgCoOpClassifier(CoOpFamily):
 
 
 @dataclass
-class KgCoOpOptions:
-    """``model.options`` of ``model.method=kgcoop``."""
+class KgCoOpOptions(CoOpOptions):
+    """``model.options`` of ``model.method=kgcoop``: CoOp's, with the official context as the default, and its own."""
 
+    ctx_init: str | None = PHOTO_PHRASE  # the phrase the official code hard-codes whenever one is set
     weight: float = 8.0  # lambda, the knowledge-guided loss weight (the paper's 8.0)
     template: str | None = None  # the hand-crafted prompt; None: the data set's CoOp template, else "a photo of a {}."
 
@@ -85,7 +91,7 @@ class KgCoOpKind(CoOpFamilyKind):
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
               pretrained: Any = None) -> KgCoOpClassifier:
         options = self.options(cfg)
-        return KgCoOpClassifier(self.load_towers(cfg), class_names, cfg.model.coop_context, cfg.model.coop_init,
+        return KgCoOpClassifier(self.load_towers(cfg), class_names, options.n_ctx, options.ctx_init,
                                 weight=options.weight, template=options.template or dataset_template(cfg))
 
 

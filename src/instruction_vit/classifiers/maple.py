@@ -6,8 +6,11 @@ layers of the image tower that are not free parameters: each is a coupling funct
 vision width) of the language prompts of the same layer. Paper defaults (official ``configs/trainers/MaPLe/
 vit_b16_c2_ep5_batch4_2ctx.yaml``): J=9, 2 tokens; SGD lr 0.0035, 5 epochs, batch 4, 16 shots.
 
-Options (``model.options.NAME=value``): ``n_ctx`` (prompt tokens per layer, 2) and ``depth`` (J, 9). The initial
-phrase is CoOp's key ``model.coop_init`` ("a photo of a"; ``null``: random context).
+Options (``model.options.NAME=value``): ``n_ctx`` (prompt tokens per layer, 2), ``depth`` (J, 9) and ``ctx_init``
+(the phrase whose first ``n_ctx`` tokens start the context, "a photo of a"; ``null``: random; see :mod:`.context`).
+
+The couplings start as the official code's do: layer 0's (its ``proj``) initialised on its own, the deeper ones
+(its ``compound_prompt_projections``) copies of a second, independent initialisation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..errors import ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts.encoders.openclip import OpenCLIPEncoder
 from . import ClassifierKind, register_classifier
+from .context import PHOTO_PHRASE, clean_phrase
 from .deep_prompts import (ClassTexts, check_depth, clip_logits, encode_image, encode_text, frozen_clip, layers_of,
                            load_clip, phrase_context, prompt_regime_only, text_tower, vision_tower)
 
@@ -37,10 +41,11 @@ class MaPLePrompts(nn.Module):
         super().__init__()
         n = context.shape[0]
         self.context = nn.Parameter(context.detach().clone().float())
+        # Drawn in the official order (context, layer 0's coupling, deep prompts, the deep couplings' one layer):
+        first = nn.Linear(text_width, vision_width)  # the official `proj`: layer 0's coupling, on its own
         self.deep_text = nn.ParameterList([nn.Parameter(torch.randn(n, text_width) * 0.02) for _ in range(depth - 1)])
-        layer = nn.Linear(text_width, vision_width)
-        self.coupling = nn.ModuleList([layer] + [copy.deepcopy(layer) for _ in range(depth - 1)])  # as the official
-        # code: the deep couplings are clones of one initialisation
+        deep = nn.Linear(text_width, vision_width)  # cloned for layers 1..J-1 (`_get_clones(single_layer, J - 1)`)
+        self.coupling = nn.ModuleList([first] + [copy.deepcopy(deep) for _ in range(depth - 1)])
 
     def language(self) -> list[Tensor]:
         """The language prompts of layers 0..J-1."""
@@ -61,7 +66,7 @@ class MaPLeClassifier(nn.Module):
     weights_report = None  # no timm backbone: its towers are the encoder's, named by external_weights_id
 
     def __init__(self, encoder: OpenCLIPEncoder, class_names: Sequence[str], n_ctx: int = 2, depth: int = 9,
-                 init: str | None = "a photo of a"):
+                 ctx_init: str | None = PHOTO_PHRASE):
         super().__init__()
         clip = frozen_clip(encoder)
         tower, visual = text_tower(clip, "MaPLe"), vision_tower(clip, "MaPLe")
@@ -71,8 +76,8 @@ class MaPLeClassifier(nn.Module):
             raise ConfigError(f"MaPLe needs model.options.depth >= 1 and model.options.n_ctx >= 1 (got {depth}, "
                               f"{n_ctx})")
         self.tokenizer = encoder.tokenizer
-        self.init_phrase = init or None  # stays in the class texts after the context (the official code's prompt)
-        context = phrase_context(tower, self.tokenizer, init, n_ctx, "model.options.n_ctx")
+        self.ctx_init = clean_phrase(ctx_init)  # stays in the class texts after the context (the official prompt)
+        context = phrase_context(tower, self.tokenizer, self.ctx_init, n_ctx, "model.options.n_ctx")
         self.prompt_learner = MaPLePrompts(context, depth, tower.token_embedding.weight.shape[-1],
                                            visual.transformer.width)
         self.clip = clip
@@ -82,7 +87,7 @@ class MaPLeClassifier(nn.Module):
     def set_classes(self, class_names: Sequence[str]) -> None:
         """Classify among ``class_names``: the learned prompts are class-agnostic, they go with any names."""
         self.texts = ClassTexts(text_tower(self.clip, "MaPLe"), self.tokenizer, self.prompt_learner.context.shape[0],
-                                class_names, self.init_phrase)
+                                class_names, self.ctx_init)
         self.num_classes = len(class_names)
 
     @property
@@ -123,6 +128,7 @@ class MaPLeOptions:
 
     n_ctx: int = 2  # prompt tokens per layer, in both towers
     depth: int = 9  # J: the layers that get prompts (1: shallow MaPLe)
+    ctx_init: str | None = PHOTO_PHRASE  # the phrase whose first n_ctx tokens start the context; None: random
 
 
 @register_classifier("maple")
@@ -137,4 +143,4 @@ class MaPLeKind(ClassifierKind):
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
               pretrained: Any = None) -> MaPLeClassifier:
         options = self.options(cfg)
-        return MaPLeClassifier(load_clip(cfg, "maple"), class_names, options.n_ctx, options.depth, cfg.model.coop_init)
+        return MaPLeClassifier(load_clip(cfg, "maple"), class_names, options.n_ctx, options.depth, options.ctx_init)

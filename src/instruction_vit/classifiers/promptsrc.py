@@ -39,6 +39,7 @@ from ..errors import ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts.encoders.openclip import OpenCLIPEncoder
 from . import ClassifierKind, register_classifier
+from .context import PHOTO_PHRASE, clean_phrase
 from .deep_prompts import (ClassTexts, check_depth, clip_logits, encode_image, encode_text, frozen_clip, layers_of,
                            load_clip, phrase_context, prompt_regime_only, text_tower, vision_tower)
 
@@ -90,7 +91,7 @@ class PromptSRCClassifier(nn.Module):
 
     def __init__(self, encoder: OpenCLIPEncoder, class_names: Sequence[str], n_ctx_text: int = 4,
                  n_ctx_vision: int = 4, depth_text: int = 9, depth_vision: int = 9,
-                 init: str | None = "a photo of a", templates: Sequence[str] = ("a photo of a {}.",),
+                 ctx_init: str | None = PHOTO_PHRASE, templates: Sequence[str] = ("a photo of a {}.",),
                  text_loss_weight: float = 25.0, image_loss_weight: float = 10.0, logits_loss_weight: float = 1.0,
                  gpa_mean: float = 15.0, gpa_std: float = 1.0):
         super().__init__()
@@ -107,8 +108,8 @@ class PromptSRCClassifier(nn.Module):
         if gpa_std <= 0:
             raise ConfigError(f"model.options.gpa_std must be > 0, got {gpa_std}")
         self.tokenizer = encoder.tokenizer
-        self.init_phrase = init or None  # stays in the class texts after the context (the official code's prompt)
-        context = phrase_context(tower, self.tokenizer, init, n_ctx_text, "model.options.n_ctx_text")
+        self.ctx_init = clean_phrase(ctx_init)  # stays in the class texts after the context (the official prompt)
+        context = phrase_context(tower, self.tokenizer, self.ctx_init, n_ctx_text, "model.options.n_ctx_text")
         width = clip.visual.transformer.width if depth_vision else 0
         self.prompt_learner = PromptSRCPrompts(context, depth_text, n_ctx_vision, depth_vision, width)
         self.clip = clip
@@ -125,7 +126,8 @@ class PromptSRCClassifier(nn.Module):
         """Classify among ``class_names``: the learned prompts are class-agnostic, they go with any names."""
         self.class_names = list(class_names)
         self.texts = ClassTexts(text_tower(self.clip, "PromptSRC"), self.tokenizer,
-                                self.prompt_learner.context.shape[0], class_names, self.init_phrase)
+                                self.prompt_learner.context.shape[0], class_names, self.ctx_init,
+                                "model.options.n_ctx_text")
         self.num_classes = len(class_names)
         self._frozen_text: Tensor | None = None  # the template ensemble's features, computed when training needs them
 
@@ -221,6 +223,7 @@ class PromptSRCOptions:
     gpa_mean: float = 15.0  # Gaussian prompt aggregation: mean epoch (1-based)
     gpa_std: float = 1.0  # and its std, in epochs
     templates: str = "promptsrc"  # the frozen text features' template ensemble (the official 60, or a template set)
+    ctx_init: str | None = PHOTO_PHRASE  # the phrase whose first n_ctx_text tokens start the language context
 
 
 @register_classifier("promptsrc")
@@ -240,6 +243,6 @@ class PromptSRCKind(ClassifierKind):
             raise ConfigError(f"the Gaussian aggregation weights of all {epochs} epochs vanish (gpa_mean {o.gpa_mean}, "
                               f"gpa_std {o.gpa_std}): set model.options.gpa_mean within the epochs or a wider gpa_std")
         return PromptSRCClassifier(load_clip(cfg, "promptsrc"), class_names, o.n_ctx_text, o.n_ctx_vision,
-                                   o.depth_text, o.depth_vision, cfg.model.coop_init, promptsrc_templates(o.templates),
+                                   o.depth_text, o.depth_vision, o.ctx_init, promptsrc_templates(o.templates),
                                    o.text_loss_weight, o.image_loss_weight, o.logits_loss_weight, o.gpa_mean,
                                    o.gpa_std)

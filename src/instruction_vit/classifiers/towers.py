@@ -40,10 +40,12 @@ MINILM_LOGIT_SCALE = 100.0
 
 class TextTower(nn.Module, ABC):
     """A frozen text encoder that reads token embeddings. ``width`` is the token-embedding width (the width of a
-    learned context vector), ``dim`` the feature dim."""
+    learned context vector), ``dim`` the feature dim, ``capacity`` the most tokens a text may have (start and end
+    included): its tokenizer cuts longer ones."""
 
     width: int
     dim: int
+    capacity: int
 
     @abstractmethod
     def tokenize(self, texts: Sequence[str]) -> Tensor:
@@ -62,14 +64,23 @@ class TextTower(nn.Module, ABC):
         return self.encode(self.embed(tokens), tokens)
 
     def phrase_embeddings(self, phrase: str) -> Tensor:
-        """``[M, width]`` the embeddings of a phrase's words, without the start and end tokens."""
+        """``[M, width]`` the embeddings of a phrase's M tokens, without the start and end tokens."""
         tokens = self.tokenize([phrase])
-        length = self.word_count(tokens[0])
+        length = int(self.token_counts(tokens)[0]) - 2
         return self.embed(tokens)[0, 1:1 + length]
 
     @abstractmethod
-    def word_count(self, tokens: Tensor) -> int:
-        """How many word tokens a ``[L]`` row holds (not counting start, end and padding)."""
+    def token_counts(self, tokens: Tensor) -> Tensor:
+        """``[N]``: how many tokens each row of ``[N, L]`` ids holds, start and end included (padding not)."""
+
+    def check_fits(self, tokens: Tensor, key: str) -> None:
+        """Refuse texts the tokenizer may have cut (a row filling :attr:`capacity`): a cut class prompt would lose
+        the end of its name or its end token without a word. ``key`` names the setting that makes them long."""
+        full = int((self.token_counts(tokens) >= self.capacity).sum())
+        if full:
+            raise ConfigError(f"{full} of {len(tokens)} class prompts (context, rest of the phrase, class name) fill "
+                              f"the text tower's {self.capacity} tokens and would be cut: set a smaller {key}, or "
+                              "shorter class names")
 
     def train(self, mode: bool = True) -> TextTower:
         return super().train(False)  # frozen: always in eval mode
@@ -101,6 +112,7 @@ class CLIPTextTower(TextTower):
         self.text_eos_id = getattr(clip, "text_eos_id", None)
         self.width = int(clip.token_embedding.weight.shape[-1])
         self.dim = _projected_dim(clip.text_projection, self.width)
+        self.capacity = int(clip.positional_embedding.shape[0])  # CLIP's context length (77)
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         return self.tokenizer(list(texts)).to(self.positional_embedding.device)
@@ -108,8 +120,8 @@ class CLIPTextTower(TextTower):
     def embed(self, tokens: Tensor) -> Tensor:
         return self.token_embedding(tokens)
 
-    def word_count(self, tokens: Tensor) -> int:
-        return int((tokens > 0).sum()) - 2  # without [SOS] and [EOS]
+    def token_counts(self, tokens: Tensor) -> Tensor:
+        return (tokens > 0).sum(-1)  # padding is id 0
 
     def encode(self, embeddings: Tensor, tokens: Tensor) -> Tensor:
         """open_clip's ``CLIP.encode_text`` from the embedding step on (the deep-prompt runner without deep
@@ -148,6 +160,7 @@ class MiniLMTextTower(TextTower):
         self.pad_id = int(self.tokenizer.pad_token_id)
         self.width = int(self.bert.config.hidden_size)
         self.dim = self.width
+        self.capacity = self.max_length
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         ids = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
@@ -157,8 +170,8 @@ class MiniLMTextTower(TextTower):
     def embed(self, tokens: Tensor) -> Tensor:
         return self.bert.embeddings.word_embeddings(tokens)
 
-    def word_count(self, tokens: Tensor) -> int:
-        return int((tokens != self.pad_id).sum()) - 2  # without [CLS] and [SEP]
+    def token_counts(self, tokens: Tensor) -> Tensor:
+        return (tokens != self.pad_id).sum(-1)
 
     def encode(self, embeddings: Tensor, tokens: Tensor) -> Tensor:
         mask = (tokens != self.pad_id).to(embeddings.dtype)

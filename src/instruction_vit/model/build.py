@@ -66,7 +66,7 @@ def build_model(
         if prompt_dims or vpt_tokens:
             raise ConfigError(f"{backbone} is not a timm VisionTransformer: prompts and VPT tokens join a ViT's token "
                               "sequence; pick a ViT (e.g. vit_base_patch16_224), or read no prompts "
-                              "(prompts.kind=none, model.vpt_tokens=0) for a plain baseline")
+                              "(prompts.kind=none, model.options.vpt_tokens=0) for a plain baseline")
         model = PlainClassifier(net)  # a baseline backbone without prompts (ResNet, EfficientNet, CaiT, PiT, ...)
     else:
         model = InstructionViT(net, prompt_dims, score_scale=score_scale, vpt_tokens=vpt_tokens, vpt_deep=vpt_deep)
