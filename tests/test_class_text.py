@@ -3,8 +3,8 @@ does ("a photo of a ankle boot.", not "ankle_boot."), while the class names show
 
 import torch
 
-from instruction_vit.classifiers.coop import CoOpClassifier
-from instruction_vit.classifiers.kgcoop import KgCoOpClassifier
+from instruction_vit.methods.coop import CoOpClassifier
+from instruction_vit.methods.kgcoop import KgCoOpClassifier
 from instruction_vit.data import class_text
 from instruction_vit.prompts import build_prompt_bank
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from instruction_vit.classifiers.cocoop import CoCoOpClassifier
-from instruction_vit.classifiers.coop import CoOpClassifier
+from instruction_vit.methods.cocoop import CoCoOpClassifier
+from instruction_vit.methods.coop import CoOpClassifier
 from instruction_vit.config import ConfigError
 from instruction_vit.model import apply_regime
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instruction_vit.classifiers import classifier_kind
-from instruction_vit.classifiers.cocoop import CoCoOpClassifier
-from instruction_vit.classifiers.coop import CoOpClassifier
+from instruction_vit.methods import get_method
+from instruction_vit.methods.cocoop import CoCoOpClassifier
+from instruction_vit.methods.coop import CoOpClassifier
 from instruction_vit.api import load_config
 from instruction_vit.config import ConfigError
 from instruction_vit.artifacts.checkpoint import CheckpointError, load_checkpoint
@@ -143,7 +143,7 @@ def test_each_coop_family_method_through_the_cli(method, tmp_path, tiny_clip_dir
     assert sorted(k for k in straight.tensors if k.startswith("model/")) == trained  # what it trains, nothing else
     for key in trained:
         torch.testing.assert_close(resumed.tensors[key], straight.tensors[key])
-    start = classifier_kind(method).build(straight.config, straight.class_names)
+    start = get_method(method).build(straight.config, straight.class_names)
     assert not torch.allclose(straight.tensors["model/prompt_embed.context"], start.prompt_embed.context)  # learned
     metrics = (tmp_path / "run" / "metrics.csv").read_text()
     assert ("train_kg" in metrics) == (method == "kgcoop")  # KgCoOp's extra term is logged under its name
@@ -191,7 +191,7 @@ def test_over_conse_a_method_learns_its_context_in_the_engine(method, conse, tmp
 
     from instruction_vit.artifacts.classifier import Classifier
 
-    monkeypatch.setattr("instruction_vit.classifiers.coop.load_encoder", lambda spec: conse)  # loaded once above
+    monkeypatch.setattr("instruction_vit.methods.coop.load_encoder", lambda spec: conse)  # loaded once above
     images = colour_folder(tmp_path / "images", per_class=4)
     cfg = load_config(None, [  # the 6 training images in one batch: each epoch's loss is that of the whole set
         "data.dataset=folder", f"data.root={images}", "data.val_fraction=0.25", "data.img_size=32",

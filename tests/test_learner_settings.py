@@ -14,12 +14,12 @@ from safetensors.torch import save_file
 from instruction_vit import config as config_module
 from instruction_vit.api import load_config
 from instruction_vit.artifacts.checkpoint import load_checkpoint, save_checkpoint
-from instruction_vit.classifiers import classifier_kind
-from instruction_vit.classifiers.cocoop import CoCoOpClassifier
-from instruction_vit.classifiers.coop import CoOpClassifier
-from instruction_vit.classifiers.kgcoop import KgCoOpClassifier
-from instruction_vit.classifiers.maple import MaPLeClassifier, MaPLePrompts
-from instruction_vit.classifiers.promptsrc import PromptSRCClassifier
+from instruction_vit.methods import get_method
+from instruction_vit.methods.cocoop import CoCoOpClassifier
+from instruction_vit.methods.coop import CoOpClassifier
+from instruction_vit.methods.kgcoop import KgCoOpClassifier
+from instruction_vit.methods.maple import MaPLeClassifier, MaPLePrompts
+from instruction_vit.methods.promptsrc import PromptSRCClassifier
 from instruction_vit.errors import CheckpointError, ConfigError
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
@@ -151,7 +151,7 @@ def test_an_old_vpt_checkpoint_still_loads(tmp_path, tiny_vit_kwargs):
     cfg = load_config(None, ["prompts.kind=none", "model.regime=prompt", "data.img_size=32",
                              "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
                              "model.options.vpt_tokens=2", "model.options.vpt_deep=true"])
-    model = classifier_kind("instruction_vit").build(cfg, CLASSES)
+    model = get_method("instruction_vit").build(cfg, CLASSES)
     path = save_checkpoint(tmp_path / "new.safetensors", model, {"config": cfg.to_dict(), "class_names": CLASSES})
     loaded = load_checkpoint(rewrite_checkpoint(path, tmp_path / "old.safetensors")).build_model()
     assert loaded.vpt_tokens == 2 and loaded.vpt_deep
@@ -210,7 +210,7 @@ def test_a_context_saved_at_another_length_is_refused_with_the_setting_that_load
     cfg = load_config(None, ["model.method=coop", "prompts.kind=none", "data.img_size=32",
                              f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", "model.options.n_ctx=4",
                              "model.options.ctx_init=itap of a"])
-    model = classifier_kind("coop").build(cfg, CLASSES)
+    model = get_method("coop").build(cfg, CLASSES)
     path = save_checkpoint(tmp_path / "c.safetensors", model, {"config": cfg.to_dict(), "class_names": CLASSES})
     old = load_checkpoint(rewrite_checkpoint(path, tmp_path / "old.safetensors"))
     with pytest.raises(CheckpointError, match="saved context has 4 vectors.*3.*model.options.n_ctx=4"):

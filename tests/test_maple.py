@@ -6,8 +6,8 @@ import torch
 
 from helpers import DEEP_CLIP_CFG, save_clip
 
-from instruction_vit.classifiers import deep_prompts as dp
-from instruction_vit.classifiers.maple import MaPLeClassifier
+from instruction_vit.methods import deep_prompts as dp
+from instruction_vit.methods.maple import MaPLeClassifier
 from instruction_vit.config import ConfigError
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder

@@ -16,8 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from instruction_vit.api import export_onnx, load_classifier
-from instruction_vit.classifiers.cocoop import CoCoOpClassifier
-from instruction_vit.classifiers.coop import CoOpClassifier
+from instruction_vit.methods.cocoop import CoCoOpClassifier
+from instruction_vit.methods.coop import CoOpClassifier
 from instruction_vit.cli import app
 from instruction_vit.training import train
 from instruction_vit.artifacts.export import ExportError, export_model_onnx

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
 from helpers import DEEP_CLIP_CFG, save_clip
 
-from instruction_vit.classifiers.promptsrc import PromptSRCClassifier, promptsrc_templates
+from instruction_vit.methods.promptsrc import PromptSRCClassifier, promptsrc_templates
 from instruction_vit.config import ConfigError, load_config
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
@@ -141,7 +141,7 @@ def test_promptsrc_config_errors(tmp_path, encoder):
         promptsrc_templates("nope")
     cfg = load_config(None, ["model.method=promptsrc", "prompts.kind=none", "train.epochs=2",
                              "model.options.gpa_mean=500", "model.options.depth_text=2"])
-    from instruction_vit.classifiers import classifier_kind
+    from instruction_vit.methods import get_method
 
     with pytest.raises(ConfigError, match="aggregation weights of all 2 epochs vanish"):
-        classifier_kind("promptsrc").build(cfg, CLASSES)
+        get_method("promptsrc").build(cfg, CLASSES)

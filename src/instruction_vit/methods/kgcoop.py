@@ -29,9 +29,9 @@ from torch import Tensor
 from ..config import Config
 from ..data.templates import check_templates, class_text
 from ..outputs import InstructionOutput, Prompts
-from . import register_classifier
+from . import register_method
 from .context import PHOTO_PHRASE
-from .coop import CoOpFamily, CoOpFamilyKind, CoOpOptions
+from .coop import CoOpFamily, CoOpFamilyMethod, CoOpOptions
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
@@ -81,8 +81,8 @@ class KgCoOpOptions(CoOpOptions):
     template: str | None = None  # the hand-crafted prompt; None: the data set's CoOp template, else "a photo of a {}."
 
 
-@register_classifier("kgcoop")
-class KgCoOpKind(CoOpFamilyKind):
+@register_method("kgcoop")
+class KgCoOpMethod(CoOpFamilyMethod):
     """KgCoOp: CoOp plus a loss keeping the class text features near the hand-crafted prompt's (CLIP or ConSE)."""
 
     model_class = KgCoOpClassifier

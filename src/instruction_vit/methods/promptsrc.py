@@ -38,7 +38,7 @@ from ..data import class_text, template_set
 from ..errors import ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts.encoders.openclip import OpenCLIPEncoder
-from . import ClassifierKind, register_classifier
+from . import Method, register_method
 from .context import PHOTO_PHRASE, clean_phrase
 from .deep_prompts import (ClassTexts, check_depth, clip_logits, encode_image, encode_text, frozen_clip, layers_of,
                            load_clip, phrase_context, prompt_regime_only, text_tower, vision_tower)
@@ -79,7 +79,7 @@ class PromptSRCPrompts(nn.Module):
 
 
 class PromptSRCClassifier(nn.Module):
-    """The classifier protocol (:class:`~instruction_vit.model.ImageClassifier`) over CLIP + PromptSRC's prompts
+    """The model protocol (:class:`~instruction_vit.model.MethodModel`) over CLIP + PromptSRC's prompts
     (``scores`` is ``[B, 0]``; ``aux`` holds the regularisers in training); only ``regime=prompt``."""
 
     #: It classifies by the class names' text; CLIP's frozen weights are rebuilt from prompts.encoder, left out of
@@ -226,8 +226,8 @@ class PromptSRCOptions:
     ctx_init: str | None = PHOTO_PHRASE  # the phrase whose first n_ctx_text tokens start the language context
 
 
-@register_classifier("promptsrc")
-class PromptSRCKind(ClassifierKind):
+@register_method("promptsrc")
+class PromptSRCMethod(Method):
     """PromptSRC: deep vision and language prompts regularised towards the frozen CLIP, aggregated over epochs."""
 
     reads_prompts = False

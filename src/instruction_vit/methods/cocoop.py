@@ -21,9 +21,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..outputs import InstructionOutput, Prompts
-from . import register_classifier
+from . import register_method
 from .context import PHOTO_PHRASE
-from .coop import CoOpFamily, CoOpFamilyKind, CoOpOptions
+from .coop import CoOpFamily, CoOpFamilyMethod, CoOpOptions
 
 
 class CoCoOpClassifier(CoOpFamily):
@@ -64,8 +64,8 @@ class CoCoOpOptions(CoOpOptions):
     ctx_init: str | None = PHOTO_PHRASE  # 4 context vectors from "a photo of a" (the official ctxv1 configs)
 
 
-@register_classifier("cocoop")
-class CoCoOpKind(CoOpFamilyKind):
+@register_method("cocoop")
+class CoCoOpMethod(CoOpFamilyMethod):
     """CoCoOp: CoOp's context plus a meta-network token from each image (CLIP or, offline, ConSE)."""
 
     model_class = CoCoOpClassifier
