@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from instruction_vit.methods import get_method
-from instruction_vit.methods.kgcoop import KgCoOpClassifier
+from instruction_vit.methods.kgcoop import KgCoOpModel
 from instruction_vit.api import load_config
 from instruction_vit.config import ConfigError
 from instruction_vit.losses import InstructionLoss
@@ -15,13 +15,13 @@ CLASSES = ["cat", "dog", "car"]
 
 
 def test_it_trains_the_context_only(clip):
-    model = KgCoOpClassifier(clip, CLASSES)
+    model = KgCoOpModel(clip, CLASSES)
     assert apply_regime(model, "prompt") == ["prompt_embed.context"]
     assert not any(name.startswith("hand_crafted") for name in model.state_dict())  # frozen, rebuilt, not saved
 
 
 def test_the_extra_loss_is_zero_at_init_and_grows_as_the_context_moves(clip):
-    model = KgCoOpClassifier(clip, CLASSES, weight=8.0, template="a photo of a {}.").train()
+    model = KgCoOpModel(clip, CLASSES, weight=8.0, template="a photo of a {}.").train()
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
     out = model(images)
     assert set(out.aux) == {"kg"} and abs(out.aux["kg"].item()) < 1e-5  # the context is the hand-crafted phrase's

@@ -56,20 +56,20 @@ CASES = {
                                    {"full": "all", "prompt": VIT_HEAD, "linear": VIT_HEAD}),
     "instruction_vit: a CNN (plain)": ("instruction_vit", ["model.backbone=resnet18", "data.img_size=32"], None,
                                        "PlainModel", {"full": "all", "prompt": RESNET_HEAD, "linear": RESNET_HEAD}),
-    "coop": ("coop", None, None, "CoOpClassifier",
+    "coop": ("coop", None, None, "CoOpModel",
              {"full": ConfigError, "prompt": {"prompt_embed.context"}, "linear": ConfigError}),
-    "cocoop": ("cocoop", None, None, "CoCoOpClassifier",
+    "cocoop": ("cocoop", None, None, "CoCoOpModel",
                {"full": ConfigError, "linear": ConfigError, "prompt": {
                    "prompt_embed.context", "meta_net.linear1.weight", "meta_net.linear1.bias",
                    "meta_net.linear2.weight", "meta_net.linear2.bias"}}),
-    "kgcoop": ("kgcoop", None, None, "KgCoOpClassifier",
+    "kgcoop": ("kgcoop", None, None, "KgCoOpModel",
                {"full": ConfigError, "prompt": {"prompt_embed.context"}, "linear": ConfigError}),
     # The tiny CLIP has 1 layer per tower: shallow MaPLe / PromptSRC (tests/test_maple.py, test_promptsrc.py go deep).
-    "maple": ("maple", ["model.options.depth=1"], None, "MaPLeClassifier",
+    "maple": ("maple", ["model.options.depth=1"], None, "MaPLeModel",
               {"full": ConfigError, "linear": ConfigError, "prompt": {
                   "prompt_learner.context", "prompt_learner.coupling.0.weight", "prompt_learner.coupling.0.bias"}}),
     "promptsrc": ("promptsrc", ["model.options.depth_text=1", "model.options.depth_vision=1"], None,
-                  "PromptSRCClassifier", {"full": ConfigError, "linear": ConfigError,
+                  "PromptSRCModel", {"full": ConfigError, "linear": ConfigError,
                                           "prompt": {"prompt_learner.context", "prompt_learner.vision"}}),
 }
 
@@ -163,7 +163,7 @@ def test_a_run_checkpoint_starts_the_backbone_and_is_named(tmp_path):
 
 
 # -- a kind from outside the package ---------------------------------------------------------------------------
-class TinyClassifier(nn.Module):
+class TinyModel(nn.Module):
     """The smallest model of the classifier protocol: a 1x1 convolution, average pooling and a linear head."""
 
     capabilities = Capabilities()  # no prompts, no class-name texts: its head's classes only
@@ -192,7 +192,7 @@ class TinyMethod(Method):
     timm_backbone = False
 
     def build(self, cfg, class_names, prompt_dim=None, pretrained=None):
-        return TinyClassifier(len(class_names))
+        return TinyModel(len(class_names))
 
 
 @pytest.fixture
@@ -207,7 +207,7 @@ def test_a_registered_kind_is_found_by_model_method(tiny_kind):
     cfg = Config(data=DataConfig(img_size=16), prompts=PromptConfig(kind="none"),
                  model=ModelConfig(method="tiny_test_kind", regime="linear", pretrained="/no/such/checkpoint"))
     model = model_from_config(cfg, CLASSES, None)
-    assert isinstance(model, TinyClassifier) and isinstance(model, MethodModel)
+    assert isinstance(model, TinyModel) and isinstance(model, MethodModel)
     assert apply_regime(model, cfg.model.regime) == ["head.weight", "head.bias"]
     assert model(torch.randn(2, 3, 16, 16)).logits.shape == (2, 3)
 
@@ -220,4 +220,4 @@ def test_a_name_is_registered_once(tiny_kind):
     with pytest.raises(ConfigError, match="'tiny_test_kind' is registered twice"):
         register_method("tiny_test_kind")(Other)
     with pytest.raises(TypeError, match="decorates a Method subclass"):
-        register_method("not_a_kind")(TinyClassifier)
+        register_method("not_a_kind")(TinyModel)

@@ -12,7 +12,7 @@ Adding a method is one new file here, e.g. ``my_method.py``::
         reads_prompts = False                           # it reads no instruction prompts: prompts.kind must be none
 
         def build(self, cfg, class_names, prompt_dim=None, pretrained=None) -> nn.Module:
-            return MyClassifier(...)
+            return MyModel(...)
 
 The model it builds follows :class:`~instruction_vit.model.MethodModel`: ``forward(images, prompts=None)``
 returns an :class:`~instruction_vit.outputs.InstructionOutput`, ``bank_prompts()`` gives its stored prompts (or

@@ -26,7 +26,7 @@ from .context import PHOTO_PHRASE
 from .coop import CoOpFamily, CoOpFamilyMethod, CoOpOptions
 
 
-class CoCoOpClassifier(CoOpFamily):
+class CoCoOpModel(CoOpFamily):
     """CoCoOp: the learned context plus a meta-network token from each image, over frozen towers."""
 
     method = "CoCoOp"
@@ -68,5 +68,5 @@ class CoCoOpOptions(CoOpOptions):
 class CoCoOpMethod(CoOpFamilyMethod):
     """CoCoOp: CoOp's context plus a meta-network token from each image (CLIP or, offline, ConSE)."""
 
-    model_class = CoCoOpClassifier
+    model_class = CoCoOpModel
     Options = CoCoOpOptions

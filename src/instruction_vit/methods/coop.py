@@ -183,7 +183,7 @@ class CoOpFamily(nn.Module):
         return InstructionOutput(logits, logits.new_zeros(logits.shape[0], 0))
 
 
-class CoOpClassifier(CoOpFamily):
+class CoOpModel(CoOpFamily):
     """CoOp: one learned context shared by all classes, over frozen towers."""
 
 
@@ -202,7 +202,7 @@ class CoOpFamilyMethod(Method):
     reads_prompts = False
     timm_backbone = False
     uses_encoder = True
-    model_class: type[CoOpFamily] = CoOpClassifier
+    model_class: type[CoOpFamily] = CoOpModel
     Options: type[CoOpOptions] = CoOpOptions
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:

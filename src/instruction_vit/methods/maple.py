@@ -56,7 +56,7 @@ class MaPLePrompts(nn.Module):
         return [coupling(prompts) for coupling, prompts in zip(self.coupling, self.language())]
 
 
-class MaPLeClassifier(nn.Module):
+class MaPLeModel(nn.Module):
     """The model protocol (:class:`~instruction_vit.model.MethodModel`) over CLIP + MaPLe's prompts (``scores``
     is ``[B, 0]``); only ``regime=prompt``."""
 
@@ -141,6 +141,6 @@ class MaPLeMethod(Method):
     Options = MaPLeOptions
 
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
-              pretrained: Any = None) -> MaPLeClassifier:
+              pretrained: Any = None) -> MaPLeModel:
         options = self.options(cfg)
-        return MaPLeClassifier(load_clip(cfg, "maple"), class_names, options.n_ctx, options.depth, options.ctx_init)
+        return MaPLeModel(load_clip(cfg, "maple"), class_names, options.n_ctx, options.depth, options.ctx_init)

@@ -78,7 +78,7 @@ class PromptSRCPrompts(nn.Module):
                                              for _ in range(depth_vision - 1)])
 
 
-class PromptSRCClassifier(nn.Module):
+class PromptSRCModel(nn.Module):
     """The model protocol (:class:`~instruction_vit.model.MethodModel`) over CLIP + PromptSRC's prompts
     (``scores`` is ``[B, 0]``; ``aux`` holds the regularisers in training); only ``regime=prompt``."""
 
@@ -236,13 +236,13 @@ class PromptSRCMethod(Method):
     Options = PromptSRCOptions
 
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
-              pretrained: Any = None) -> PromptSRCClassifier:
+              pretrained: Any = None) -> PromptSRCModel:
         o = self.options(cfg)
         epochs = cfg.train.epochs
         if not any(gauss(e, o.gpa_mean, o.gpa_std) > 0 for e in range(1, epochs + 1)) and o.gpa_std > 0:
             raise ConfigError(f"the Gaussian aggregation weights of all {epochs} epochs vanish (gpa_mean {o.gpa_mean}, "
                               f"gpa_std {o.gpa_std}): set model.options.gpa_mean within the epochs or a wider gpa_std")
-        return PromptSRCClassifier(load_clip(cfg, "promptsrc"), class_names, o.n_ctx_text, o.n_ctx_vision,
+        return PromptSRCModel(load_clip(cfg, "promptsrc"), class_names, o.n_ctx_text, o.n_ctx_vision,
                                    o.depth_text, o.depth_vision, o.ctx_init, promptsrc_templates(o.templates),
                                    o.text_loss_weight, o.image_loss_weight, o.logits_loss_weight, o.gpa_mean,
                                    o.gpa_std)
