@@ -102,6 +102,15 @@ class Method(ABC):
         return ((type(self).__doc__ or "").strip().splitlines() or [""])[0]
 
 
+class EncoderMethod(Method):
+    """A method built on the towers ``prompts.encoder`` names (CLIP's, or the offline MiniLM + ConSE), reading no
+    instruction prompts: the CLIP prompt learners (the CoOp family, MaPLe, PromptSRC)."""
+
+    reads_prompts = False
+    timm_backbone = False
+    uses_encoder = True
+
+
 def register_method(name: str) -> Callable[[M], M]:
     """Class decorator: register a :class:`Method` subclass as ``model.method=name``."""
     if not name or name != name.strip():
@@ -126,4 +135,4 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-__all__ = ["METHODS", "Method", "get_method", "list_methods", "register_method"]
+__all__ = ["METHODS", "EncoderMethod", "Method", "get_method", "list_methods", "register_method"]

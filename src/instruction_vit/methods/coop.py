@@ -34,7 +34,7 @@ from ..data.templates import class_text
 from ..errors import CheckpointError, ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts import load_encoder
-from . import Method, register_method
+from . import EncoderMethod, register_method
 from .context import check_phrase_tokens, clean_phrase, context_length
 from .deep_prompts import prompt_regime_only
 from .towers import Towers, towers_from_encoder
@@ -196,12 +196,9 @@ class CoOpOptions:
     ctx_init: str | None = None  # the phrase whose first n_ctx tokens start the context; None: random (std 0.02)
 
 
-class CoOpFamilyMethod(Method):
+class CoOpFamilyMethod(EncoderMethod):
     """Base of the CoOp family's methods: built on prompts.encoder's towers, reading no instruction prompts."""
 
-    reads_prompts = False
-    timm_backbone = False
-    uses_encoder = True
     model_class: type[CoOpFamily] = CoOpModel
     Options: type[CoOpOptions] = CoOpOptions
 

@@ -27,7 +27,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts.encoders.openclip import OpenCLIPEncoder
-from . import Method, register_method
+from . import EncoderMethod, register_method
 from .context import PHOTO_PHRASE, clean_phrase
 from .deep_prompts import (ClassTexts, check_depth, clip_logits, encode_image, encode_text, frozen_clip, layers_of,
                            load_clip, phrase_context, prompt_regime_only, text_tower, vision_tower)
@@ -132,12 +132,9 @@ class MaPLeOptions:
 
 
 @register_method("maple")
-class MaPLeMethod(Method):
+class MaPLeMethod(EncoderMethod):
     """MaPLe: language prompts in CLIP's first J text layers, vision prompts coupled to them, CLIP frozen."""
 
-    reads_prompts = False
-    timm_backbone = False
-    uses_encoder = True
     Options = MaPLeOptions
 
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,

@@ -38,7 +38,7 @@ from ..data import class_text, template_set
 from ..errors import ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts.encoders.openclip import OpenCLIPEncoder
-from . import Method, register_method
+from . import EncoderMethod, register_method
 from .context import PHOTO_PHRASE, clean_phrase
 from .deep_prompts import (ClassTexts, check_depth, clip_logits, encode_image, encode_text, frozen_clip, layers_of,
                            load_clip, phrase_context, prompt_regime_only, text_tower, vision_tower)
@@ -227,12 +227,9 @@ class PromptSRCOptions:
 
 
 @register_method("promptsrc")
-class PromptSRCMethod(Method):
+class PromptSRCMethod(EncoderMethod):
     """PromptSRC: deep vision and language prompts regularised towards the frozen CLIP, aggregated over epochs."""
 
-    reads_prompts = False
-    timm_backbone = False
-    uses_encoder = True
     Options = PromptSRCOptions
 
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
