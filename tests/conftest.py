@@ -7,6 +7,7 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_var] = "1"
 
 import socket  # noqa: E402
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 from pytest_socket import SocketBlockedError, SocketConnectBlockedError  # noqa: E402
@@ -70,3 +71,12 @@ def deep_clip(tmp_path_factory):
     from helpers import DEEP_CLIP_CFG, save_clip
 
     return save_clip(tmp_path_factory.mktemp("deep_clip"), DEEP_CLIP_CFG)
+
+
+@pytest.fixture
+def live_pid():
+    """The pid of a process of this host that runs for the whole test (a holder that is not this process)."""
+    sleeper = subprocess.Popen(["sleep", "600"])
+    yield sleeper.pid
+    sleeper.kill()
+    sleeper.wait()

@@ -5,7 +5,6 @@ without a lease is never taken over from another host, and a holder whose claim 
 import json
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -81,13 +80,6 @@ def test_a_holder_whose_claim_was_taken_over_stops(tmp_path):
             time.sleep(30)  # interrupted by the heartbeat's next beat
     assert json.loads((folder / LOCK_NAME).read_text())["token"] == "the-new-holder"  # left to its new holder
 
-
-@pytest.fixture
-def live_pid():
-    sleeper = subprocess.Popen(["sleep", "600"])
-    yield sleeper.pid
-    sleeper.kill()
-    sleeper.wait()
 
 
 def test_status_says_who_runs_a_cell_and_its_epoch(tmp_path, live_pid):

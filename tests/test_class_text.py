@@ -3,8 +3,8 @@ does ("a photo of a ankle boot.", not "ankle_boot."), while the class names show
 
 import torch
 
-from instruction_vit.classifiers.coop import CoOpClassifier
-from instruction_vit.classifiers.kgcoop import KgCoOpClassifier
+from instruction_vit.methods.coop import CoOpModel
+from instruction_vit.methods.kgcoop import KgCoOpModel
 from instruction_vit.data import class_text
 from instruction_vit.prompts import build_prompt_bank
 
@@ -51,9 +51,9 @@ def test_the_bank_key_changes_only_for_names_whose_text_changed(tmp_path):
 
 def test_the_clip_prompt_learners_read_the_same_text(clip):
     """CoOp's class prompts (the family's base) and KgCoOp's hand-crafted ones read "ankle boot" for ankle_boot."""
-    coop = CoOpClassifier(clip, ["ankle_boot", "bag"], context_length=4, init=None)
-    spaced = CoOpClassifier(clip, ["ankle boot", "bag"], context_length=4, init=None)
+    coop = CoOpModel(clip, ["ankle_boot", "bag"], context_length=4, init=None)
+    spaced = CoOpModel(clip, ["ankle boot", "bag"], context_length=4, init=None)
     assert torch.equal(coop.tokens, spaced.tokens) and coop.class_names == ["ankle_boot", "bag"]
-    kg = KgCoOpClassifier(clip, ["ankle_boot", "bag"], context_length=4)
-    torch.testing.assert_close(kg.hand_crafted, KgCoOpClassifier(clip, ["ankle boot", "bag"], context_length=4)
+    kg = KgCoOpModel(clip, ["ankle_boot", "bag"], context_length=4)
+    torch.testing.assert_close(kg.hand_crafted, KgCoOpModel(clip, ["ankle boot", "bag"], context_length=4)
                                .hand_crafted)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from instruction_vit.classifiers.cocoop import CoCoOpClassifier
-from instruction_vit.classifiers.coop import CoOpClassifier
+from instruction_vit.methods.cocoop import CoCoOpModel
+from instruction_vit.methods.coop import CoOpModel
 from instruction_vit.config import ConfigError
 from instruction_vit.model import apply_regime
 
@@ -12,7 +12,7 @@ CLASSES = ["cat", "dog", "car"]
 
 
 def test_it_trains_the_context_and_the_meta_net_only(clip):
-    model = CoCoOpClassifier(clip, CLASSES)
+    model = CoCoOpModel(clip, CLASSES)
     assert model.prompt_embed.context.shape == (4, 32)  # "a photo of a": 4 vectors of the text width
     # The official meta-net: Linear(vis_dim, vis_dim // 16) - ReLU - Linear(vis_dim // 16, ctx_dim).
     assert (model.meta_net.linear1.in_features, model.meta_net.linear1.out_features) == (16, 1)
@@ -31,7 +31,7 @@ def test_it_trains_the_context_and_the_meta_net_only(clip):
 
 def test_the_context_changes_with_the_image(clip):
     torch.manual_seed(0)
-    model = CoCoOpClassifier(clip, CLASSES).eval()
+    model = CoCoOpModel(clip, CLASSES).eval()
     with torch.no_grad():  # a meta-net whose token differs visibly between images
         model.meta_net.linear1.weight.normal_(0, 3)
         model.meta_net.linear1.bias.fill_(1.0)
@@ -45,7 +45,7 @@ def test_the_context_changes_with_the_image(clip):
     assert not torch.allclose(text[0], text[1], atol=1e-4) and torch.allclose(text[0], text[2])
     # Each image's logits are those of CoOp with that image's context.
     logits = model(images).logits
-    coop = CoOpClassifier(clip, CLASSES, ctx_init="a photo of a").eval()  # CoCoOp's default context
+    coop = CoOpModel(clip, CLASSES, ctx_init="a photo of a").eval()  # CoCoOp's default context
     for i in range(3):
         coop.prompt_embed.context.data.copy_(context[i])
         torch.testing.assert_close(logits[i], coop(images[i:i + 1]).logits[0], atol=1e-4, rtol=1e-4)
@@ -55,10 +55,10 @@ def test_the_context_changes_with_the_image(clip):
 
 
 def test_a_zero_token_is_coop(clip):
-    model = CoCoOpClassifier(clip, CLASSES).eval()
+    model = CoCoOpModel(clip, CLASSES).eval()
     with torch.no_grad():
         model.meta_net.linear2.weight.zero_()
         model.meta_net.linear2.bias.zero_()
     images = torch.randn(2, 3, 32, 32)
-    coop = CoOpClassifier(clip, CLASSES, ctx_init="a photo of a").eval()  # CoCoOp's default context
+    coop = CoOpModel(clip, CLASSES, ctx_init="a photo of a").eval()  # CoCoOp's default context
     torch.testing.assert_close(model(images).logits, coop(images).logits, atol=1e-4, rtol=1e-4)

@@ -75,22 +75,22 @@ def test_num_workers_default_to_what_the_machine_has():
 
 
 def test_a_kinds_options_are_validated_and_filled_with_its_defaults():
-    """model.options belong to the classifier kind: its Options dataclass types them, names the unknown ones and
+    """model.options belong to the method: its Options dataclass types them, names the unknown ones and
     fills the defaults, so the resolved config records every value."""
     from dataclasses import dataclass
 
     from torch import nn
 
-    from instruction_vit.classifiers import CLASSIFIERS, ClassifierKind, register_classifier
+    from instruction_vit.methods import METHODS, Method, register_method
 
     @dataclass
     class KindOptions:
         weight: float = 8.0
         depth: int = 9
 
-    with CLASSIFIERS.isolated():
-        @register_classifier("optioned")
-        class Optioned(ClassifierKind):
+    with METHODS.isolated():
+        @register_method("optioned")
+        class Optioned(Method):
             """A kind with options."""
             Options = KindOptions
 
@@ -105,8 +105,8 @@ def test_a_kinds_options_are_validated_and_filled_with_its_defaults():
         with pytest.raises(ConfigError, match=r"model\.options\.depth.*must be int"):
             load_config(overrides=["model.method=optioned", "model.options.depth=deep"])
 
-        @register_classifier("optionless")
-        class Optionless(ClassifierKind):
+        @register_method("optionless")
+        class Optionless(Method):
             """A kind without options."""
 
             def build(self, cfg, class_names, prompt_dim=None, pretrained=None) -> nn.Module:

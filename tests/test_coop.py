@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instruction_vit.classifiers import classifier_kind
-from instruction_vit.classifiers.cocoop import CoCoOpClassifier
-from instruction_vit.classifiers.coop import CoOpClassifier
+from instruction_vit.methods import get_method
+from instruction_vit.methods.cocoop import CoCoOpModel
+from instruction_vit.methods.coop import CoOpModel
 from instruction_vit.api import load_config
 from instruction_vit.config import ConfigError
 from instruction_vit.artifacts.checkpoint import CheckpointError, load_checkpoint
@@ -19,7 +19,7 @@ CLASSES = ["cat", "dog", "car"]
 
 
 def test_initialised_from_a_phrase_it_is_clips_zero_shot_classifier(clip):
-    coop = CoOpClassifier(clip, CLASSES, ctx_init="a photo of a").eval()
+    coop = CoOpModel(clip, CLASSES, ctx_init="a photo of a").eval()
     expected = clip.model.encode_text(clip.tokenizer([f"a photo of a {c}." for c in CLASSES]))
     torch.testing.assert_close(coop.text_features(), expected, atol=1e-5, rtol=1e-4)
     images = torch.randn(2, 3, 32, 32)
@@ -29,7 +29,7 @@ def test_initialised_from_a_phrase_it_is_clips_zero_shot_classifier(clip):
 
 
 def test_only_the_context_learns(clip):
-    coop = CoOpClassifier(clip, CLASSES, n_ctx=4, ctx_init=None)
+    coop = CoOpModel(clip, CLASSES, n_ctx=4, ctx_init=None)
     assert coop.prompt_embed.context.shape == (4, 32)
     assert apply_regime(coop, "prompt") == ["prompt_embed.context"]
     coop(torch.randn(2, 3, 32, 32)).logits.sum().backward()
@@ -53,8 +53,8 @@ def test_coop_trains_in_the_engine(tmp_path, tiny_clip_dir):
     results = train(cfg, tmp_path / "run")
     assert set(results["all_prompts"]) == {"head"}
     model = load_checkpoint(tmp_path / "run").build_model()
-    assert isinstance(model, CoOpClassifier)
-    start = CoOpClassifier(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), ["blue", "green", "red"])
+    assert isinstance(model, CoOpModel)
+    start = CoOpModel(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), ["blue", "green", "red"])
     assert not torch.allclose(model.prompt_embed.context, start.prompt_embed.context)  # it learned
     torch.testing.assert_close(model.image_tower.visual.conv1.weight, start.image_tower.visual.conv1.weight)  # frozen
 
@@ -99,7 +99,7 @@ def test_coop_predicts_new_class_names_with_its_learned_context(tmp_path, tiny_c
     new = ["crimson", "lime", "navy", "coal"]
     ranked = classifier.predict([images / "red" / "0.png"], classes=new, top_k=10)[0]
     assert sorted(name for name, _ in ranked) == sorted(new) and abs(sum(p for _, p in ranked) - 1) < 1e-5
-    reference = CoOpClassifier(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), new)
+    reference = CoOpModel(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), new)
     reference.prompt_embed.context.data.copy_(classifier.model.prompt_embed.context)
     torch.testing.assert_close(classifier.model.text_features(), reference.text_features())  # context + new names
     # Its own classes again after new ones: the model is given them back (not the last names under the old labels).
@@ -143,7 +143,7 @@ def test_each_coop_family_method_through_the_cli(method, tmp_path, tiny_clip_dir
     assert sorted(k for k in straight.tensors if k.startswith("model/")) == trained  # what it trains, nothing else
     for key in trained:
         torch.testing.assert_close(resumed.tensors[key], straight.tensors[key])
-    start = classifier_kind(method).build(straight.config, straight.class_names)
+    start = get_method(method).build(straight.config, straight.class_names)
     assert not torch.allclose(straight.tensors["model/prompt_embed.context"], start.prompt_embed.context)  # learned
     metrics = (tmp_path / "run" / "metrics.csv").read_text()
     assert ("train_kg" in metrics) == (method == "kgcoop")  # KgCoOp's extra term is logged under its name
@@ -169,7 +169,7 @@ def conse():
 def test_over_conse_coop_starts_at_conse_zero_shot(conse):
     """MiniLM as the text tower: the context "a photo of a" in its word-embedding space, through BERT, mean pooling
     and normalisation, gives exactly the sentence-transformer's embeddings of "a photo of a {}."."""
-    coop = CoOpClassifier(conse, FASHION, ctx_init="a photo of a").eval()
+    coop = CoOpModel(conse, FASHION, ctx_init="a photo of a").eval()
     assert coop.prompt_embed.context.shape == (4, 384) and coop.logit_scale.item() == 100.0
     expected = conse.encode_text([f"a photo of a {c}." for c in FASHION])
     torch.testing.assert_close(coop.text_features(), expected, atol=1e-5, rtol=1e-4)
@@ -180,7 +180,7 @@ def test_over_conse_coop_starts_at_conse_zero_shot(conse):
         (0.5, 0.5, 0.5)  # EfficientNet-Lite0's preprocessing drives the engine's transforms
     coop.train()
     assert not coop.image_tower.net.training and not coop.text_tower.bert.training  # no BN updates, no dropout
-    cocoop = CoCoOpClassifier(conse, FASHION[:3]).eval()  # the meta-net maps ConSE's 384-d to MiniLM's width
+    cocoop = CoCoOpModel(conse, FASHION[:3]).eval()  # the meta-net maps ConSE's 384-d to MiniLM's width
     assert (cocoop.meta_net.linear1.out_features, cocoop.meta_net.linear2.out_features) == (24, 384)
     assert cocoop(images).logits.shape == (3, 3)
 
@@ -191,7 +191,7 @@ def test_over_conse_a_method_learns_its_context_in_the_engine(method, conse, tmp
 
     from instruction_vit.artifacts.classifier import Classifier
 
-    monkeypatch.setattr("instruction_vit.classifiers.coop.load_encoder", lambda spec: conse)  # loaded once above
+    monkeypatch.setattr("instruction_vit.methods.coop.load_encoder", lambda spec: conse)  # loaded once above
     images = colour_folder(tmp_path / "images", per_class=4)
     cfg = load_config(None, [  # the 6 training images in one batch: each epoch's loss is that of the whole set
         "data.dataset=folder", f"data.root={images}", "data.val_fraction=0.25", "data.img_size=32",

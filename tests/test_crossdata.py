@@ -62,7 +62,7 @@ def test_crossdata_trains_on_the_source_and_evaluates_on_the_targets_names(tmp_p
     assert image["transfer"]["how"].startswith("image prompts for the new class names")
     assert len(ours["transfer"]["per_class"]) == 4
     record = json.loads((target / "vit" / "seed1" / "cell.json").read_text())
-    assert record["status"] == "not_run" and "plain classifier" in record["reason"]
+    assert record["status"] == "not_run" and "plain model" in record["reason"]
     assert record["settings"]["source"]["cell"] == "source/vit/seed1"
 
     # The number is what the source model predicts among the target's names (the library's own predict path).
@@ -83,7 +83,7 @@ def test_crossdata_trains_on_the_source_and_evaluates_on_the_targets_names(tmp_p
     table = (runs / "tinyx" / "tinyx.md").read_text()
     assert "| method | source top-1 | target top-1 | average top-1 |" in table
     vit_row = next(line for line in table.splitlines() if line.startswith("| ViT |"))
-    assert vit_row.count("not run: a plain classifier") == 2  # the target and the average
+    assert vit_row.count("not run: a plain model") == 2  # the target and the average
     coop_row = next(line for line in table.splitlines() if line.startswith("| CoOp |"))
     assert coop_row.count(f"{coop['top1']:.2f} (n=1)") == 2  # the target and the average over one target
     average = next(r for r in collect(load_spec(str(spec_path)), runs) if (r["column"], r["row"]) == ("average", "coop"))

@@ -181,7 +181,7 @@ def test_baselines_train_in_the_same_engine(cfg, tmp_path, overrides):
     results = train(cfg, tmp_path / "run")
     assert set(results["all_prompts"]) == {"head"}
     model = load_checkpoint(tmp_path / "run").build_model()
-    assert type(model).__name__ == ("PlainClassifier" if "resnet18" in str(overrides) else "InstructionViT")
+    assert type(model).__name__ == ("PlainModel" if "resnet18" in str(overrides) else "InstructionViT")
     assert getattr(model, "vpt_tokens", 0) == cfg.model.options.get("vpt_tokens", 0)  # VPT's tokens were built
 
 
@@ -196,7 +196,7 @@ def test_base_to_novel_predicts_unseen_classes_through_the_score_head(cfg, tmp_p
 
 
 def test_zero_shot_baseline(cfg, tmp_path):
-    from instruction_vit.evaluation.protocols import zero_shot
+    from instruction_vit.evaluation.transfer_protocols import zero_shot
 
     results = zero_shot(cfg, tmp_path / "zs")
     assert 0 <= results["top1"] <= 100 and len(results["zero_shot"]["confusion"]) == 3

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instruction_vit.classifiers import classifier_kind
-from instruction_vit.classifiers.kgcoop import KgCoOpClassifier
+from instruction_vit.methods import get_method
+from instruction_vit.methods.kgcoop import KgCoOpModel
 from instruction_vit.api import load_config
 from instruction_vit.config import ConfigError
 from instruction_vit.losses import InstructionLoss
@@ -15,13 +15,13 @@ CLASSES = ["cat", "dog", "car"]
 
 
 def test_it_trains_the_context_only(clip):
-    model = KgCoOpClassifier(clip, CLASSES)
+    model = KgCoOpModel(clip, CLASSES)
     assert apply_regime(model, "prompt") == ["prompt_embed.context"]
     assert not any(name.startswith("hand_crafted") for name in model.state_dict())  # frozen, rebuilt, not saved
 
 
 def test_the_extra_loss_is_zero_at_init_and_grows_as_the_context_moves(clip):
-    model = KgCoOpClassifier(clip, CLASSES, weight=8.0, template="a photo of a {}.").train()
+    model = KgCoOpModel(clip, CLASSES, weight=8.0, template="a photo of a {}.").train()
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
     out = model(images)
     assert set(out.aux) == {"kg"} and abs(out.aux["kg"].item()) < 1e-5  # the context is the hand-crafted phrase's
@@ -48,9 +48,9 @@ def test_the_hand_crafted_prompt_is_the_data_sets_template_and_follows_new_class
     cfg = load_config(None, common + ["data.dataset=oxford_pets"])
     assert cfg.model.options == {"n_ctx": 4, "ctx_init": "a photo of a", "weight": 8.0, "template": None}  # defaults
     # recorded in the resolved config: the official context (4 vectors from the phrase the official code hard-codes)
-    model = classifier_kind("kgcoop").build(cfg, CLASSES)
+    model = get_method("kgcoop").build(cfg, CLASSES)
     assert model.template == "a photo of a {}, a type of pet." and model.weight == 8.0
-    model = classifier_kind("kgcoop").build(load_config(None, common + ["model.options.weight=2",
+    model = get_method("kgcoop").build(load_config(None, common + ["model.options.weight=2",
                                                                         "model.options.template=a {} toy."]), CLASSES)
     assert (model.template, model.weight) == ("a {} toy.", 2.0)
     model.set_classes(["bus", "tree"])
@@ -59,4 +59,4 @@ def test_the_hand_crafted_prompt_is_the_data_sets_template_and_follows_new_class
     with pytest.raises(ConfigError, match="unknown config key 'model.options.wieght'"):
         load_config(None, common + ["model.options.wieght=2"])
     with pytest.raises(ConfigError, match="exactly one"):
-        classifier_kind("kgcoop").build(load_config(None, common + ["model.options.template=a toy."]), CLASSES)
+        get_method("kgcoop").build(load_config(None, common + ["model.options.template=a toy."]), CLASSES)

@@ -14,12 +14,12 @@ from safetensors.torch import save_file
 from instruction_vit import config as config_module
 from instruction_vit.api import load_config
 from instruction_vit.artifacts.checkpoint import load_checkpoint, save_checkpoint
-from instruction_vit.classifiers import classifier_kind
-from instruction_vit.classifiers.cocoop import CoCoOpClassifier
-from instruction_vit.classifiers.coop import CoOpClassifier
-from instruction_vit.classifiers.kgcoop import KgCoOpClassifier
-from instruction_vit.classifiers.maple import MaPLeClassifier, MaPLePrompts
-from instruction_vit.classifiers.promptsrc import PromptSRCClassifier
+from instruction_vit.methods import get_method
+from instruction_vit.methods.cocoop import CoCoOpModel
+from instruction_vit.methods.coop import CoOpModel
+from instruction_vit.methods.kgcoop import KgCoOpModel
+from instruction_vit.methods.maple import MaPLeModel, MaPLePrompts
+from instruction_vit.methods.promptsrc import PromptSRCModel
 from instruction_vit.errors import CheckpointError, ConfigError
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
@@ -151,7 +151,7 @@ def test_an_old_vpt_checkpoint_still_loads(tmp_path, tiny_vit_kwargs):
     cfg = load_config(None, ["prompts.kind=none", "model.regime=prompt", "data.img_size=32",
                              "model.backbone_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
                              "model.options.vpt_tokens=2", "model.options.vpt_deep=true"])
-    model = classifier_kind("instruction_vit").build(cfg, CLASSES)
+    model = get_method("instruction_vit").build(cfg, CLASSES)
     path = save_checkpoint(tmp_path / "new.safetensors", model, {"config": cfg.to_dict(), "class_names": CLASSES})
     loaded = load_checkpoint(rewrite_checkpoint(path, tmp_path / "old.safetensors")).build_model()
     assert loaded.vpt_tokens == 2 and loaded.vpt_deep
@@ -173,13 +173,13 @@ def test_each_kind_resolves_its_papers_default_context():
 
 def test_coops_default_is_16_random_vectors_before_the_class_name(clip):
     torch.manual_seed(0)
-    coop = CoOpClassifier(clip, CLASSES)
+    coop = CoOpModel(clip, CLASSES)
     context = coop.prompt_embed.context
     assert context.shape == (16, 32) and 0.015 < context.std().item() < 0.025 and coop.ctx_init is None
     placeholder = clip.tokenizer(["X " * 16 + "cat."])[0]
     assert torch.equal(coop.tokens[0], placeholder)  # [SOS] X*16 cat . [EOS]: the class token at the end
     with pytest.raises(ConfigError, match="fill the text tower's 32 tokens.*smaller model.options.n_ctx"):
-        CoOpClassifier(clip, ["a very long class name " * 3], n_ctx=16)  # cut by the tokenizer: refused
+        CoOpModel(clip, ["a very long class name " * 3], n_ctx=16)  # cut by the tokenizer: refused
 
 
 # -- item 2: one vector per word, that many tokens, the rest of the phrase frozen in the text ----------------------
@@ -189,7 +189,7 @@ def test_a_phrase_gives_one_vector_per_word_and_keeps_its_other_tokens_in_the_te
     assert int((tokens > 0).sum()) - 2 == 4
     assert load_config(None, ["model.method=coop", "prompts.kind=none", f"model.options.ctx_init={phrase}"]) \
         .model.options["n_ctx"] == 3
-    coop = CoOpClassifier(clip, CLASSES, ctx_init=phrase).eval()
+    coop = CoOpModel(clip, CLASSES, ctx_init=phrase).eval()
     embedded = clip.model.token_embedding(clip.tokenizer([f"{phrase} cat."]))[0]
     torch.testing.assert_close(coop.prompt_embed.context, embedded[1:4])  # it, ap, of: learned
     torch.testing.assert_close(coop.suffix[0, 0], embedded[4])  # "a": frozen in the text, before the name
@@ -199,10 +199,10 @@ def test_a_phrase_gives_one_vector_per_word_and_keeps_its_other_tokens_in_the_te
     coop.text_features().sum().backward()
     assert coop.prompt_embed.context.grad.shape == (3, 32) and not coop.suffix.requires_grad
     # Underscores read as spaces (the official scripts' "a_photo_of_a"); n_ctx up to the phrase's tokens, not more.
-    assert CoOpClassifier(clip, CLASSES, ctx_init="itap_of_a").prompt_embed.context.shape == (3, 32)
-    assert CoOpClassifier(clip, CLASSES, n_ctx=4, ctx_init=phrase).suffix.shape[1] == coop.suffix.shape[1] - 1
+    assert CoOpModel(clip, CLASSES, ctx_init="itap_of_a").prompt_embed.context.shape == (3, 32)
+    assert CoOpModel(clip, CLASSES, n_ctx=4, ctx_init=phrase).suffix.shape[1] == coop.suffix.shape[1] - 1
     with pytest.raises(ConfigError, match="model.options.n_ctx=5 context tokens, but .*'itap of a' gives 4"):
-        CoOpClassifier(clip, CLASSES, n_ctx=5, ctx_init=phrase)
+        CoOpModel(clip, CLASSES, n_ctx=5, ctx_init=phrase)
 
 
 def test_a_context_saved_at_another_length_is_refused_with_the_setting_that_loads_it(clip, tiny_clip_dir, tmp_path):
@@ -210,7 +210,7 @@ def test_a_context_saved_at_another_length_is_refused_with_the_setting_that_load
     cfg = load_config(None, ["model.method=coop", "prompts.kind=none", "data.img_size=32",
                              f"prompts.encoder=open_clip:local-dir:{tiny_clip_dir}", "model.options.n_ctx=4",
                              "model.options.ctx_init=itap of a"])
-    model = classifier_kind("coop").build(cfg, CLASSES)
+    model = get_method("coop").build(cfg, CLASSES)
     path = save_checkpoint(tmp_path / "c.safetensors", model, {"config": cfg.to_dict(), "class_names": CLASSES})
     old = load_checkpoint(rewrite_checkpoint(path, tmp_path / "old.safetensors"))
     with pytest.raises(CheckpointError, match="saved context has 4 vectors.*3.*model.options.n_ctx=4"):
@@ -219,17 +219,17 @@ def test_a_context_saved_at_another_length_is_refused_with_the_setting_that_load
 
 # -- item 3: KgCoOp's phrase ---------------------------------------------------------------------------------------
 def test_kgcoop_starts_from_the_phrase_its_official_code_hard_codes(clip):
-    model = KgCoOpClassifier(clip, CLASSES, template="a photo of a {}.")
+    model = KgCoOpModel(clip, CLASSES, template="a photo of a {}.")
     embedded = clip.model.token_embedding(clip.tokenizer(["a photo of a"]))[0, 1:5]
     torch.testing.assert_close(model.prompt_embed.context, embedded)
-    assert KgCoOpClassifier(clip, CLASSES, ctx_init="a bad photo of the").prompt_embed.context.shape == (5, 32)
+    assert KgCoOpModel(clip, CLASSES, ctx_init="a bad photo of the").prompt_embed.context.shape == (5, 32)
 
 
 # -- item 4: MaPLe's couplings -------------------------------------------------------------------------------------
 def test_maples_couplings_start_as_the_official_ones(deep_clip):
     """Layer 0's coupling is initialised on its own; layers 1..J-1 are copies of one second initialisation."""
     torch.manual_seed(0)
-    maple = MaPLeClassifier(load_encoder(deep_clip), CLASSES, n_ctx=2, depth=3)
+    maple = MaPLeModel(load_encoder(deep_clip), CLASSES, n_ctx=2, depth=3)
     weights = [c.weight.detach().flatten() for c in maple.prompt_learner.coupling]
 
     def correlation(a, b):
@@ -254,10 +254,10 @@ def test_maples_couplings_start_as_the_official_ones(deep_clip):
 def test_deep_prompt_learners_refuse_a_context_longer_than_their_phrase(deep_clip):
     encoder = load_encoder(deep_clip)
     with pytest.raises(ConfigError, match="model.options.n_ctx_text=5 .*gives 4.*ctx_init=null"):
-        PromptSRCClassifier(encoder, CLASSES, n_ctx_text=5, depth_text=2, depth_vision=2)
+        PromptSRCModel(encoder, CLASSES, n_ctx_text=5, depth_text=2, depth_vision=2)
     with pytest.raises(ConfigError, match="model.options.n_ctx=3 .*'a photo' gives 2"):
-        MaPLeClassifier(encoder, CLASSES, n_ctx=3, depth=2, ctx_init="a photo")
-    random = MaPLeClassifier(encoder, CLASSES, n_ctx=3, depth=2, ctx_init=None)  # asked for: a random context
+        MaPLeModel(encoder, CLASSES, n_ctx=3, depth=2, ctx_init="a photo")
+    random = MaPLeModel(encoder, CLASSES, n_ctx=3, depth=2, ctx_init=None)  # asked for: a random context
     assert random.prompt_learner.context.shape == (3, 24)
 
 
@@ -302,5 +302,5 @@ def test_offline_learners_coop_takes_its_few_shot_default_and_ctxv1_for_base_to_
 
 
 def test_cocoop_and_kgcoop_build_their_default_context(clip):
-    assert CoCoOpClassifier(clip, CLASSES).prompt_embed.context.shape == (4, 32)
-    assert KgCoOpClassifier(clip, CLASSES).ctx_init == PHOTO
+    assert CoCoOpModel(clip, CLASSES).prompt_embed.context.shape == (4, 32)
+    assert KgCoOpModel(clip, CLASSES).ctx_init == PHOTO

@@ -6,8 +6,8 @@ import torch
 
 from helpers import DEEP_CLIP_CFG, save_clip
 
-from instruction_vit.classifiers import deep_prompts as dp
-from instruction_vit.classifiers.maple import MaPLeClassifier
+from instruction_vit.methods import deep_prompts as dp
+from instruction_vit.methods.maple import MaPLeModel
 from instruction_vit.config import ConfigError
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
@@ -76,7 +76,7 @@ def test_deep_prompts_sit_where_the_official_code_puts_them(encoder):
 
 
 def test_maple_trains_exactly_its_prompts_and_couplings(encoder):
-    maple = MaPLeClassifier(encoder, CLASSES, n_ctx=2, depth=3)
+    maple = MaPLeModel(encoder, CLASSES, n_ctx=2, depth=3)
     assert apply_regime(maple, "prompt") == [
         "prompt_learner.context", "prompt_learner.deep_text.0", "prompt_learner.deep_text.1",
         "prompt_learner.coupling.0.weight", "prompt_learner.coupling.0.bias",
@@ -88,7 +88,7 @@ def test_maple_trains_exactly_its_prompts_and_couplings(encoder):
     torch.testing.assert_close(maple.prompt_learner.context, encoder.model.token_embedding(tokens)[0, 1:3])
     # The rest of the phrase stays in the text, as the official prompt "[SOS] v1 v2 of a <name>. [EOS]"; shallow
     # (depth 1), the text side at init is CLIP's own encoding of "a photo of a <name>.".
-    shallow = MaPLeClassifier(encoder, CLASSES, n_ctx=2, depth=1)
+    shallow = MaPLeModel(encoder, CLASSES, n_ctx=2, depth=1)
     texts = encoder.tokenizer([f"a photo of a {name}." for name in CLASSES])
     assert torch.equal(shallow.texts.tokens, texts)
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_maple_trains_exactly_its_prompts_and_couplings(encoder):
 
 
 def test_maple_vision_prompts_are_functions_of_its_language_prompts(encoder):
-    maple = MaPLeClassifier(encoder, CLASSES, n_ctx=2, depth=3)
+    maple = MaPLeModel(encoder, CLASSES, n_ctx=2, depth=3)
     learner = maple.prompt_learner
     images = torch.randn(2, 3, 32, 32)
     before = maple.image_features(images).detach()
@@ -120,11 +120,11 @@ def test_maple_vision_prompts_are_functions_of_its_language_prompts(encoder):
 def test_towers_that_cannot_take_deep_prompts_are_config_errors(tmp_path, encoder):
     resnet = dict(DEEP_CLIP_CFG, vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 16})
     with pytest.raises(ConfigError, match="deep vision prompts need a transformer image tower.*ModifiedResNet"):
-        MaPLeClassifier(load_encoder(save_clip(tmp_path / "rn", resnet)), CLASSES)
+        MaPLeModel(load_encoder(save_clip(tmp_path / "rn", resnet)), CLASSES)
     with pytest.raises(ConfigError, match="model.options.depth=9 does not fit.*3 layers"):
-        MaPLeClassifier(encoder, CLASSES)  # the paper's J=9 needs 9 layers
+        MaPLeModel(encoder, CLASSES)  # the paper's J=9 needs 9 layers
     with pytest.raises(ConfigError, match="model.options.n_ctx=5 .*gives 4.*model.options.ctx_init=null"):
-        MaPLeClassifier(encoder, CLASSES, n_ctx=5, depth=2)
+        MaPLeModel(encoder, CLASSES, n_ctx=5, depth=2)
 
 
 def test_maple_through_the_cli_train_resume_eval_predict(tmp_path, deep_clip):
@@ -151,7 +151,7 @@ def test_maple_through_the_cli_train_resume_eval_predict(tmp_path, deep_clip):
     assert not [k for k in ckpt.tensors if k.startswith("model/clip.")]
     assert "model/prompt_learner.coupling.2.weight" in ckpt.tensors
     model = ckpt.build_model()
-    start = MaPLeClassifier(load_encoder(deep_clip), ["blue", "green", "red"], depth=3)
+    start = MaPLeModel(load_encoder(deep_clip), ["blue", "green", "red"], depth=3)
     assert not torch.allclose(model.prompt_learner.deep_text[0], start.prompt_learner.deep_text[0])  # it learned
     torch.testing.assert_close(model.clip.visual.conv1.weight, start.clip.visual.conv1.weight)  # CLIP frozen
     ckpt.external = {**ckpt.external, "weights_id": "sha256:other"}

@@ -142,10 +142,10 @@ def test_vpt_deep_replaces_the_tokens_before_each_block(tiny_vit_kwargs):
 
 
 def test_non_vit_backbones_are_plain_baselines():
-    from instruction_vit.model import PlainClassifier
+    from instruction_vit.model import PlainModel
 
     model = build_model("resnet18", 4, None)
-    assert isinstance(model, PlainClassifier)
+    assert isinstance(model, PlainModel)
     out = model(torch.randn(2, 3, 32, 32))
     assert out.logits.shape == (2, 4) and out.scores.shape == (2, 0)
     with pytest.raises(ConfigError, match="not a ViT: it cannot read prompts"):

@@ -16,8 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from instruction_vit.api import export_onnx, load_classifier
-from instruction_vit.classifiers.cocoop import CoCoOpClassifier
-from instruction_vit.classifiers.coop import CoOpClassifier
+from instruction_vit.methods.cocoop import CoCoOpModel
+from instruction_vit.methods.coop import CoOpModel
 from instruction_vit.cli import app
 from instruction_vit.training import train
 from instruction_vit.artifacts.export import ExportError, export_model_onnx
@@ -136,14 +136,14 @@ def test_plain_and_clip_prompt_learner_models_export_their_logits(tiny_clip_dir,
     assert done.outputs == ["logits"]
     with pytest.raises(ConfigError, match="reads no prompts"):
         export_model_onnx(plain, tmp_path / "x.onnx", class_names=list("abcd"), img_size=32, prompts_input=True)
-    coop = CoOpClassifier(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), ["blue", "green", "red"])
+    coop = CoOpModel(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), ["blue", "green", "red"])
     done = export_model_onnx(coop, tmp_path / "coop.onnx", class_names=["blue", "green", "red"], img_size=32)
     x = torch.randn(3, 3, 32, 32)
     (logits,) = _session(tmp_path / "coop.onnx").run(None, {"image": x.numpy()})
     with torch.no_grad():
         _close(logits, coop(x).logits)
     # CoCoOp: a context per image (its meta-net token), so class texts per image, at any batch size.
-    cocoop = CoCoOpClassifier(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), ["blue", "green", "red"])
+    cocoop = CoCoOpModel(load_encoder(f"open_clip:local-dir:{tiny_clip_dir}"), ["blue", "green", "red"])
     torch.nn.init.normal_(cocoop.meta_net.linear2.weight, std=0.5)  # a token that really differs per image
     export_model_onnx(cocoop.eval(), tmp_path / "cocoop.onnx", class_names=["blue", "green", "red"], img_size=32)
     x = torch.randn(5, 3, 32, 32)

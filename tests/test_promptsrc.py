@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
 from helpers import DEEP_CLIP_CFG, save_clip
 
-from instruction_vit.classifiers.promptsrc import PromptSRCClassifier, promptsrc_templates
+from instruction_vit.methods.promptsrc import PromptSRCModel, promptsrc_templates
 from instruction_vit.config import ConfigError, load_config
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
@@ -23,7 +23,7 @@ def encoder(deep_clip):
 
 
 def test_promptsrc_trains_exactly_its_vision_and_language_prompts(encoder):
-    model = PromptSRCClassifier(encoder, CLASSES, depth_text=3, depth_vision=2)
+    model = PromptSRCModel(encoder, CLASSES, depth_text=3, depth_vision=2)
     assert apply_regime(model, "prompt") == [
         "prompt_learner.context", "prompt_learner.vision", "prompt_learner.deep_text.0", "prompt_learner.deep_text.1",
         "prompt_learner.deep_vision.0"]
@@ -38,7 +38,7 @@ def test_promptsrc_trains_exactly_its_vision_and_language_prompts(encoder):
 def test_regularisers_vanish_when_the_prompts_reproduce_frozen_clip_and_grow_as_they_move(encoder):
     """Text context = "a photo of a", no deep or vision prompts, one template "a photo of a {}.": the prompted model
     is the frozen CLIP, so all three terms are zero; moving a prompt makes them positive (KL(frozen || prompted))."""
-    model = PromptSRCClassifier(encoder, CLASSES, depth_text=1, n_ctx_vision=0,
+    model = PromptSRCModel(encoder, CLASSES, depth_text=1, n_ctx_vision=0,
                                 templates=["a photo of a {}."]).train()
     images = torch.randn(4, 3, 32, 32)
     aux = model(images).aux
@@ -46,7 +46,7 @@ def test_regularisers_vanish_when_the_prompts_reproduce_frozen_clip_and_grow_as_
     assert all(abs(v.item()) < 1e-6 for v in aux.values()), aux
     assert model.eval()(images).aux is None  # only in training
 
-    moved = PromptSRCClassifier(encoder, CLASSES, depth_text=2, depth_vision=2, templates=["a photo of a {}."],
+    moved = PromptSRCModel(encoder, CLASSES, depth_text=2, depth_vision=2, templates=["a photo of a {}."],
                                 text_loss_weight=25, image_loss_weight=10, logits_loss_weight=1).train()
     out = moved(images)
     clip = encoder.model
@@ -62,7 +62,7 @@ def test_regularisers_vanish_when_the_prompts_reproduce_frozen_clip_and_grow_as_
 
 
 def test_the_aggregate_is_the_gaussian_weighted_mean_of_the_epochs_prompts(encoder):
-    model = PromptSRCClassifier(encoder, CLASSES, depth_text=2, depth_vision=2, gpa_mean=2.0, gpa_std=1.5)
+    model = PromptSRCModel(encoder, CLASSES, depth_text=2, depth_vision=2, gpa_mean=2.0, gpa_std=1.5)
     params = list(model.prompt_learner.parameters())
     epochs, seen = 4, []
     for epoch in range(epochs):
@@ -133,15 +133,15 @@ def test_promptsrc_config_errors(tmp_path, encoder):
     resnet = dict(DEEP_CLIP_CFG, vision_cfg={"image_size": 32, "layers": [1, 1, 1, 1], "width": 16})
     rn = load_encoder(save_clip(tmp_path / "rn", resnet))
     with pytest.raises(ConfigError, match="deep vision prompts need a transformer image tower"):
-        PromptSRCClassifier(rn, CLASSES, depth_text=2, depth_vision=2)
-    assert PromptSRCClassifier(rn, CLASSES, depth_text=2, n_ctx_vision=0).prompt_learner.vision.numel() == 0
+        PromptSRCModel(rn, CLASSES, depth_text=2, depth_vision=2)
+    assert PromptSRCModel(rn, CLASSES, depth_text=2, n_ctx_vision=0).prompt_learner.vision.numel() == 0
     with pytest.raises(ConfigError, match="depth_text=9 does not fit"):
-        PromptSRCClassifier(encoder, CLASSES)
+        PromptSRCModel(encoder, CLASSES)
     with pytest.raises(ConfigError, match="unknown template set 'nope'"):
         promptsrc_templates("nope")
     cfg = load_config(None, ["model.method=promptsrc", "prompts.kind=none", "train.epochs=2",
                              "model.options.gpa_mean=500", "model.options.depth_text=2"])
-    from instruction_vit.classifiers import classifier_kind
+    from instruction_vit.methods import get_method
 
     with pytest.raises(ConfigError, match="aggregation weights of all 2 epochs vanish"):
-        classifier_kind("promptsrc").build(cfg, CLASSES)
+        get_method("promptsrc").build(cfg, CLASSES)

@@ -186,12 +186,12 @@ def run_python(block: Block, outcome: Outcome) -> None:
 
 def run_package_file(block: Block, folder: Path) -> None:
     """Import the block as the module it is the file of, beside the package's own modules; it must register."""
-    from instruction_vit.classifiers import CLASSIFIERS
+    from instruction_vit.methods import METHODS
     from instruction_vit.data.sets import DATASETS
     from instruction_vit.prompts.encoders.registry import ENCODERS
 
     package_name, name = block.module.rsplit(".", 1)
-    (registry,) = [r for r in (ENCODERS, DATASETS, CLASSIFIERS) if r.package == package_name]
+    (registry,) = [r for r in (ENCODERS, DATASETS, METHODS) if r.package == package_name]
     package = importlib.import_module(package_name)
     folder = folder / f"{Path(block.file).stem}-{block.line}"  # the file alone beside the package's own
     folder.mkdir()

@@ -48,14 +48,6 @@ train: {{epochs: 2, batch_size: 8, lr: 0.003, warmup_epochs: 0.5, mixup: 0, cutm
     return path
 
 
-@pytest.fixture
-def live_pid():
-    """The pid of a process of this host that runs for the whole test (a holder that is not this process)."""
-    sleeper = subprocess.Popen(["sleep", "600"])
-    yield sleeper.pid
-    sleeper.kill()
-    sleeper.wait()
-
 
 def _dead_pid() -> int:
     done = subprocess.Popen(["true"])

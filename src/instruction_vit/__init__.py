@@ -7,7 +7,7 @@ The library's face (the functions are imported on first use, so ``import instruc
     classifier = ivit.load_classifier("runs/x")
     classifier.predict(["photo.jpg"], classes=["tabby cat", "lynx"])
 
-Layers, one direction of imports: ``config -> data -> prompts -> model -> classifiers -> resolve -> losses ->
+Layers, one direction of imports: ``config -> data -> prompts -> model -> methods -> resolve -> losses ->
 artifacts -> evaluation -> training -> studies -> api -> app -> cli`` (``pyproject.toml`` holds the contract).
 """
 
@@ -19,8 +19,8 @@ from .version import __version__
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from .api import (Classifier, Config, InstructionViTError, PromptBank, Prompts, UserError, build_prompts,
-                      create_model, evaluate, export_onnx, list_classifiers, list_datasets, list_encoders,
-                      list_experiments, load_classifier, load_config, load_encoder, push_to_hub, register_classifier,
+                      create_model, evaluate, export_onnx, list_methods, list_datasets, list_encoders,
+                      list_experiments, load_classifier, load_config, load_encoder, push_to_hub, register_method,
                       register_dataset, register_encoder, run_config, save_pretrained, train)
 
 
@@ -40,7 +40,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Classifier", "Config", "InstructionViTError", "PromptBank", "Prompts", "UserError", "build_prompts",
-    "create_model", "evaluate", "export_onnx", "list_classifiers", "list_datasets", "list_encoders",
-    "list_experiments", "load_classifier", "load_config", "load_encoder", "push_to_hub", "register_classifier",
+    "create_model", "evaluate", "export_onnx", "list_methods", "list_datasets", "list_encoders",
+    "list_experiments", "load_classifier", "load_config", "load_encoder", "push_to_hub", "register_method",
     "register_dataset", "register_encoder", "run_config", "save_pretrained", "train",
 ]

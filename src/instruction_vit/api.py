@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from torch import nn
 
 from . import config as _config
-from .classifiers import list_classifiers, register_classifier
+from .methods import list_methods, register_method
 from .config import Config
 from .data import LabelledImages, image_folder, list_datasets, register_dataset, template_set, training_split
 from .training import train as _train
@@ -137,7 +137,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 base: Mapping[str, Any] | None = None) -> Config:
     """Defaults, then ``base`` (a config as a dict) or the YAML file at ``path``, then ``section.key=value``
     ``overrides``; checked (every key, type and registered name) and resolved: ``model.options`` holds every option
-    of the kind ``model.method`` names."""
+    of the method ``model.method`` names."""
     return resolve(_config.load_config(path, overrides, dict(base) if base is not None else None)).config
 
 
@@ -183,7 +183,7 @@ def list_experiments() -> list[str]:
 
 __all__ = [
     "Classifier", "Config", "InstructionViTError", "PromptBank", "Prompts", "UserError", "build_prompts",
-    "create_model", "evaluate", "export_onnx", "image_folder", "list_classifiers", "list_datasets", "list_encoders",
-    "list_experiments", "load_classifier", "load_config", "load_encoder", "push_to_hub", "register_classifier",
+    "create_model", "evaluate", "export_onnx", "image_folder", "list_methods", "list_datasets", "list_encoders",
+    "list_experiments", "load_classifier", "load_config", "load_encoder", "push_to_hub", "register_method",
     "register_dataset", "register_encoder", "run_config", "save_pretrained", "train",
 ]

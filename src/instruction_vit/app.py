@@ -299,7 +299,7 @@ class DemoModel:
         are hidden."""
         c, n = self.classifier, len(names)
         if use.prompts is None and use.route == "head" and not self._reads_names():
-            line = f"{n} classes; a plain classifier (no prompts): its head and the checkpoint's classes only"
+            line = f"{n} classes; a plain model (no prompts): its head and the checkpoint's classes only"
         elif use.how == "the checkpoint's classes and prompts":
             line = f"{n} classes; the checkpoint's classes and its {_prompt_kind(c)}"
         else:

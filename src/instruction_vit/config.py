@@ -71,15 +71,15 @@ class PromptConfig:
 
 @dataclass
 class ModelConfig:
-    method: str = "instruction_vit"  # a classifier kind (ivit.list_classifiers()): instruction_vit (also plain ViT,
+    method: str = "instruction_vit"  # a method (ivit.list_methods()): instruction_vit (also plain ViT,
     # VPT, linear probe, CNNs) | coop (CLIP + learned context) | cocoop | kgcoop (CoOp family: CLIP, or offline conse)
-    options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (its kind's Options dataclass:
-    # VPT's vpt_tokens/vpt_deep, the CLIP learners' n_ctx/ctx_init, ...); filled with the kind's defaults when the
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (its Options dataclass:
+    # VPT's vpt_tokens/vpt_deep, the CLIP learners' n_ctx/ctx_init, ...); filled with the method's defaults when the
     # config is resolved, so the resolved config records every value
     backbone: str = "vit_tiny_patch16_224"
     pretrained: str | None = None  # None: random init; "timm": timm's sources; else a weights file
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # timm create_model kwargs, e.g. patch_size
-    score_scale: float = 10.0  # cosine x scale; see README (100 stalls learning with a proper CE)
+    score_scale: float = 10.0  # cosine x scale; docs/decisions.md (100 stalls learning with a proper CE)
     regime: str = "full"  # full | prompt | linear
     train_prompt_features: bool = False
 
@@ -188,7 +188,7 @@ def resolved_workers(cfg: DataConfig) -> int:
 
 
 #: ``model.*`` keys of before every method's settings moved under ``model.options`` (#19): the option each became
-#: and the methods that read it then (this package's kinds of the time; no other method read them), with the value
+#: and the methods that read it then (this package's methods of the time; no other method read them), with the value
 #: every config of the time recorded when it was not set. A config that gives one (a YAML file, an override, the
 #: saved config of an older checkpoint, run folder or model folder) is read with it moved, and a note names the new
 #: key once.

@@ -99,7 +99,7 @@ def fetch_hub_repo(spec: str) -> ModelSource:
     return ModelSource(folder, f"{HUB_SCHEME}{repo_id}", folder.name, where)
 
 
-def bank_stem(spec: str | Path) -> str | Path:
+def bank_in_source(spec: str | Path) -> str | Path:
     """What a prompt bank path means: a model folder or hub repo gives its ``prompts`` pair (``prompts.safetensors``
     + ``prompts.json``); anything else is returned as it is."""
     source = resolve_model_source(spec)
@@ -113,5 +113,5 @@ def bank_stem(spec: str | Path) -> str | Path:
 
 
 __all__ = ["CARD_FILE", "CONFIG_FILE", "FOLDER_FILES", "FOLDER_FORMAT", "HUB_SCHEME", "MODEL_FILE", "PROMPTS_FILE",
-           "PROMPTS_META", "ModelSource", "bank_stem", "fetch_hub_repo", "is_hub_spec", "is_model_folder",
+           "PROMPTS_META", "ModelSource", "bank_in_source", "fetch_hub_repo", "is_hub_spec", "is_model_folder",
            "parse_hub_spec", "resolve_model_source"]

@@ -1,9 +1,9 @@
-"""The two types that travel between the layers (a leaf module, imported by prompts, model, classifiers and engine):
+"""The two types that travel between the layers (a leaf module, imported by prompts, model, methods and the layers above):
 
 * :class:`Prompts`: the prompt features a model reads (a prompt bank's, a selection's, or a checkpoint's);
-* :class:`InstructionOutput`: what every classifier of this package returns, and :func:`route_probabilities`, the one
+* :class:`InstructionOutput`: what every method's model returns, and :func:`route_probabilities`, the one
   rule turning its outputs into class probabilities (``ivit predict``, evaluation and the demo page all use it);
-* :class:`Capabilities`: what a classifier declares it can do, read by the layers above instead of probing it.
+* :class:`Capabilities`: what a method's model declares it can do, read by the layers above instead of probing it.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def route_probabilities(logits: Tensor, scores: Tensor | None, route: str) -> Te
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a classifier can do beyond the protocol's core (``forward``, ``bank_prompts``, ``trainable_parameters``),
+    """What a method's model can do beyond the protocol's core (``forward``, ``bank_prompts``, ``trainable_parameters``),
     declared as the class attribute ``capabilities`` of its model (as timm models declare ``pretrained_cfg``); the
     layers above read it and never probe the model with ``getattr``.
 
@@ -164,7 +164,7 @@ class Capabilities:
 
 def capabilities(model: Any) -> Capabilities:
     """The :class:`Capabilities` ``model`` declares (its attribute ``capabilities``); a model that declares none is an
-    error naming it (a classifier kind's model must follow the protocol)."""
+    error naming it (a method's model must follow the protocol)."""
     declared = getattr(model, "capabilities", None)
     if not isinstance(declared, Capabilities):
         raise TypeError(f"{type(model).__name__} declares no capabilities: give the class a "

@@ -1,4 +1,4 @@
-"""Extension points: one name -> one entry, for prompt encoders, data sets and classifier kinds.
+"""Extension points: one name -> one entry, for prompt encoders, data sets and methods.
 
 A :class:`Registry` is complete whatever the caller imported: on its first lookup it imports every module of its
 own package (so a new entry is one new file there) and then the entry points of its group, through which other

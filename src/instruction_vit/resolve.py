@@ -2,9 +2,9 @@
 
 :mod:`instruction_vit.config` is the schema (dataclasses and a typed loader) at the bottom of the layers; it knows
 no registry. Here, above the registries, the names a config gives are looked up: the data set (``data.dataset``),
-the classifier kind (``model.method``) and its own options (``model.options``, filled with the kind's defaults so
-that the config a run records holds every value). The result, :class:`Resolved`, carries the kind it found, and is
-what the layers above pass along instead of looking the kind up again.
+the method (``model.method``) and its own options (``model.options``, filled with its defaults so
+that the config a run records holds every value). The result, :class:`Resolved`, carries the method it found, and is
+what the layers above pass along instead of looking the method up again.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 
-from .classifiers import ClassifierKind, classifier_kind
+from .methods import Method, get_method
 from .config import Config
 from .data import list_datasets
 from .errors import ConfigError
@@ -21,16 +21,16 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class Resolved:
-    """A config whose registry names were checked, with the classifier kind ``model.method`` names."""
+    """A config whose registry names were checked, with the method ``model.method`` names."""
 
     config: Config
-    kind: ClassifierKind
+    method: Method
 
 
 def resolve(cfg: Config | Resolved) -> Resolved:
     """``cfg`` checked against the registries (a :class:`Resolved` is returned as it is): ``data.dataset`` is a
-    registered data set, ``model.method`` a classifier kind whose options ``model.options`` are valid (filled with
-    its defaults in the returned config), and a kind that reads no instruction prompts has ``prompts.kind=none``.
+    registered data set, ``model.method`` a method whose options ``model.options`` are valid (filled with
+    its defaults in the returned config), and a method that reads no instruction prompts has ``prompts.kind=none``.
     Errors name the closest valid name."""
     if isinstance(cfg, Resolved):
         return cfg
@@ -40,11 +40,11 @@ def resolve(cfg: Config | Resolved) -> Resolved:
         hint = f"; did you mean {close[0]}?" if close else ""
         raise ConfigError(f"config key 'data.dataset' is {cfg.data.dataset!r}; choose one of {', '.join(datasets)}"
                           f"{hint}")
-    kind = classifier_kind(cfg.model.method)
-    model = dataclasses.replace(cfg.model, options=kind.resolve_options(cfg.model.options))
-    if not kind.reads_prompts and cfg.prompts.kind != "none":
+    method = get_method(cfg.model.method)
+    model = dataclasses.replace(cfg.model, options=method.resolve_options(cfg.model.options))
+    if not method.reads_prompts and cfg.prompts.kind != "none":
         raise ConfigError(f"model.method={cfg.model.method} reads no instruction prompts: set prompts.kind=none")
-    return Resolved(dataclasses.replace(cfg, model=model), kind)
+    return Resolved(dataclasses.replace(cfg, model=model), method)
 
 
 __all__ = ["Resolved", "resolve"]

@@ -8,7 +8,7 @@
 * :mod:`.classifier`: the object users load (:class:`~.classifier.Classifier`: predict, new class names);
 * :mod:`.export`: ONNX export checked against PyTorch.
 
-Above the model, classifier kinds and losses; below evaluation and training, which read and write these files.
+Above the model, methods and losses; below evaluation and training, which read and write these files.
 """
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_from_config, save_checkpoint

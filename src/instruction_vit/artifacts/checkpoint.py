@@ -100,11 +100,11 @@ class Checkpoint:
                 if k.startswith("prompt_embed.proj.") and k.endswith(".weight")}
         # One projection named "prompts" was built from one prompt dim (an int); several, from {source: dim}.
         prompt_dim = dims[SINGLE_SOURCE] if list(dims) == [SINGLE_SOURCE] else (dims or None)
-        if resolved.kind.uses_encoder:
+        if resolved.method.uses_encoder:
             self.require_encoders(f"building its {resolved.config.model.method} model")
-        if resolved.kind.timm_backbone:  # sizes first, on the meta device: a config that does not fit allocates nothing
+        if resolved.method.timm_backbone:  # sizes first, on the meta device: a config that does not fit allocates nothing
             self._check_shapes(resolved, prompt_dim)
-        model = resolved.kind.build(resolved.config, self.class_names, prompt_dim, False)
+        model = resolved.method.build(resolved.config, self.class_names, prompt_dim, False)
         bank = {k.removeprefix("prompt_bank."): v for k, v in state.items() if k.startswith("prompt_bank.")}
         if bank:  # stored as prompt_bank.<source>: the sources the model was trained with
             model.set_prompt_bank(Prompts(bank))
@@ -116,7 +116,7 @@ class Checkpoint:
         holds, shape for shape: a config whose sizes do not fit is refused before anything is allocated."""
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in
-                        resolved.kind.build(resolved.config, self.class_names, prompt_dim, False).state_dict().items()}
+                        resolved.method.build(resolved.config, self.class_names, prompt_dim, False).state_dict().items()}
         held = {k: tuple(v.shape) for k, v in self.model_state().items() if not k.startswith("prompt_bank.")}
         expected = {k: v for k, v in expected.items() if not k.startswith("prompt_bank.")}
         differing = sorted(k for k in expected.keys() | held.keys() if expected.get(k) != held.get(k))
@@ -173,19 +173,19 @@ class Checkpoint:
 
 def model_from_config(cfg: Config | Resolved, class_names: list[str], prompt_dim,
                       pretrained: Any = None) -> torch.nn.Module:
-    """The model a run config describes: the classifier kind ``cfg.model.method`` names (see
-    :mod:`instruction_vit.classifiers`) builds it (a :class:`~instruction_vit.resolve.Resolved` config carries the
-    kind already). ``pretrained`` overrides ``cfg.model.pretrained``; for a kind on a timm backbone, a run checkpoint
+    """The model a run config describes: the method ``cfg.model.method`` names (see
+    :mod:`instruction_vit.methods`) builds it (a :class:`~instruction_vit.resolve.Resolved` config carries the
+    kind already). ``pretrained`` overrides ``cfg.model.pretrained``; for a method on a timm backbone, a run checkpoint
     there starts the backbone from that run's model (and ``weights_report`` names the checkpoint)."""
     resolved = resolve(cfg)
-    cfg, kind = resolved.config, resolved.kind
+    cfg, method = resolved.config, resolved.method
     source = cfg.model.pretrained if pretrained is None else pretrained
     start = None
-    if kind.timm_backbone and isinstance(source, (str, Path)) and _is_checkpoint(str(source)):
+    if method.timm_backbone and isinstance(source, (str, Path)) and _is_checkpoint(str(source)):
         start = load_checkpoint(source)  # another run's model, or a shared model folder / hf-hub repo
         state = start.model_state()
         source = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    model = kind.build(cfg, class_names, prompt_dim, source)
+    model = method.build(cfg, class_names, prompt_dim, source)
     if start is not None and model.weights_report is not None:  # say which checkpoint
         what = "instruction-vit model folder" if start.source is not None else "instruction-vit checkpoint"
         model.weights_report = dataclasses.replace(model.weights_report, source=start.name, format=what,

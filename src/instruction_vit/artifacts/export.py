@@ -15,7 +15,7 @@ output). The batch size is dynamic. Two variants for Instruction-ViT:
 With ``select_k=K`` (paper §3.4) the graph takes a third input, ``ranking`` ``[B, N]`` (the ranker's per-class
 scores, computed outside: e.g. the cosine between the encoder's image features and the text prompts), keeps each
 image's top-K prompts plus one averaged "rest" token, and expands the K+1 scores back to N columns exactly as
-:func:`~instruction_vit.prompts.forward_selected` does. CLIP prompt learners (CoOp and the kinds that classify by
+:func:`~instruction_vit.prompts.forward_selected` does. CLIP prompt learners (CoOp and the methods that classify by
 class-name text) export with their classes fixed: the whole model is traced, image tower and class texts.
 
 The export uses PyTorch's TorchScript-based exporter (``torch.onnx.export(dynamo=False)``): it keeps the batch and
@@ -153,7 +153,7 @@ def export_model_onnx(model: nn.Module, out: str | Path, *, class_names: Sequenc
                       prompts_input: bool = False, select_k: int | None = None, opset: int = DEFAULT_OPSET,
                       metadata: Mapping[str, Any] | None = None, tolerance: float = 1e-4,
                       batch_size: int = 2) -> OnnxExport:
-    """Export ``model`` (an :class:`~instruction_vit.model.ImageClassifier`; put in eval mode on the CPU) to ``out``
+    """Export ``model`` (an :class:`~instruction_vit.model.MethodModel`; put in eval mode on the CPU) to ``out``
     and check it (see the module doc). ``metadata`` adds entries to the file's ``metadata_props`` (values that are not
     strings as JSON)."""
     onnx, ort = _onnx_modules()

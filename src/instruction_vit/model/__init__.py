@@ -1,17 +1,17 @@
 """The Instruction-ViT model: receives prompt features (:class:`Prompts`, tensors), never the encoders."""
 
 from .build import build_model
-from .instruction_vit import InstructionOutput, InstructionViT, PromptEmbed, Prompts
-from .plain import PlainClassifier
-from .protocol import ImageClassifier
+from .prompted_vit import InstructionOutput, InstructionViT, PromptEmbed, Prompts
+from .plain import PlainModel
+from .protocol import MethodModel
 from .regimes import REGIMES, apply_regime, check_regime
 
 __all__ = [
     "REGIMES",
-    "ImageClassifier",
+    "MethodModel",
     "InstructionOutput",
     "InstructionViT",
-    "PlainClassifier",
+    "PlainModel",
     "PromptEmbed",
     "Prompts",
     "apply_regime",

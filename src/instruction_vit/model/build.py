@@ -12,8 +12,8 @@ import torch
 from timm.models import VisionTransformer
 
 from ..errors import ConfigError
-from .instruction_vit import InstructionViT
-from .plain import PlainClassifier
+from .prompted_vit import InstructionViT
+from .plain import PlainModel
 from .weights import Pretrained, load_weights, resolve_source
 
 
@@ -26,9 +26,9 @@ def build_model(
     vpt_tokens: int = 0,
     vpt_deep: bool = False,
     **backbone_kwargs: Any,
-) -> InstructionViT | PlainClassifier:
-    """Create a timm ViT by name and wrap it as an Instruction-ViT: the model layer's factory, which the classifier
-    kinds call. Users call it as :func:`instruction_vit.create_model` (the same model; ``prompt_dim`` by keyword).
+) -> InstructionViT | PlainModel:
+    """Create a timm ViT by name and wrap it as an Instruction-ViT: the model layer's factory, which the methods
+    call. Users call it as :func:`instruction_vit.create_model` (the same model; ``prompt_dim`` by keyword).
 
     Args:
         backbone: any timm ViT name, e.g. ``"vit_base_patch16_224"``.
@@ -67,7 +67,7 @@ def build_model(
             raise ConfigError(f"{backbone} is not a timm VisionTransformer: prompts and VPT tokens join a ViT's token "
                               "sequence; pick a ViT (e.g. vit_base_patch16_224), or read no prompts "
                               "(prompts.kind=none, model.options.vpt_tokens=0) for a plain baseline")
-        model = PlainClassifier(net)  # a baseline backbone without prompts (ResNet, EfficientNet, CaiT, PiT, ...)
+        model = PlainModel(net)  # a baseline backbone without prompts (ResNet, EfficientNet, CaiT, PiT, ...)
     else:
         model = InstructionViT(net, prompt_dims, score_scale=score_scale, vpt_tokens=vpt_tokens, vpt_deep=vpt_deep)
     model.weights_report = load_weights(net, source, backbone)

@@ -6,10 +6,10 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..outputs import Capabilities, Prompts
-from .instruction_vit import InstructionOutput, WrapsBackbone
+from .prompted_vit import InstructionOutput, WrapsBackbone
 
 
-class PlainClassifier(WrapsBackbone, nn.Module):
+class PlainModel(WrapsBackbone, nn.Module):
     """A timm model with the :class:`InstructionViT` interface and no prompts (``scores`` is ``[B, 0]``).
 
     Regimes (:meth:`~.WrapsBackbone.trainable_parameters`): ``full`` trains everything, ``prompt`` and ``linear`` the

@@ -1,4 +1,4 @@
-"""What training, evaluation and the artifacts ask of every classifier it trains, evaluates and saves (whatever its kind)."""
+"""What training, evaluation and the artifacts ask of the model every method builds (:class:`MethodModel`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from ..outputs import Capabilities, InstructionOutput, Prompts
 
 
 @runtime_checkable
-class ImageClassifier(Protocol):
-    """The classifier protocol: :class:`~.InstructionViT`, :class:`~.PlainClassifier` and CoOp follow it, and so must
-    the model of any classifier kind (``instruction_vit.classifiers``).
+class MethodModel(Protocol):
+    """The model protocol, what every method builds: :class:`~.InstructionViT`, :class:`~.PlainModel` and CoOp follow
+    it, and so must the model of any method (``instruction_vit.methods``).
 
     * ``backbone``: the image tower; its ``pretrained_cfg`` (mean, std, input size, ...) gives the transforms.
     * ``forward(images, prompts=None)``: one :class:`InstructionOutput` (``scores`` is ``[B, 0]`` without prompts);

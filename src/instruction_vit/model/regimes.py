@@ -1,5 +1,5 @@
 """Training regimes: which parameters learn. Each model says which of its own parameters a regime trains
-(``trainable_parameters``, see :class:`~.protocol.ImageClassifier`); :func:`apply_regime` sets ``requires_grad``.
+(``trainable_parameters``, see :class:`~.protocol.MethodModel`); :func:`apply_regime` sets ``requires_grad``.
 
 * ``full``: everything (full fine-tuning, paper Table 1).
 * ``prompt``: the paper's prompt tuning (Table 2): backbone frozen; classification head, prompt

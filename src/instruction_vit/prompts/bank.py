@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..data.templates import check_templates, class_text
 from ..errors import ConfigError, DataError
-from ..hub_source import bank_stem
+from ..hub_source import bank_in_source
 from ..outputs import Prompts
 from ..progress import task
 from .encoders import IMAGE, TEXT, PromptEncoder, load_encoder, weights_id
@@ -97,7 +97,7 @@ class PromptBank:
     def load(cls, path: str | Path) -> PromptBank:
         """A bank file pair (``NAME.safetensors`` + ``NAME.json``), or the bank of a model folder that ``ivit save``
         wrote, local or ``hf-hub:ORG/NAME`` (see :mod:`instruction_vit.hub_source`)."""
-        features, meta = load_bank_files(bank_stem(path))
+        features, meta = load_bank_files(bank_in_source(path))
         return cls(meta["kind"], features, list(meta["class_names"]), meta)
 
 

@@ -18,14 +18,15 @@ from ..errors import DataError, MissingFileError
 from ..files import atomic_write, write_text
 
 
-def _stem(path: str | Path) -> Path:
+def bank_pair_stem(path: str | Path) -> Path:
+    """``banks/pets``, ``banks/pets.json`` and ``banks/pets.safetensors`` name one bank (its pair of files)."""
     path = Path(path)
     return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
 
 
 def save_bank_files(path: str | Path, features: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Write the pair; returns the ``.safetensors`` path."""
-    stem = _stem(path)
+    stem = bank_pair_stem(path)
     stem.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().float().cpu().contiguous() for name, t in features.items()}
     weights, sidecar = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
@@ -43,7 +44,7 @@ def load_bank_files(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     """The features and the record of a bank file pair. A pair that is not one (not safetensors, not JSON, nested
     too deep, a record without kind and class names, features not ``[N, D]`` for its N classes, halves of two
     different banks) is one :class:`DataError` naming the file; what the file holds is never quoted."""
-    stem = _stem(path)
+    stem = bank_pair_stem(path)
     weights, sidecar = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     for f in (weights, sidecar):
         if not f.is_file():

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..classifiers import ClassifierKind
+from ..methods import Method
 from ..config import Config, ConfigError, load_config
 from ..resolve import resolve
 from .specs import cell_tree, column_entry, column_rows, column_seeds, evaluated_column, fill_runs, merge_tree
@@ -26,7 +26,7 @@ class Cell:
     zero_shot: bool = False
     spec_config: Config | None = None  # the same cell from the spec alone (no command-line overrides or weights)
     source: Cell | None = None  # an ``evaluate`` column's cell: the cell whose checkpoint it evaluates
-    kind: ClassifierKind | None = None  # the classifier kind model.method names, resolved once with the config
+    method: Method | None = None  # the method model.method names, resolved once with the config
 
     @property
     def name(self) -> str:
@@ -56,11 +56,11 @@ class Cell:
     def needs_backbone(self) -> bool:
         """Whether the cell trains a timm backbone (zero-shot and CLIP prompt-learner cells use the CLIP encoder
         alone; an evaluating cell trains nothing)."""
-        return not self.zero_shot and self.source is None and self.kind.timm_backbone
+        return not self.zero_shot and self.source is None and self.method.timm_backbone
 
     @property
     def uses_encoder(self) -> bool:
-        return self.zero_shot or self.kind.uses_encoder or self.config.prompts.kind != "none"
+        return self.zero_shot or self.method.uses_encoder or self.config.prompts.kind != "none"
 
 
 def _make_cell(spec: dict[str, Any], runs: Path, column: str, row: str, seed: int, overrides: Sequence[str],
@@ -85,7 +85,7 @@ def _make_cell(spec: dict[str, Any], runs: Path, column: str, row: str, seed: in
     cfg = resolved.config
     folder = runs / spec["name"] / column / row / f"seed{seed}"
     cell = Cell(column, row, seed, cfg, folder, zero_shot, resolve(load_config(None, (), base=data)).config, source,
-                resolved.kind)
+                resolved.method)
     backbone_source = weights.get(cfg.model.backbone)
     if cell.needs_backbone and backbone_source is not None and cfg.model.pretrained == "timm":
         model = dataclasses.replace(cfg.model, pretrained=None if backbone_source == "random" else backbone_source)

@@ -14,7 +14,8 @@ from ..config import ConfigError
 from ..data import split_identity
 from ..files import file_sha256
 from ..hub_source import MODEL_FILE, resolve_model_source
-from ..hub_source import bank_stem as hub_bank_stem
+from ..hub_source import bank_in_source
+from ..prompts.bank_files import bank_pair_stem
 from ..prompts.encoders import parse_spec, weights_id
 from .cell_record import RECORD, has_run, read_record
 from .grid import Cell
@@ -30,16 +31,6 @@ UNKEYED = ("data.num_workers", "data.store_dir", "prompts.cache_dir", "train.log
            "data.root", "data.split_file", "model.pretrained", "prompts.bank_file", "prompts.encoder",
            "prompts.image_encoder", "prompts.templates", "prompts.descriptions")
 
-
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value and name.count(".") == 0:
-            out.update(_flat(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 class Identities:
@@ -85,7 +76,7 @@ def cell_settings(cell: Cell, ids: Identities) -> dict[str, Any]:
     splits, the content ids of its backbone weights, prompt encoders, template and description files, and for an
     evaluating cell the key of the cell whose model it evaluates."""
     c = cell.config
-    config = {k: v for k, v in _flat(c.to_dict()).items() if k not in UNKEYED}
+    config = {k: v for k, v in c.flat().items() if k not in UNKEYED}
     settings: dict[str, Any] = {"config": config, "split": split_identity(c.data), "zero_shot": cell.zero_shot}
     if cell.needs_backbone:
         settings["backbone_weights"] = ids.file(c.model.pretrained)
@@ -95,8 +86,8 @@ def cell_settings(cell: Cell, ids: Identities) -> dict[str, Any]:
         settings["templates"] = ids.text_file(c.prompts.templates)
         settings["descriptions"] = ids.text_file(c.prompts.descriptions)
     if c.prompts.bank_file:  # a bank file pair, or a model folder's / hf-hub repo's bank
-        stem = Path(hub_bank_stem(c.prompts.bank_file)) if _model_folder(c.prompts.bank_file) else \
-            bank_stem(c.prompts.bank_file)
+        stem = Path(bank_in_source(c.prompts.bank_file)) if _model_folder(c.prompts.bank_file) else \
+            bank_pair_stem(c.prompts.bank_file)
         settings["bank_file"] = ids.file(str(stem.with_suffix(".safetensors")))
     if cell.source is not None:  # what it evaluates: that cell's model, as keyed by that cell's settings
         settings["source"] = {"cell": cell.source.name, "key": settings_key(cell_settings(cell.source, ids))}
@@ -115,7 +106,7 @@ def spec_changes(cell: Cell, ids: Identities | None = None) -> list[str]:
     if cell.spec_config is None:
         return []
     ids = ids or Identities()
-    now, spec = _flat(cell.config.to_dict()), _flat(cell.spec_config.to_dict())
+    now, spec = cell.config.flat(), cell.spec_config.flat()
     changes = []
     for key in now:
         a, b = spec.get(key), now[key]
@@ -159,18 +150,13 @@ def _model_folder(source: str) -> str:
     return str(found.path) if found is not None else ""
 
 
-def bank_stem(path: str | Path) -> Path:
-    """``banks/pets``, ``banks/pets.json`` and ``banks/pets.safetensors`` name one bank (as PromptBank.load reads)."""
-    path = Path(path)
-    return path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-
 
 def settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    a, b = _flat_all(old), _flat_all(new)
+    a, b = _flat_record(old), _flat_record(new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def _flat_all(tree: Any, prefix: str = "") -> dict[str, Any]:
+def _flat_record(tree: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(tree, Mapping):
         return {prefix.rstrip("."): tree}
     out: dict[str, Any] = {}
@@ -178,7 +164,7 @@ def _flat_all(tree: Any, prefix: str = "") -> dict[str, Any]:
         if key == "config" and not prefix:
             out.update({k: v for k, v in value.items()})
         else:
-            out.update(_flat_all(value, f"{prefix}{key}."))
+            out.update(_flat_record(value, f"{prefix}{key}."))
     return out
 
 

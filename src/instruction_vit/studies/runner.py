@@ -272,8 +272,8 @@ def _run_cell(spec: dict[str, Any], cell: Cell, settings: dict[str, Any], ids: I
     _record(cell, {**base_record, "status": "running"})
     try:
         _compute(spec, cell)
-    except FixedClassesError:  # a plain classifier's cell in a transfer column: said so, not a number
-        reason = "a plain classifier (no prompts, a head fixed to its training classes) cannot read new class names"
+    except FixedClassesError:  # a plain model's cell in a transfer column: said so, not a number
+        reason = "a plain model (no prompts, a head fixed to its training classes) cannot read new class names"
         logger.warning(f"{cell.name}: not run: {reason}")
         _record(cell, {**base_record, "status": "not_run", "reason": reason})
         return False
@@ -296,7 +296,7 @@ def _run_cell(spec: dict[str, Any], cell: Cell, settings: dict[str, Any], ids: I
 def _compute(spec: dict[str, Any], cell: Cell) -> None:
     """What the cell computes: zero-shot, the transfer of its source's model, or a training run (resumed from its
     last checkpoint when there is one)."""
-    from ..evaluation.protocols import transfer, zero_shot
+    from ..evaluation.transfer_protocols import transfer, zero_shot
     from ..training.loop import train
 
     if cell.zero_shot:

@@ -19,7 +19,7 @@ Two more column kinds:
 
 * ``evaluate: {from: COLUMN}``: no training; each cell evaluates the best checkpoint of the same row and seed of
   ``COLUMN`` on other data, with that data's own class names (cross-data-set transfer,
-  :func:`~.protocols.transfer`). Its ``config`` changes only ``data`` and the keys that build prompts for the new
+  :func:`~.transfer_protocols.transfer`). Its ``config`` changes only ``data`` and the keys that build prompts for the new
   names (``prompts.templates``, ``descriptions``, ``per_class``, ``seed``). Such a cell is keyed by its data and the
   source cell's key, runs after its source, and is refused while the source is not done.
 * ``average: [COLUMN, ...]``: no cells; the report's per-seed mean over those columns (the peers' "average over

@@ -28,7 +28,7 @@ from .distributed import World, close_world, init_world
 from ..evaluation.predict import classification_metrics, predict
 from ..progress import reporting
 from .logs import PROMPT_RECORD, epoch_line, results_line
-from ..evaluation.protocols import novel_classes
+from ..evaluation.transfer_protocols import novel_classes
 from ..evaluation.results import checkpoint_results
 from ..devices import resolve_device, seed_everything
 from .run_lock import UNREADABLE, RunFolderInUseError, RunLock
@@ -239,7 +239,7 @@ def _results(run: RunParts) -> dict[str, Any]:
     if run.bank is not None:
         results["prompt_bank"] = {k: run.bank.meta.get(k) for k in PROMPT_RECORD if k in run.bank.meta}
     # Base-to-novel: a model that takes new class names (prompts, or a CLIP prompt learner's set_classes) is given
-    # the novel ones; a plain classifier has no novel number.
+    # the novel ones; a plain model has no novel number.
     if cfg.data.classes == "base" and (run.bank is not None or capabilities(run.model).reads_class_names):
         results["base_to_novel"] = novel_classes(cfg, run.out, results["top1"])
     text = json.dumps(results, indent=2)

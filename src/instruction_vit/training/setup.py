@@ -129,7 +129,7 @@ def _model(resolved: Resolved, out: Path, class_names: list[str], bank: PromptBa
                               pretrained=False if last is not None else None)
     report = model.weights_report
     record = last.meta.get("backbone_weights") if last is not None else (report.to_dict() if report else None)
-    if resolved.kind.timm_backbone:
+    if resolved.method.timm_backbone:
         if last is not None:
             log(f"backbone {cfg.model.backbone}: from {out / 'checkpoints' / 'last.safetensors'} (it started from "
                 f"{(record or {}).get('source', 'random init')})")

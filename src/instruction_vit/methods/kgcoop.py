@@ -29,14 +29,14 @@ from torch import Tensor
 from ..config import Config
 from ..data.templates import check_templates, class_text
 from ..outputs import InstructionOutput, Prompts
-from . import register_classifier
+from . import register_method
 from .context import PHOTO_PHRASE
-from .coop import CoOpFamily, CoOpFamilyKind, CoOpOptions
+from .coop import CoOpFamily, CoOpFamilyMethod, CoOpOptions
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
-class KgCoOpClassifier(CoOpFamily):
+class KgCoOpModel(CoOpFamily):
     """KgCoOp: CoOp plus a loss pulling each class text feature towards its hand-crafted prompt's (in ``aux``)."""
 
     method = "KgCoOp"
@@ -81,17 +81,17 @@ class KgCoOpOptions(CoOpOptions):
     template: str | None = None  # the hand-crafted prompt; None: the data set's CoOp template, else "a photo of a {}."
 
 
-@register_classifier("kgcoop")
-class KgCoOpKind(CoOpFamilyKind):
+@register_method("kgcoop")
+class KgCoOpMethod(CoOpFamilyMethod):
     """KgCoOp: CoOp plus a loss keeping the class text features near the hand-crafted prompt's (CLIP or ConSE)."""
 
-    model_class = KgCoOpClassifier
+    model_class = KgCoOpModel
     Options = KgCoOpOptions
 
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
-              pretrained: Any = None) -> KgCoOpClassifier:
+              pretrained: Any = None) -> KgCoOpModel:
         options = self.options(cfg)
-        return KgCoOpClassifier(self.load_towers(cfg), class_names, options.n_ctx, options.ctx_init,
+        return KgCoOpModel(self.load_towers(cfg), class_names, options.n_ctx, options.ctx_init,
                                 weight=options.weight, template=options.template or dataset_template(cfg))
 
 

@@ -1,6 +1,6 @@
 """Instruction-ViT on a timm backbone (``model.method=instruction_vit``), and the baselines that are special cases
 of it: plain fine-tuning (``prompts.kind=none``), VPT (``model.options.vpt_tokens``), the linear probe
-(``model.regime=linear``), and any non-ViT timm backbone without prompts (a :class:`PlainClassifier`)."""
+(``model.regime=linear``), and any non-ViT timm backbone without prompts (a :class:`PlainModel`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 from ..config import Config
 from ..errors import ConfigError
 from ..model import build_model
-from . import ClassifierKind, register_classifier
+from . import Method, register_method
 
 
 @dataclass
@@ -26,8 +26,8 @@ class InstructionViTOptions:
     vpt_deep: bool = False  # VPT-deep (new tokens before every block) instead of VPT-shallow (input only)
 
 
-@register_classifier("instruction_vit")
-class InstructionViTKind(ClassifierKind):
+@register_method("instruction_vit")
+class InstructionViTMethod(Method):
     """Instruction-ViT on a timm ViT; also plain fine-tuning, VPT, the linear probe and any timm backbone."""
 
     Options = InstructionViTOptions

@@ -21,12 +21,12 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..outputs import InstructionOutput, Prompts
-from . import register_classifier
+from . import register_method
 from .context import PHOTO_PHRASE
-from .coop import CoOpFamily, CoOpFamilyKind, CoOpOptions
+from .coop import CoOpFamily, CoOpFamilyMethod, CoOpOptions
 
 
-class CoCoOpClassifier(CoOpFamily):
+class CoCoOpModel(CoOpFamily):
     """CoCoOp: the learned context plus a meta-network token from each image, over frozen towers."""
 
     method = "CoCoOp"
@@ -64,9 +64,9 @@ class CoCoOpOptions(CoOpOptions):
     ctx_init: str | None = PHOTO_PHRASE  # 4 context vectors from "a photo of a" (the official ctxv1 configs)
 
 
-@register_classifier("cocoop")
-class CoCoOpKind(CoOpFamilyKind):
+@register_method("cocoop")
+class CoCoOpMethod(CoOpFamilyMethod):
     """CoCoOp: CoOp's context plus a meta-network token from each image (CLIP or, offline, ConSE)."""
 
-    model_class = CoCoOpClassifier
+    model_class = CoCoOpModel
     Options = CoCoOpOptions

@@ -12,7 +12,7 @@ places it (``clip/model.py`` of muzairkhattak/multimodal-prompt-learning and muz
   before the tower's pooling, so the output is pooled over ``[CLS]`` and the patches alone.
 
 Without prompts both functions compute exactly ``clip.encode_text`` / ``clip.encode_image``. Nothing here is
-registered as a module: the classifiers keep CLIP once, under ``clip.``, and saved by reference.
+registered as a module: the methods keep CLIP once, under ``clip.``, and saved by reference.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Classifier kinds as registry entries: each builds its model from a run config, and its model says exactly which
+"""methods as registry entries: each builds its model from a run config, and its model says exactly which
 parameters each regime trains; a kind registered by a third party is found by model.method."""
 
 import hashlib
@@ -7,17 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from instruction_vit.classifiers import (
-    CLASSIFIERS,
-    ClassifierKind,
-    classifier_kind,
-    list_classifiers,
-    register_classifier,
+from instruction_vit.methods import (
+    METHODS,
+    Method,
+    get_method,
+    list_methods,
+    register_method,
 )
 from instruction_vit.config import Config, DataConfig, ModelConfig, PromptConfig, load_config
 from instruction_vit.artifacts.checkpoint import model_from_config, save_checkpoint
 from instruction_vit.errors import ConfigError
-from instruction_vit.model import REGIMES, ImageClassifier, PlainClassifier, apply_regime
+from instruction_vit.model import REGIMES, MethodModel, PlainModel, apply_regime
 from instruction_vit.outputs import Capabilities, InstructionOutput
 
 CLASSES = ["cat", "dog", "owl"]
@@ -55,21 +55,21 @@ CASES = {
     "instruction_vit: plain ViT": ("instruction_vit", VIT, None, "InstructionViT",
                                    {"full": "all", "prompt": VIT_HEAD, "linear": VIT_HEAD}),
     "instruction_vit: a CNN (plain)": ("instruction_vit", ["model.backbone=resnet18", "data.img_size=32"], None,
-                                       "PlainClassifier", {"full": "all", "prompt": RESNET_HEAD, "linear": RESNET_HEAD}),
-    "coop": ("coop", None, None, "CoOpClassifier",
+                                       "PlainModel", {"full": "all", "prompt": RESNET_HEAD, "linear": RESNET_HEAD}),
+    "coop": ("coop", None, None, "CoOpModel",
              {"full": ConfigError, "prompt": {"prompt_embed.context"}, "linear": ConfigError}),
-    "cocoop": ("cocoop", None, None, "CoCoOpClassifier",
+    "cocoop": ("cocoop", None, None, "CoCoOpModel",
                {"full": ConfigError, "linear": ConfigError, "prompt": {
                    "prompt_embed.context", "meta_net.linear1.weight", "meta_net.linear1.bias",
                    "meta_net.linear2.weight", "meta_net.linear2.bias"}}),
-    "kgcoop": ("kgcoop", None, None, "KgCoOpClassifier",
+    "kgcoop": ("kgcoop", None, None, "KgCoOpModel",
                {"full": ConfigError, "prompt": {"prompt_embed.context"}, "linear": ConfigError}),
     # The tiny CLIP has 1 layer per tower: shallow MaPLe / PromptSRC (tests/test_maple.py, test_promptsrc.py go deep).
-    "maple": ("maple", ["model.options.depth=1"], None, "MaPLeClassifier",
+    "maple": ("maple", ["model.options.depth=1"], None, "MaPLeModel",
               {"full": ConfigError, "linear": ConfigError, "prompt": {
                   "prompt_learner.context", "prompt_learner.coupling.0.weight", "prompt_learner.coupling.0.bias"}}),
     "promptsrc": ("promptsrc", ["model.options.depth_text=1", "model.options.depth_vision=1"], None,
-                  "PromptSRCClassifier", {"full": ConfigError, "linear": ConfigError,
+                  "PromptSRCModel", {"full": ConfigError, "linear": ConfigError,
                                           "prompt": {"prompt_learner.context", "prompt_learner.vision"}}),
 }
 
@@ -83,16 +83,16 @@ def _build(case, tiny_clip_dir):
 
 
 def test_every_built_in_kind_has_cases():
-    built_in = {name for name, cls in CLASSIFIERS.items() if cls.__module__.startswith("instruction_vit.classifiers")}
+    built_in = {name for name, cls in METHODS.items() if cls.__module__.startswith("instruction_vit.methods")}
     assert built_in == {method for method, *_ in CASES.values()}
-    assert {"instruction_vit", "coop"} <= set(list_classifiers())
+    assert {"instruction_vit", "coop"} <= set(list_methods())
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_kind_builds_from_a_config_and_says_what_each_regime_trains(case, tiny_clip_dir):
     model = _build(case, tiny_clip_dir)
     expected_class, per_regime = CASES[case][3], CASES[case][4]
-    assert type(model).__name__ == expected_class and isinstance(model, ImageClassifier)
+    assert type(model).__name__ == expected_class and isinstance(model, MethodModel)
     assert set(per_regime) == set(REGIMES)
     for regime, expected in per_regime.items():
         if isinstance(expected, type):
@@ -126,11 +126,11 @@ def test_models_carry_no_stand_ins_for_what_they_lack(tiny_clip_dir):
             assert not hasattr(model, attr), (type(model).__name__, attr)
         assert model.bank_prompts() is None
     assert not hasattr(plain, "prompt_embed") and not hasattr(coop, "head")
-    assert isinstance(plain, PlainClassifier)
+    assert isinstance(plain, PlainModel)
 
 
 def test_kinds_declare_what_they_read():
-    vit, coop = classifier_kind("instruction_vit"), classifier_kind("coop")
+    vit, coop = get_method("instruction_vit"), get_method("coop")
     assert (vit.name, vit.reads_prompts, vit.timm_backbone, vit.uses_encoder) == ("instruction_vit", True, True, False)
     assert (coop.name, coop.reads_prompts, coop.timm_backbone, coop.uses_encoder) == ("coop", False, False, True)
     assert vit.summary.startswith("Instruction-ViT") and coop.summary.startswith("CoOp")
@@ -138,7 +138,7 @@ def test_kinds_declare_what_they_read():
 
 def test_unknown_kind_names_the_closest():
     cfg = Config(model=ModelConfig(method="instruction_vt"))
-    with pytest.raises(ConfigError, match="unknown classifier kind 'instruction_vt'; did you mean instruction_vit"):
+    with pytest.raises(ConfigError, match="unknown method 'instruction_vt'; did you mean instruction_vit"):
         model_from_config(cfg, CLASSES, None)
 
 
@@ -163,7 +163,7 @@ def test_a_run_checkpoint_starts_the_backbone_and_is_named(tmp_path):
 
 
 # -- a kind from outside the package ---------------------------------------------------------------------------
-class TinyClassifier(nn.Module):
+class TinyModel(nn.Module):
     """The smallest model of the classifier protocol: a 1x1 convolution, average pooling and a linear head."""
 
     capabilities = Capabilities()  # no prompts, no class-name texts: its head's classes only
@@ -185,39 +185,39 @@ class TinyClassifier(nn.Module):
         return list(self.parameters()) if regime == "full" else list(self.head.parameters())
 
 
-class TinyKind(ClassifierKind):
+class TinyMethod(Method):
     """A tiny test classifier."""
 
     reads_prompts = False
     timm_backbone = False
 
     def build(self, cfg, class_names, prompt_dim=None, pretrained=None):
-        return TinyClassifier(len(class_names))
+        return TinyModel(len(class_names))
 
 
 @pytest.fixture
 def tiny_kind():
-    """``TinyKind`` registered as ``tiny_test_kind`` for one test (the registry as it was afterwards)."""
-    with CLASSIFIERS.isolated():
-        yield register_classifier("tiny_test_kind")(TinyKind)
+    """``TinyMethod`` registered as ``tiny_test_kind`` for one test (the registry as it was afterwards)."""
+    with METHODS.isolated():
+        yield register_method("tiny_test_kind")(TinyMethod)
 
 
 def test_a_registered_kind_is_found_by_model_method(tiny_kind):
-    assert "tiny_test_kind" in list_classifiers() and classifier_kind("tiny_test_kind").name == "tiny_test_kind"
+    assert "tiny_test_kind" in list_methods() and get_method("tiny_test_kind").name == "tiny_test_kind"
     cfg = Config(data=DataConfig(img_size=16), prompts=PromptConfig(kind="none"),
                  model=ModelConfig(method="tiny_test_kind", regime="linear", pretrained="/no/such/checkpoint"))
     model = model_from_config(cfg, CLASSES, None)
-    assert isinstance(model, TinyClassifier) and isinstance(model, ImageClassifier)
+    assert isinstance(model, TinyModel) and isinstance(model, MethodModel)
     assert apply_regime(model, cfg.model.regime) == ["head.weight", "head.bias"]
     assert model(torch.randn(2, 3, 16, 16)).logits.shape == (2, 3)
 
 
 def test_a_name_is_registered_once(tiny_kind):
-    class Other(TinyKind):
+    class Other(TinyMethod):
         """Another tiny kind."""
 
-    register_classifier("tiny_test_kind")(TinyKind)  # the same class again: fine
+    register_method("tiny_test_kind")(TinyMethod)  # the same class again: fine
     with pytest.raises(ConfigError, match="'tiny_test_kind' is registered twice"):
-        register_classifier("tiny_test_kind")(Other)
-    with pytest.raises(TypeError, match="decorates a ClassifierKind subclass"):
-        register_classifier("not_a_kind")(TinyClassifier)
+        register_method("tiny_test_kind")(Other)
+    with pytest.raises(TypeError, match="decorates a Method subclass"):
+        register_method("not_a_kind")(TinyModel)

@@ -27,7 +27,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts.encoders.openclip import OpenCLIPEncoder
-from . import ClassifierKind, register_classifier
+from . import EncoderMethod, register_method
 from .context import PHOTO_PHRASE, clean_phrase
 from .deep_prompts import (ClassTexts, check_depth, clip_logits, encode_image, encode_text, frozen_clip, layers_of,
                            load_clip, phrase_context, prompt_regime_only, text_tower, vision_tower)
@@ -56,8 +56,8 @@ class MaPLePrompts(nn.Module):
         return [coupling(prompts) for coupling, prompts in zip(self.coupling, self.language())]
 
 
-class MaPLeClassifier(nn.Module):
-    """The classifier protocol (:class:`~instruction_vit.model.ImageClassifier`) over CLIP + MaPLe's prompts (``scores``
+class MaPLeModel(nn.Module):
+    """The model protocol (:class:`~instruction_vit.model.MethodModel`) over CLIP + MaPLe's prompts (``scores``
     is ``[B, 0]``); only ``regime=prompt``."""
 
     #: It classifies by the class names' text; CLIP's frozen weights are rebuilt from prompts.encoder, left out of
@@ -131,16 +131,13 @@ class MaPLeOptions:
     ctx_init: str | None = PHOTO_PHRASE  # the phrase whose first n_ctx tokens start the context; None: random
 
 
-@register_classifier("maple")
-class MaPLeKind(ClassifierKind):
+@register_method("maple")
+class MaPLeMethod(EncoderMethod):
     """MaPLe: language prompts in CLIP's first J text layers, vision prompts coupled to them, CLIP frozen."""
 
-    reads_prompts = False
-    timm_backbone = False
-    uses_encoder = True
     Options = MaPLeOptions
 
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
-              pretrained: Any = None) -> MaPLeClassifier:
+              pretrained: Any = None) -> MaPLeModel:
         options = self.options(cfg)
-        return MaPLeClassifier(load_clip(cfg, "maple"), class_names, options.n_ctx, options.depth, options.ctx_init)
+        return MaPLeModel(load_clip(cfg, "maple"), class_names, options.n_ctx, options.depth, options.ctx_init)

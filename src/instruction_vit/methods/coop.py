@@ -34,7 +34,7 @@ from ..data.templates import class_text
 from ..errors import CheckpointError, ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts import load_encoder
-from . import ClassifierKind, register_classifier
+from . import EncoderMethod, register_method
 from .context import check_phrase_tokens, clean_phrase, context_length
 from .deep_prompts import prompt_regime_only
 from .towers import Towers, towers_from_encoder
@@ -63,7 +63,7 @@ class CoOpContext(nn.Module):
 
 
 class CoOpFamily(nn.Module):
-    """The classifier protocol (:class:`~instruction_vit.model.ImageClassifier`) over frozen towers and a learned
+    """The model protocol (:class:`~instruction_vit.model.MethodModel`) over frozen towers and a learned
     text context (``scores`` is ``[B, 0]``), shared by the CoOp family. Only the ``prompt`` regime: the towers are
     kept by reference in checkpoints, so a tuned tower would be lost, and there is no classification head.
 
@@ -183,7 +183,7 @@ class CoOpFamily(nn.Module):
         return InstructionOutput(logits, logits.new_zeros(logits.shape[0], 0))
 
 
-class CoOpClassifier(CoOpFamily):
+class CoOpModel(CoOpFamily):
     """CoOp: one learned context shared by all classes, over frozen towers."""
 
 
@@ -196,13 +196,10 @@ class CoOpOptions:
     ctx_init: str | None = None  # the phrase whose first n_ctx tokens start the context; None: random (std 0.02)
 
 
-class CoOpFamilyKind(ClassifierKind):
-    """Base of the CoOp family's kinds: built on prompts.encoder's towers, reading no instruction prompts."""
+class CoOpFamilyMethod(EncoderMethod):
+    """Base of the CoOp family's methods: built on prompts.encoder's towers, reading no instruction prompts."""
 
-    reads_prompts = False
-    timm_backbone = False
-    uses_encoder = True
-    model_class: type[CoOpFamily] = CoOpClassifier
+    model_class: type[CoOpFamily] = CoOpModel
     Options: type[CoOpOptions] = CoOpOptions
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
@@ -228,6 +225,6 @@ class CoOpFamilyKind(ClassifierKind):
         return self.model_class(self.load_towers(cfg), class_names, options.n_ctx, options.ctx_init)
 
 
-@register_classifier("coop")
-class CoOpKind(CoOpFamilyKind):
+@register_method("coop")
+class CoOpMethod(CoOpFamilyMethod):
     """CoOp: a learned text context before each class name, over the CLIP (or ConSE) that prompts.encoder names."""

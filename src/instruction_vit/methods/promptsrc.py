@@ -38,7 +38,7 @@ from ..data import class_text, template_set
 from ..errors import ConfigError
 from ..outputs import Capabilities, InstructionOutput, Prompts
 from ..prompts.encoders.openclip import OpenCLIPEncoder
-from . import ClassifierKind, register_classifier
+from . import EncoderMethod, register_method
 from .context import PHOTO_PHRASE, clean_phrase
 from .deep_prompts import (ClassTexts, check_depth, clip_logits, encode_image, encode_text, frozen_clip, layers_of,
                            load_clip, phrase_context, prompt_regime_only, text_tower, vision_tower)
@@ -78,8 +78,8 @@ class PromptSRCPrompts(nn.Module):
                                              for _ in range(depth_vision - 1)])
 
 
-class PromptSRCClassifier(nn.Module):
-    """The classifier protocol (:class:`~instruction_vit.model.ImageClassifier`) over CLIP + PromptSRC's prompts
+class PromptSRCModel(nn.Module):
+    """The model protocol (:class:`~instruction_vit.model.MethodModel`) over CLIP + PromptSRC's prompts
     (``scores`` is ``[B, 0]``; ``aux`` holds the regularisers in training); only ``regime=prompt``."""
 
     #: It classifies by the class names' text; CLIP's frozen weights are rebuilt from prompts.encoder, left out of
@@ -226,23 +226,20 @@ class PromptSRCOptions:
     ctx_init: str | None = PHOTO_PHRASE  # the phrase whose first n_ctx_text tokens start the language context
 
 
-@register_classifier("promptsrc")
-class PromptSRCKind(ClassifierKind):
+@register_method("promptsrc")
+class PromptSRCMethod(EncoderMethod):
     """PromptSRC: deep vision and language prompts regularised towards the frozen CLIP, aggregated over epochs."""
 
-    reads_prompts = False
-    timm_backbone = False
-    uses_encoder = True
     Options = PromptSRCOptions
 
     def build(self, cfg: Config, class_names: Sequence[str], prompt_dim: Any = None,
-              pretrained: Any = None) -> PromptSRCClassifier:
+              pretrained: Any = None) -> PromptSRCModel:
         o = self.options(cfg)
         epochs = cfg.train.epochs
         if not any(gauss(e, o.gpa_mean, o.gpa_std) > 0 for e in range(1, epochs + 1)) and o.gpa_std > 0:
             raise ConfigError(f"the Gaussian aggregation weights of all {epochs} epochs vanish (gpa_mean {o.gpa_mean}, "
                               f"gpa_std {o.gpa_std}): set model.options.gpa_mean within the epochs or a wider gpa_std")
-        return PromptSRCClassifier(load_clip(cfg, "promptsrc"), class_names, o.n_ctx_text, o.n_ctx_vision,
+        return PromptSRCModel(load_clip(cfg, "promptsrc"), class_names, o.n_ctx_text, o.n_ctx_vision,
                                    o.depth_text, o.depth_vision, o.ctx_init, promptsrc_templates(o.templates),
                                    o.text_loss_weight, o.image_loss_weight, o.logits_loss_weight, o.gpa_mean,
                                    o.gpa_std)

@@ -48,7 +48,7 @@ def new_classes(cfg: Config, checkpoint: str | Path) -> dict[str, Any]:
     Each kind of model takes new class names by its own route: a CLIP prompt learner (a model with
     ``set_classes``) puts its learned prompts before the new names and its logits are the prediction;
     Instruction-ViT reads prompts built for the new names (text prompts from the names; image prompts from the
-    data's training images, the "instruction by example") through its score head. A plain classifier (no prompts,
+    data's training images, the "instruction by example") through its score head. A plain model (no prompts,
     a head fixed to its training classes) cannot: a :class:`FixedClassesError` says so. Returns top-1 and top-5 (%),
     per-class top-1, the class names and how the names reached the model."""
     cfg = dataclasses.replace(cfg, prompts=dataclasses.replace(cfg.prompts, bank_file=None))  # a saved bank: old names

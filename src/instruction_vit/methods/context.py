@@ -1,6 +1,6 @@
 """The learned context of the CLIP prompt learners (CoOp, CoCoOp, KgCoOp, MaPLe, PromptSRC): how an initial phrase
 (``model.options.ctx_init``) and a length (``model.options.n_ctx``; PromptSRC's ``n_ctx_text``) give the context
-vectors. One rule for the five kinds, the official code's:
+vectors. One rule for the five methods, the official code's:
 
 * With a phrase, the context starts as the word embeddings of the phrase's first ``n_ctx`` *tokens*, and the rest of
   the phrase stays in every class text as frozen words after the context: ``[SOS] v_1..v_n <rest of the phrase>
