@@ -69,3 +69,22 @@ def test_the_documented_prompts_for_new_names_are_what_onnx_runtime_takes(run, c
         from instruction_vit.outputs import Prompts
 
         Prompts.of(torch.zeros(2, 3, 4)).onnx_inputs()
+
+
+def test_new_names_load_the_prompt_encoder_once_per_classifier(run, monkeypatch):
+    """A page or a notebook asks for many sets of new names: the classifier loads its prompt encoder for the first
+    and keeps it (BENCHMARKS.md: the page's memory grew with every new set while each reloaded it); the prompts are
+    the same as with a fresh load."""
+    from instruction_vit.prompts import bank as bank_module
+
+    fresh = load_classifier(run, "cpu")
+    expected = {tuple(names): fresh.class_prompts(names, cache=False).prompts.features
+                for names in (NEW, NEW[:2], ["teal", "olive"])}
+    loads = []
+    real = bank_module.load_encoder
+    monkeypatch.setattr(bank_module, "load_encoder", lambda *a, **k: loads.append(a) or real(*a, **k))
+    classifier = load_classifier(run, "cpu")
+    for names, features in expected.items():
+        got = classifier.class_prompts(list(names), cache=False).prompts.features
+        assert got.keys() == features.keys() and all(torch.equal(got[k], features[k]) for k in got)
+    assert len(loads) == 1  # three sets of names, one load

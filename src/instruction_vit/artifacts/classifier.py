@@ -58,6 +58,7 @@ class Classifier:
         self.model = checkpoint.build_model().eval().to(self.device)
         self.transform = transforms(self.config, self.model.backbone)[1]
         self.min_side = transform_side(self.transform)  # images far larger are reduced while decoding
+        self._encoders: dict[str, Any] = {}  # prompt encoders loaded for new class names, by spec: loaded once
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto", encoder: str | None = None,
@@ -117,7 +118,7 @@ class Classifier:
         image_encoder = p.image_encoder or p.encoder
         self._check_encoders(p.encoder, image_encoder)
         common = dict(text_encoder=p.encoder, image_encoder=image_encoder, templates=template_set(p.templates),
-                      cache_dir=p.cache_dir if cache else None, device=self.device)
+                      cache_dir=p.cache_dir if cache else None, device=self.device, loaded=self._encoders)
         if kind == "text" or folder is not None:
             images = folder if kind != "text" else None  # a text run reads text prompts, examples or not
             bank = build_prompt_bank(kind, names, images=images, per_class=p.per_class, seed=p.seed,

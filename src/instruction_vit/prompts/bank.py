@@ -194,13 +194,15 @@ def build_prompt_bank(
     cache_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     image_split: str | None = None,
+    loaded: dict[str, PromptEncoder] | None = None,
 ) -> PromptBank:
     """Build (or load from ``cache_dir``) the prompt bank of ``kind`` for ``class_names``.
 
     Encoders are objects or spec strings (see ``load_encoder``); a spec is loaded only on a cache miss, on
     ``device``. The same spec (or object) for text and image means one joint encoder. The encoding is reported
     as a task (:mod:`instruction_vit.progress`); ``image_split`` says which split ``images`` is (recorded with the
-    image ids).
+    image ids). ``loaded``: encoders already loaded on ``device``, by spec, which a spec is taken from instead of
+    loading it again, and which the encoders this call loads are added to (a caller building many banks keeps one).
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown prompt kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -239,11 +241,14 @@ def build_prompt_bank(
     if cache_path is not None and cache_path.with_suffix(".safetensors").is_file():
         return PromptBank.load(cache_path)
 
-    loaded: dict[str, PromptEncoder] = {}
+    pool = loaded if loaded is not None else {}
+    used: dict[str, PromptEncoder] = {}
 
     def encoder(e: PromptEncoder | str, modality: str) -> PromptEncoder:
         if isinstance(e, str):
-            e = loaded[e] if e in loaded else loaded.setdefault(e, load_encoder(e, device=device))
+            if e not in pool:
+                pool[e] = load_encoder(e, device=device)
+            e = used.setdefault(e, pool[e])
         if modality not in e.modalities:
             raise ConfigError(f"prompt encoder {e.name!r} cannot encode {modality}; it encodes {sorted(e.modalities)}")
         return e
@@ -258,7 +263,7 @@ def build_prompt_bank(
         if t_enc.name == i_enc.name and t_enc.shared_space:
             features = {"mixed": (features[TEXT] + features[IMAGE]) / 2}
         meta["joint_space"] = "mixed" in features
-    meta["loaded"] = {name: e.describe() if hasattr(e, "describe") else repr(e) for name, e in loaded.items()}
+    meta["loaded"] = {name: e.describe() if hasattr(e, "describe") else repr(e) for name, e in used.items()}
     bank = PromptBank(kind, features, class_names, meta)
     if cache_path is not None:
         bank.save(cache_path)
