@@ -4,6 +4,7 @@ without a lease is never taken over from another host, and a holder whose claim 
 
 import json
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -72,12 +73,22 @@ def test_a_requeued_slurm_job_takes_over_its_earlier_runs_claim(tmp_path, monkey
     assert "an earlier run of this Slurm job" in lines[0]
 
 
-def test_a_holder_whose_claim_was_taken_over_stops(tmp_path):
+@pytest.mark.parametrize("sigint", ["python's handler", "ignored (a shell's background job: cmd &)"])
+def test_a_holder_whose_claim_was_taken_over_stops(tmp_path, sigint):
     folder = tmp_path / "cell"
-    with pytest.raises(RunFolderInUseError, match="another command took it over; this one stopped"):
-        with RunLock(folder, lease=0.5):
-            _write_lock(folder, lease=600, token="the-new-holder")  # taken over while this one was frozen
-            time.sleep(30)  # interrupted by the heartbeat's next beat
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint.startswith("ignored") else
+                           signal.default_int_handler)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RunFolderInUseError, match="another command took it over; this one stopped"):
+            with RunLock(folder, lease=0.5):
+                _write_lock(folder, lease=600, token="the-new-holder")  # taken over while this one was frozen
+                time.sleep(30)  # interrupted by the heartbeat's next beat
+        assert time.monotonic() - started < 20
+        assert signal.getsignal(signal.SIGINT) == (signal.SIG_IGN if sigint.startswith("ignored") else
+                                                   signal.default_int_handler)  # given back as it was
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert json.loads((folder / LOCK_NAME).read_text())["token"] == "the-new-holder"  # left to its new holder
 
 

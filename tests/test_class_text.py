@@ -51,9 +51,9 @@ def test_the_bank_key_changes_only_for_names_whose_text_changed(tmp_path):
 
 def test_the_clip_prompt_learners_read_the_same_text(clip):
     """CoOp's class prompts (the family's base) and KgCoOp's hand-crafted ones read "ankle boot" for ankle_boot."""
-    coop = CoOpModel(clip, ["ankle_boot", "bag"], context_length=4, init=None)
-    spaced = CoOpModel(clip, ["ankle boot", "bag"], context_length=4, init=None)
+    coop = CoOpModel(clip, ["ankle_boot", "bag"], n_ctx=4, ctx_init=None)
+    spaced = CoOpModel(clip, ["ankle boot", "bag"], n_ctx=4, ctx_init=None)
     assert torch.equal(coop.tokens, spaced.tokens) and coop.class_names == ["ankle_boot", "bag"]
-    kg = KgCoOpModel(clip, ["ankle_boot", "bag"], context_length=4)
-    torch.testing.assert_close(kg.hand_crafted, KgCoOpModel(clip, ["ankle boot", "bag"], context_length=4)
+    kg = KgCoOpModel(clip, ["ankle_boot", "bag"], n_ctx=4)
+    torch.testing.assert_close(kg.hand_crafted, KgCoOpModel(clip, ["ankle boot", "bag"], n_ctx=4)
                                .hand_crafted)

@@ -187,7 +187,7 @@ class RunLock:
         self._me: LockHolder | None = None
         self._nested = False
         self._created_folder = False
-        self._previous_sigterm: Any = None
+        self._previous_handlers: dict[int, tuple[Any, Any]] = {}  # signal: (its handler before, ours)
         self._heartbeat: _Heartbeat | None = None
 
     @property
@@ -252,7 +252,7 @@ class RunLock:
         for _ in range(ATTEMPTS):
             if self._publish(me):
                 self._me = me
-                self._catch_sigterm()
+                self._catch_signals()
                 if self.lease is not None:
                     self._heartbeat = _Heartbeat(self, me.token, min(60.0, self.lease / BEATS_PER_LEASE))
                     self._heartbeat.start()
@@ -285,7 +285,7 @@ class RunLock:
         me, self._me = self._me, None
         if self._heartbeat is not None:
             self._heartbeat.stop()
-        self._restore_sigterm()
+        self._restore_signals()
         data = self._read()
         if data is not None and LockHolder.parse(data).token == me.token:
             self.path.unlink(missing_ok=True)
@@ -380,19 +380,24 @@ class RunLock:
             with contextlib.suppress(OSError):  # not empty: the run wrote into it
                 self.folder.rmdir()
 
-    # -- SIGTERM ends the process through ``finally`` while the lock is held ---------------------------------------
-    def _catch_sigterm(self) -> None:
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    # -- SIGTERM ends the process through ``finally`` while the lock is held; a leased lock's heartbeat stops the
+    # -- main thread with SIGINT, which a shell's background job (``cmd &``) inherits as ignored: heard again ------
+    def _catch_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _exit_on_signal)
-            self._previous_sigterm = signal.SIG_DFL
+            self._previous_handlers[signal.SIGTERM] = (signal.SIG_DFL, _exit_on_signal)
+        if self.lease is not None and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._previous_handlers[signal.SIGINT] = (signal.SIG_IGN, signal.default_int_handler)
 
-    def _restore_sigterm(self) -> None:
-        if self._previous_sigterm is not None:
-            if threading.current_thread() is threading.main_thread() and \
-                    signal.getsignal(signal.SIGTERM) is _exit_on_signal:
-                signal.signal(signal.SIGTERM, self._previous_sigterm)
-            self._previous_sigterm = None
+    def _restore_signals(self) -> None:
+        previous, self._previous_handlers = self._previous_handlers, {}
+        if threading.current_thread() is threading.main_thread():
+            for signum, (before, ours) in previous.items():
+                if signal.getsignal(signum) is ours:  # not replaced since by someone else
+                    signal.signal(signum, before)
 
 
 class _Heartbeat(threading.Thread):
