@@ -115,3 +115,22 @@ def test_status_says_who_runs_a_cell_and_its_epoch(tmp_path, live_pid):
     assert f"running │ pid {live_pid} on {socket.gethostname()}, epoch 2 of 5" in lines["full/vit/seed1"]
     assert "failed  │ DataError: bad image (log:" in lines["full/vit/seed2"] and "12_1_0_log.err" in result.output
     assert result.output.splitlines()[-1] == "2 cell(s): 1 running, 1 failed"
+
+
+def test_a_retried_link_on_nfs_that_made_the_lock_holds_it(tmp_path, monkeypatch):
+    """NFS may lose the reply of a link that was made: the retry then says the file exists. The lock is ours (the
+    temporary file has two links), so it is held with its heartbeat, and released at the end."""
+    from instruction_vit.training import run_lock as run_lock_module
+
+    real_link = os.link
+
+    def link_then_lose_the_reply(src, dst):
+        real_link(src, dst)
+        raise FileExistsError(17, "File exists")
+
+    monkeypatch.setattr(run_lock_module.os, "link", link_then_lose_the_reply)
+    folder = tmp_path / "cell"
+    with RunLock(folder, lease=600) as lock:
+        assert lock.held and lock._heartbeat is not None  # held as its own, not as a nested no-op
+    assert not (folder / LOCK_NAME).exists()
+

@@ -143,7 +143,12 @@ def test_a_reused_pid_or_a_reboot_makes_a_lock_stale(tmp_path, live_pid):
     started = int(Path(f"/proc/{live_pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
     assert not lock.is_stale(LockHolder(me, live_pid, "x", "ivit train", pid_start=started))
     assert lock.is_stale(LockHolder(me, live_pid, "x", "ivit train", pid_start=started + 1))  # another process now
+    lock.folder.mkdir()
+    lock.path.write_text("{}")
+    os.utime(lock.path, (1_000_000, 1_000_000))  # written in 1970: before this host's boot
     assert lock.is_stale(LockHolder(me, live_pid, "x", "ivit train", boot_id="an-earlier-boot"))
+    os.utime(lock.path)  # written since this boot by a machine of the same name (a cloned VM): left to it
+    assert not lock.is_stale(LockHolder(me, live_pid, "x", "ivit train", boot_id="another-machines-boot"))
     assert not lock.is_stale(LockHolder("elsewhere", _dead_pid(), "x", "ivit train"))  # never judged from here
 
 

@@ -204,7 +204,7 @@ class RunLock:
         """Whether ``holder`` is surely gone: its lease ran out (no heartbeat for longer than the lease it
         recorded, on any host); an earlier run of this Slurm job held it (the job was requeued); or on this host
         (hostname, and boot id when both are known) it no longer runs (or its pid now belongs to a process
-        started at another time), or this host rebooted since."""
+        started at another time), or it was written before this host last booted."""
         return self.why_stale(holder) is not None
 
     def why_stale(self, holder: LockHolder) -> str | None:
@@ -220,8 +220,17 @@ class RunLock:
             return None
         boot = _boot_id()
         if holder.boot_id and boot and holder.boot_id != boot:
-            return "from before this host rebooted"
+            # Written before this host's boot: from before a reboot. Written since: another machine of the same
+            # name (cloned VMs, containers given one --hostname) holds it, alive as far as anyone here can tell.
+            return "from before this host rebooted" if self._written_before_boot() else None
         return None if pid_alive(holder.pid, holder.pid_start) else "which no longer runs"
+
+    def _written_before_boot(self) -> bool:
+        booted = _boot_time()
+        try:
+            return booted is not None and self.path.stat().st_mtime < booted
+        except FileNotFoundError:
+            return False
 
     def heartbeat_age(self) -> float:
         """Seconds since the lock file was last written or refreshed (0 when there is none)."""
@@ -335,8 +344,8 @@ class RunLock:
         try:
             os.link(tmp, self.path)
             return True
-        except FileExistsError:
-            return False
+        except FileExistsError:  # NFS: a retried link whose first try made it (its reply lost) says so too
+            return os.stat(tmp).st_nlink == 2
         except OSError as err:
             if os.stat(tmp).st_nlink == 2:  # NFS: the link was made, its reply lost
                 return True
@@ -467,6 +476,17 @@ def command_line() -> str:
     if first.name == "ivit" or (first.name == "__main__.py" and first.parent.name == "instruction_vit"):
         argv[0] = "ivit"
     return shlex.join(argv)[:1000]
+
+
+def _boot_time() -> float | None:
+    """When this host booted (seconds since the epoch, from /proc/stat's btime), or ``None`` where unknown."""
+    try:
+        for line in Path("/proc/stat").read_text(encoding="ascii").splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _boot_id() -> str | None:
