@@ -104,6 +104,15 @@ def test_crossdata_trains_on_the_source_and_evaluates_on_the_targets_names(tmp_p
     after = json.loads((cell / "cell.json").read_text())
     assert after["status"] == "done" and after["source_checkpoint"] != before["source_checkpoint"]
 
+    # The source's model replaced under the same settings (retrained with --force): --status and --dry-run say the
+    # target is evaluated again, as the runner does, instead of showing the old number as done.
+    best = runs / "tinyx" / "source" / "coop" / "seed1" / "checkpoints" / "best.safetensors"
+    best.write_bytes(best.read_bytes() + b" ")
+    for how in ("--status", "--dry-run"):
+        shown = runner.invoke(app, ["reproduce", f"{spec_path}/target/coop", "--runs", str(runs), "train.epochs=2",
+                                    how])
+        assert shown.exit_code == 0 and "its source's model changed" in " ".join(shown.output.split()), how
+
 
 def test_evaluate_columns_change_only_the_data_and_the_prompts_for_new_names(tmp_path):
     spec = {"name": "t", "columns": {"src": {}, "tgt": {"evaluate": {"from": "src"},

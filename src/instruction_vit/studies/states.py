@@ -76,6 +76,9 @@ def _state(cell: Cell, ids: Identities, job: Job | None) -> CellState:
         settings = cell_settings(cell, ids)
         if record.get("key") != settings_key(settings):
             return CellState(cell, STALE, "; ".join(settings_diff(record.get("settings", {}), settings)[:2]), reads)
+    if status == "done" and cell.source is not None and _source_changed(cell, record, ids):
+        return CellState(cell, TO_RUN, f"its source's model changed since ({cell.source.name}): evaluated again",
+                         reads)
     if status == "done" and (cell.folder / "results.json").is_file():
         top1 = _top1(cell.folder)
         return CellState(cell, DONE, "" if top1 is None else f"top-1 {top1:.2f}", reads, top1)
@@ -97,6 +100,12 @@ def _state(cell: Cell, ids: Identities, job: Job | None) -> CellState:
         return CellState(cell, TO_RUN, f"interrupted{_epoch(cell, ' after')}; resumes from its last checkpoint",
                          reads)
     return CellState(cell, TO_RUN, "not started", reads)
+
+
+def _source_changed(cell: Cell, record: Mapping[str, Any], ids: Identities) -> bool:
+    """Whether the model an evaluating cell evaluated is no longer its source's (the runner evaluates it again)."""
+    best = cell.source.folder / "checkpoints" / "best.safetensors"
+    return best.is_file() and record.get("source_checkpoint") != ids.file(str(best))
 
 
 def _epoch(cell: Cell, prefix: str = ",") -> str:
