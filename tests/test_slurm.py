@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -229,3 +230,169 @@ def test_launcher_options_that_do_not_go_together_are_refused(tmp_path, monkeypa
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
     result = runner.invoke(app, [*args, "--launcher", "slurm"])
     assert result.exit_code == 2 and "needs Slurm's commands (sbatch, srun)" in " ".join(result.output.split())
+
+
+# -- without a cluster: a fake sbatch, srun and squeue on PATH ------------------------------------------------------
+FAKE_SBATCH = """#!/bin/sh
+# records each script; refuses a partition named gpux, or any array with a dependency when $DIR/refuse_dependent is
+cat "$1" >> "$DIR/scripts"; echo '----' >> "$DIR/scripts"
+if grep -q 'partition=gpux' "$1"; then
+  echo "sbatch: error: invalid partition specified: gpux" >&2
+  echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2; exit 1
+fi
+if [ -e "$DIR/refuse_dependent" ] && grep -q dependency "$1"; then echo "sbatch: error: refused" >&2; exit 1; fi
+n=$(( $(cat "$DIR/count" 2>/dev/null || echo 0) + 1 )); echo $n > "$DIR/count"
+echo "Submitted batch job $n"
+"""
+FAKE_SQUEUE = """#!/bin/sh
+# the queue in $DIR/queue; fails while $DIR/squeue_fails counts down (or always if it holds 'always')
+if [ -e "$DIR/squeue_fails" ]; then
+  left=$(cat "$DIR/squeue_fails")
+  if [ "$left" = always ] || [ "$left" -gt 0 ]; then
+    [ "$left" = always ] || echo $(( left - 1 )) > "$DIR/squeue_fails"
+    echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1
+  fi
+fi
+cat "$DIR/queue" 2>/dev/null; exit 0
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """A folder with fake sbatch, srun and squeue first on PATH; the scripts sbatch got in ``scripts``, the queue
+    squeue reports in ``queue`` (``JOBID|STATE`` lines)."""
+    folder = tmp_path / "fake"
+    folder.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("srun", "#!/bin/sh\nexit 0\n")):
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    monkeypatch.setenv("DIR", str(folder))
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    return folder
+
+
+def _chain_spec(tmp_path: Path, name: str = "tinychain") -> Path:
+    """full/vit, and frozen/vit starting from full/vit's model."""
+    return _spec(tmp_path, name, 1, rows={"vit": {"label": "ViT"}}, prompts={"kind": "none"}, columns={
+        "full": {}, "frozen": {"config": {"model": {
+            "regime": "linear", "pretrained": f"{{runs}}/{name}/full/vit/seed1/checkpoints/best.safetensors"}}}})
+
+
+def _scripts(fake: Path) -> list[str]:
+    return [s for s in (fake / "scripts").read_text().split("----\n") if s.strip()]
+
+
+def _jobs(runs: Path, name: str) -> dict:
+    return json.loads((runs / name / ".slurm" / "jobs.json").read_text())
+
+
+def test_a_cell_reading_a_queued_cell_of_an_earlier_submission_starts_after_its_job(tmp_path, fake_slurm):
+    spec, runs = load_spec(str(_chain_spec(tmp_path))), tmp_path / "runs"
+    first = submit(spec, runs, prepare(spec, runs, "full"), SlurmOptions())
+    source_job = first.jobs["full/vit/seed1"].job_id
+    (fake_slurm / "queue").write_text(f"{source_job}|PENDING\n")
+    second = submit(spec, runs, prepare(spec, runs, "frozen"), SlurmOptions())
+    assert list(second.jobs) == ["frozen/vit/seed1"]
+    assert f"#SBATCH --dependency=afterany:{source_job}" in _scripts(fake_slurm)[-1]
+
+
+def test_a_cell_reading_a_cell_run_outside_slurm_is_not_submitted(tmp_path, fake_slurm):
+    from instruction_vit.studies.claims import claim
+    from instruction_vit.studies.slurm import SubmitError
+
+    spec, runs = load_spec(str(_chain_spec(tmp_path))), tmp_path / "runs"
+    source = prepare(spec, runs, "full")[0]
+    source.folder.mkdir(parents=True)
+    with claim(source), pytest.raises(SubmitError, match="reads full/vit/seed1, which pid .* runs outside Slurm"):
+        submit(spec, runs, prepare(spec, runs, "frozen"), SlurmOptions())
+    assert not (fake_slurm / "scripts").exists()
+
+
+def test_watch_retries_a_failing_squeue_then_stops_with_its_error(tmp_path, fake_slurm):
+    from instruction_vit.studies.slurm import WaitTimeoutError
+
+    spec, runs = load_spec(str(_chain_spec(tmp_path))), tmp_path / "runs"
+    found = prepare(spec, runs, "full")
+    submit(spec, runs, found, SlurmOptions())
+    (fake_slurm / "squeue_fails").write_text("2")  # twice, then an empty queue: the job ended, the cell not run
+    outcome = watch(spec, runs, found, every=(0.01, 0.01))
+    assert not outcome.ran and [c.name for c, _ in outcome.failed] == ["full/vit/seed1"]
+    (fake_slurm / "squeue_fails").write_text("always")
+    with pytest.raises(WaitTimeoutError, match="squeue failed 5 times in a row .*Unable to contact slurm controller"
+                                               ".*ivit reproduce tinychain --status"):
+        watch(spec, runs, found, every=(0.01, 0.01))
+
+
+def test_a_refused_sbatch_is_one_line_and_the_arrays_queued_before_it_are_recorded(tmp_path, fake_slurm):
+    from instruction_vit.studies.slurm import SubmitError
+
+    spec_path = _chain_spec(tmp_path)
+    spec, runs = load_spec(str(spec_path)), tmp_path / "runs"
+    result = runner.invoke(app, ["reproduce", str(spec_path), "--runs", str(runs), "--launcher", "slurm",
+                                 "--partition", "gpux", "--no-wait"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and "sbatch refused the array of 1 cell(s): sbatch: error: invalid partition" \
+        in output, result.output
+    assert "Traceback" not in result.output
+    (fake_slurm / "refuse_dependent").touch()
+    with pytest.raises(SubmitError, match="the arrays before it are queued: 1"):
+        submit(spec, runs, prepare(spec, runs), SlurmOptions())
+    assert _jobs(runs, "tinychain")["full/vit/seed1"]["job_id"] == "1"  # kept: a rerun does not submit it twice
+
+
+def test_a_queued_cell_whose_settings_changed_is_refused_with_its_scancel(tmp_path, fake_slurm):
+    from instruction_vit.studies.slurm import SubmitError
+
+    spec, runs = load_spec(str(_chain_spec(tmp_path))), tmp_path / "runs"
+    first = submit(spec, runs, prepare(spec, runs, "full"), SlurmOptions())
+    job = first.jobs["full/vit/seed1"].job_id
+    assert isinstance(_jobs(runs, "tinychain")["full/vit/seed1"]["key"], str)
+    (fake_slurm / "queue").write_text(f"{job}|PENDING\n")
+    again = submit(spec, runs, prepare(spec, runs, "full"), SlurmOptions())  # the same settings: left to its job
+    assert not again.jobs and [s.state for s in again.left] == ["queued"]
+    with pytest.raises(SubmitError, match=f"queued as Slurm job {job} with other settings .*`scancel {job}`"):
+        submit(spec, runs, prepare(spec, runs, "full", overrides=["train.lr=0.01"]), SlurmOptions(),
+               overrides=["train.lr=0.01"])
+
+
+def test_a_dry_run_without_submitit_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit: ImportError
+    spec_path = _chain_spec(tmp_path)
+    result = runner.invoke(app, ["reproduce", str(spec_path), "--runs", str(tmp_path / "runs"), "--launcher",
+                                 "slurm", "--dry-run"])
+    assert result.exit_code == 2 and "--launcher slurm needs submitit" in " ".join(result.output.split())
+
+
+def test_a_dry_run_with_force_counts_the_finished_cells_it_would_rerun(tmp_path):
+    from instruction_vit.studies.keys import Identities, cell_settings, settings_key
+
+    spec_path = _spec(tmp_path, "tinydone", 1, columns={"full": {}}, rows={"vit": {"label": "ViT"}},
+                      prompts={"kind": "none"})
+    spec, runs = load_spec(str(spec_path)), tmp_path / "runs"
+    cell = prepare(spec, runs)[0]
+    cell.folder.mkdir(parents=True)
+    (cell.folder / "results.json").write_text(json.dumps({"top1": 50.0}))
+    (cell.folder / "cell.json").write_text(json.dumps({"status": "done",
+                                                       "key": settings_key(cell_settings(cell, Identities()))}))
+    args = ["reproduce", str(spec_path), "--runs", str(runs), "--launcher", "slurm", "--dry-run"]
+    plain, forced = runner.invoke(app, args), runner.invoke(app, [*args, "--force"])
+    assert "full/vit/seed1" in plain.output and "(done: top-1 50.00" in plain.output
+    assert "would submit 0 cell(s)" in plain.output.splitlines(), plain.output
+    assert "would submit 1 cell(s)" in forced.output.splitlines(), forced.output
+
+
+def test_the_watch_hint_names_the_spec_s_slurm_folder_for_a_spec_path(tmp_path, fake_slurm):
+    spec_path = _chain_spec(tmp_path)
+    runs = tmp_path / "runs"
+    result = runner.invoke(app, ["reproduce", f"{spec_path}/full", "--runs", str(runs), "--launcher", "slurm",
+                                 "--no-wait"])
+    output = "".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert str(runs.resolve() / "tinychain" / ".slurm") in output and "tinychain.yaml/.slurm" not in output
+
+
+def test_seeds_that_are_not_comma_separated_integers_are_one_line(tmp_path):
+    result = runner.invoke(app, ["reproduce", str(_chain_spec(tmp_path)), "--runs", str(tmp_path / "runs"),
+                                 "--seeds", "0-2", "--dry-run"])
+    assert result.exit_code == 2 and "--seeds takes comma-separated integers" in " ".join(result.output.split())

@@ -533,7 +533,7 @@ def reproduce(
     if devices and workers == 1:
         raise ConfigError("--devices goes with --workers N (one device per worker, in turn)")
     spec = load_spec(spec_name)
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    seed_list = _seed_list(seeds)
     rest, weight_map = split_weights(overrides or [], weights)
     check_weights_map(spec, runs, weight_map)
     grid = (spec, runs, select, seed_list, rest, weight_map)
@@ -541,7 +541,7 @@ def reproduce(
         _print_states(grid, launcher, status)
         if dry_run and launcher == "slurm":
             _print_sbatch(grid, _slurm_options(partition, gpus_per_cell, cpus_per_cell, mem_per_cell, time,
-                                               max_parallel, account, qos, slurm_arg))
+                                               max_parallel, account, qos, slurm_arg), force)
         return
     if launcher == "slurm":
         options = _slurm_options(partition, gpus_per_cell, cpus_per_cell, mem_per_cell, time, max_parallel, account,
@@ -561,6 +561,16 @@ def reproduce(
         with _progress():
             done = run_cells(*grid[:5], force, weight_map, keep_last, lease=lease)
     console.print(f"ran {len(done)} cell(s); summarise with: ivit report {spec_name} --runs {runs}")
+
+
+def _seed_list(seeds: str | None) -> list[int] | None:
+    """``--seeds 1,2,3`` as a list (``None``: the spec's seeds)."""
+    if not seeds:
+        return None
+    try:
+        return [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers, e.g. --seeds 1,2,3 (got {seeds!r})") from None
 
 
 def _print_states(grid: tuple, launcher: str, as_table: bool) -> None:
@@ -592,11 +602,11 @@ def _slurm_options(partition, gpus_per_cell, cpus_per_cell, mem_per_cell, time, 
                         parse_slurm_args(slurm_arg or []))
 
 
-def _print_sbatch(grid: tuple, options) -> None:
+def _print_sbatch(grid: tuple, options, force: bool) -> None:
     from .studies.grid import cells
     from .studies.slurm import preview
 
-    for line in preview(grid[0], grid[1], list(cells(*grid)), options):
+    for line in preview(grid[0], grid[1], list(cells(*grid)), options, force):
         console.print(line, highlight=False, markup=False)
 
 
@@ -615,12 +625,12 @@ def _run_on_slurm(grid: tuple, spec_name: str, options, force: bool, keep_last: 
         console.print("nothing to submit", highlight=False)
         return None
     if not wait:
-        console.print(watch_hint(spec_name, runs, submission), highlight=False)
+        console.print(watch_hint(spec, runs, submission, spec_name), highlight=False)
         return None
     try:
-        outcome = watch(spec, runs, [c for c in found if c.name in submission.jobs])
+        outcome = watch(spec, runs, [c for c in found if c.name in submission.jobs], target=spec_name)
     except KeyboardInterrupt:
-        console.print(watch_hint(spec_name, runs, submission), highlight=False)
+        console.print(watch_hint(spec, runs, submission, spec_name), highlight=False)
         raise typer.Exit(130) from None
     return finish(outcome)
 

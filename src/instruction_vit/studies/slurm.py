@@ -6,7 +6,10 @@ with the same function as the local path (:func:`.runner.run_pass`), through the
 process runs is left to it. A job that reaches its time limit or is preempted is requeued by submitit
 (``Checkpointable.checkpoint``: Slurm's ``USR2`` before the limit) and resumes from the cell's
 ``last.safetensors``, ending with the weights an uninterrupted run has. Cells that evaluate other cells' models
-(``evaluate`` columns) go in a second array that starts after the first has ended (``afterany``), never before.
+(``evaluate`` columns) go in a second array that starts after the first has ended (``afterany``), never before;
+one whose source is queued or running as an earlier submission's job starts after that job (``afterany:JOBID``).
+A submission is refused (one line) when a cell it would send reads a cell that a process outside Slurm runs, or when
+a cell is queued already with other settings than it has now (``scancel JOBID``, then submit again).
 
 With ``G > 1`` GPUs per cell a job runs G tasks (``srun``), one per GPU, and the cell trains with DDP across them
 (submitit's distributed environment gives each task its rank; the training loop's torchrun path does the rest).
@@ -15,6 +18,8 @@ CPU threads follow the job's ``--cpus-per-task``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -31,10 +36,11 @@ from typing import Any
 
 from ..errors import ConfigError, UserError
 from ..files import write_text
-from .claims import DEFAULT_LEASE
+from .claims import DEFAULT_LEASE, holder_text, live_holder
 from .grid import Cell, cells, run_order
+from .keys import Identities, cell_settings, settings_key
 from .runner import Outcome, log_to, run_pass
-from .states import DONE, FAILED, QUEUED, RUNNING, TO_RUN, CellState, Job, states_of, summary
+from .states import DONE, FAILED, QUEUED, RUNNING, STALE, TO_RUN, CellState, Job, states_of, summary
 
 logger = logging.getLogger(__name__)
 #: How many times a cell's job is requeued after reaching its time limit (preemptions do not count).
@@ -43,6 +49,8 @@ MAX_REQUEUES = 5
 #: nothing changes).
 WATCH_SECONDS = (2.0, 30.0)
 JOBS_FILE = "jobs.json"
+#: Failed looks at the queue in a row after which :func:`watch` stops waiting.
+SQUEUE_TRIES = 5
 
 
 class SlurmUnavailableError(UserError):
@@ -51,6 +59,10 @@ class SlurmUnavailableError(UserError):
 
 class WaitTimeoutError(UserError):
     """:func:`watch` stopped waiting (the jobs go on)."""
+
+
+class SubmitError(UserError):
+    """sbatch refused a job array, or a submission would run a cell wrongly (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -166,14 +178,17 @@ def submit(spec: dict[str, Any], runs: Path, found: Sequence[Cell], options: Slu
     cell (also written to ``RUNS/SPEC/.slurm/jobs.json``)."""
     executor = _executor(spec, runs, options)
     submission = Submission()
-    chosen, submission.left = to_submit(spec, runs, found)
+    jobs = job_states(spec, runs)
+    chosen, submission.left = to_submit(spec, runs, found, jobs)
+    keys = _keys(chosen)
     job = CellJob(spec, runs, overrides, weights or {}, keep_last, lease)
     before: list[str] = []
     for level in _levels(chosen):
-        if before:
-            executor.update_parameters(dependency="afterany:" + ":".join(before))
+        after = before + _waits_for(spec, runs, level, jobs)
+        if after:
+            executor.update_parameters(dependency="afterany:" + ":".join(after))
         before += _submit_array(executor, job, level, submission)
-    _save_jobs(spec, runs, submission.jobs)
+        _save_jobs(spec, runs, {c.name: submission.jobs[c.name] for c in level}, keys)  # each array once queued
     return submission
 
 
@@ -189,24 +204,34 @@ def _levels(chosen: Sequence[Cell]) -> list[list[Cell]]:
     return groups
 
 
-def to_submit(spec: dict[str, Any], runs: Path, found: Sequence[Cell]) -> tuple[list[Cell], list[CellState]]:
-    """The cells to submit (to run, or failed last time) and the others with their state (done, running elsewhere,
-    queued already, cannot run)."""
-    by_name = {s.cell.name: s for s in states_of(found, job_states(spec, runs))}
-    chosen = [c for c in found if by_name[c.name].state in (TO_RUN, FAILED)]
-    return chosen, [by_name[c.name] for c in found if by_name[c.name].state not in (TO_RUN, FAILED)]
+def to_submit(spec: dict[str, Any], runs: Path, found: Sequence[Cell], jobs: Mapping[str, Job] | None = None,
+              force: bool = False) -> tuple[list[Cell], list[CellState]]:
+    """The cells to submit (to run, or failed last time; with ``force`` also done and stale ones, which the command
+    clears first) and the others with their state (running elsewhere, queued already, cannot run). A cell whose
+    live job was submitted with other settings than it has now is refused (:class:`SubmitError`)."""
+    jobs = job_states(spec, runs) if jobs is None else jobs
+    _refuse_outdated_jobs(spec, runs, found, jobs)
+    sent = (TO_RUN, FAILED, DONE, STALE) if force else (TO_RUN, FAILED)
+    by_name = {s.cell.name: s for s in states_of(found, jobs)}
+    chosen = [c for c in found if by_name[c.name].state in sent]
+    return chosen, [by_name[c.name] for c in found if by_name[c.name].state not in sent]
 
 
-def preview(spec: dict[str, Any], runs: Path, found: Sequence[Cell], options: SlurmOptions) -> list[str]:
-    """What :func:`submit` would send for ``found``: each array's cells and its ``#SBATCH`` lines."""
+def preview(spec: dict[str, Any], runs: Path, found: Sequence[Cell], options: SlurmOptions,
+            force: bool = False) -> list[str]:
+    """What :func:`submit` would send for ``found`` (``force``: as the command with ``--force``, which clears
+    finished cells first): each array's cells and its ``#SBATCH`` lines."""
+    _submitit()  # the same error as a submission where submitit is missing
     from submitit.slurm.slurm import _make_sbatch_string  # the script submitit writes; no cluster needed
 
-    chosen, _ = to_submit(spec, runs, found)
+    jobs = job_states(spec, runs)
+    chosen, _ = to_submit(spec, runs, found, jobs, force)
     lines = [f"would submit {len(chosen)} cell(s)"]
     for i, level in enumerate(_levels(chosen)):
         params = options.parameters(_job_name(spec))
-        if i:
-            params["dependency"] = "afterany:" + ":".join(f"<array {k + 1}>" for k in range(i))
+        after = [f"<array {k + 1}>" for k in range(i)] + _waits_for(spec, runs, level, jobs)
+        if after:
+            params["dependency"] = "afterany:" + ":".join(after)
         shown = ", ".join(c.name for c in level[:4]) + (f", ... ({len(level)})" if len(level) > 4 else "")
         lines.append(f"array {i + 1}: {shown}")
         script = _make_sbatch_string(command="python -u -m submitit.core._submit ...", folder=_folder(spec, runs),
@@ -215,13 +240,64 @@ def preview(spec: dict[str, Any], runs: Path, found: Sequence[Cell], options: Sl
     return lines
 
 
-def job_states(spec: dict[str, Any], runs: Path) -> dict[str, Job]:
-    """The jobs recorded for the grid's cells with their state now (``squeue``: queued or running; gone from the
-    queue: ended; no ``squeue`` here: unknown)."""
+def _waits_for(spec: dict[str, Any], runs: Path, level: Sequence[Cell], jobs: Mapping[str, Job]) -> list[str]:
+    """The jobs outside this submission that cells of ``level`` must start after: the queued or running job of each
+    cell they read that is not sent with them. A cell they read that a process outside Slurm runs is refused
+    (:class:`SubmitError`): no job to wait for."""
+    after: list[str] = []
+    for cell in level:
+        for folder in cell.upstream:
+            name = _cell_name(spec, runs, folder)
+            job = jobs.get(name)
+            if job is not None and job.state in ("queued", "running"):
+                after.append(job.job_id)
+                continue
+            holder = live_holder(folder)
+            if holder is None:
+                continue
+            if holder.slurm_job_id:
+                after.append(holder.slurm_job_id)
+            else:
+                raise SubmitError(f"{cell.name} reads {name}, which {holder_text(holder)} runs outside Slurm: "
+                                  f"submit it once that has ended (or leave {cell.name} out of the selection)")
+    return list(dict.fromkeys(after))
+
+
+def _cell_name(spec: dict[str, Any], runs: Path, folder: Path) -> str:
+    """``COLUMN/ROW/seedK`` of a cell folder of the grid (the key of ``jobs.json``)."""
+    try:
+        return Path(folder).resolve().relative_to(Path(runs).resolve() / spec["name"]).as_posix()
+    except ValueError:
+        return str(folder)
+
+
+def _keys(found: Sequence[Cell]) -> dict[str, str]:
+    """Each cell's settings key (:func:`~.keys.settings_key`), recorded with its job."""
+    ids = Identities()
+    return {c.name: settings_key(cell_settings(c, ids)) for c in found}
+
+
+def _refuse_outdated_jobs(spec: dict[str, Any], runs: Path, found: Sequence[Cell], jobs: Mapping[str, Job]) -> None:
+    """A :class:`SubmitError` when a cell's queued or running job was submitted with other settings than the cell
+    has now: that job would run the old ones (it is not cancelled here)."""
+    recorded = _load_jobs(spec, runs)
+    live = [c for c in found if c.name in jobs and jobs[c.name].state in ("queued", "running")
+            and isinstance(recorded.get(c.name, {}).get("key"), str)]
+    keys = _keys(live)
+    for cell in live:
+        if recorded[cell.name]["key"] != keys[cell.name]:
+            job_id = jobs[cell.name].job_id
+            raise SubmitError(f"{cell.name} is {jobs[cell.name].state} as Slurm job {job_id} with other settings "
+                              f"than it has now: cancel it with `scancel {job_id}`, then submit again")
+
+
+def job_states(spec: dict[str, Any], runs: Path, queue: Mapping[str, str] | None = None) -> dict[str, Job]:
+    """The jobs recorded for the grid's cells with their state now (``squeue``, or ``queue`` as it gave it: queued
+    or running; gone from the queue: ended; no ``squeue`` here, or it failed: unknown)."""
     recorded = _load_jobs(spec, runs)
     if not recorded:
         return {}
-    queue = _squeue()
+    queue = _squeue() if queue is None else queue
     out = {}
     for name, entry in recorded.items():
         state = "unknown" if queue is None else queue.get(entry["job_id"], "ended")
@@ -231,15 +307,27 @@ def job_states(spec: dict[str, Any], runs: Path) -> dict[str, Job]:
 
 def watch(spec: dict[str, Any], runs: Path, submitted: Sequence[Cell],
           every: tuple[float, float] = WATCH_SECONDS, show: Callable[[list[CellState]], None] | None = None,
-          timeout: float | None = None) -> Outcome:
+          timeout: float | None = None, target: str | None = None) -> Outcome:
     """Wait until the ``submitted`` cells' jobs have all left the queue, logging each cell's change of state (and
     calling ``show`` with the states each time); returns what they did. Ctrl-C stops the waiting, not the jobs; so
-    does ``timeout`` (seconds), with a :class:`WaitTimeoutError`."""
+    does ``timeout`` (seconds), with a :class:`WaitTimeoutError`. A look at the queue that fails is tried again;
+    after :data:`SQUEUE_TRIES` failures in a row it stops waiting with a :class:`WaitTimeoutError` naming the error.
+    A cell that ends neither done, failed nor recorded as not run (as the local path records it) counts as failed.
+    ``target``: the spec as the command was given it, for the line on how to watch."""
     seen: dict[str, str] = {}
-    pause, deadline = every[0], None if timeout is None else time.time() + timeout
+    pause, deadline, failures = every[0], None if timeout is None else time.time() + timeout, 0
     while True:
         changed = False
-        jobs = job_states(spec, runs)
+        queue, error = _ask_squeue()
+        if queue is None:
+            failures += 1
+            if failures >= SQUEUE_TRIES:
+                raise WaitTimeoutError(f"stopped waiting: squeue failed {failures} times in a row ({error}); the "
+                                       f"jobs go on: watch them with `ivit reproduce {target or spec['name']} --status`")
+            time.sleep(every[0])
+            continue
+        failures = 0
+        jobs = job_states(spec, runs, queue)
         states = states_of(submitted, jobs)
         for s in states:
             line = f"{s.state}: {s.detail}" if s.detail else s.state
@@ -257,23 +345,35 @@ def watch(spec: dict[str, Any], runs: Path, submitted: Sequence[Cell],
         time.sleep(pause)
     logger.info(summary(states))
     return Outcome([s.cell for s in states if s.state == DONE], [],
-                   [(s.cell, s.detail) for s in states if s.state == FAILED])
+                   [(s.cell, s.detail if s.state == FAILED else f"its job ended with it {s.state}: {s.detail}")
+                    for s in states if s.state != DONE and not _not_run(s)])
 
 
-def watch_hint(spec_name: str, runs: Path, submission: Submission) -> str:
-    """How to watch the jobs after Ctrl-C."""
+def _not_run(state: CellState) -> bool:
+    """Whether the cell's job recorded it as not run (its weights or its source's model missing), as locally."""
+    return state.state == TO_RUN and state.detail.startswith("not run last time")
+
+
+def watch_hint(spec: dict[str, Any], runs: Path, submission: Submission, target: str | None = None) -> str:
+    """How to watch the jobs after Ctrl-C (``target``: the spec as the command was given it, a name or a path)."""
     ids = ",".join(submission.job_ids)
-    return (f"the jobs keep running: watch them with `ivit reproduce {spec_name} --status --runs {runs}` or "
-            f"`squeue -j {ids}`; their logs are in {_folder_for_name(spec_name, runs)}")
+    return (f"the jobs keep running: watch them with `ivit reproduce {target or spec['name']} --status --runs "
+            f"{runs}` or `squeue -j {ids}`; their logs are in {_folder(spec, runs)}")
 
 
 # -- submitit --------------------------------------------------------------------------------------------------
-def _executor(spec: dict[str, Any], runs: Path, options: SlurmOptions):
+def _submitit():
+    """The submitit module, or a :class:`SlurmUnavailableError` saying how to install it."""
     try:
         import submitit
     except ImportError:
         raise SlurmUnavailableError("--launcher slurm needs submitit: pip install 'submitit>=1.5,<2' (the cluster "
                                     "extra; in a checkout: pip install -e '.[cluster]')") from None
+    return submitit
+
+
+def _executor(spec: dict[str, Any], runs: Path, options: SlurmOptions):
+    submitit = _submitit()
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise SlurmUnavailableError("--launcher slurm needs Slurm's commands (sbatch, srun) on this machine: run it "
                                     "on the cluster's login node, or use --workers N on one machine")
@@ -284,9 +384,19 @@ def _executor(spec: dict[str, Any], runs: Path, options: SlurmOptions):
 
 def _submit_array(executor, job: CellJob, chosen: Sequence[Cell], submission: Submission) -> list[str]:
     """Submit ``chosen`` as one array; returns its job id (the array's) for a dependency."""
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
     if not chosen:
         return []
-    jobs = executor.map_array(job, [c.name for c in chosen])
+    said = io.StringIO()  # submitit prints sbatch's error before raising it: said once, in the error's line
+    try:
+        with contextlib.redirect_stderr(said):
+            jobs = executor.map_array(job, [c.name for c in chosen])
+    except (FailedJobError, FailedSubmissionError) as err:
+        why = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())[:500] or type(err).__name__
+        queued = f" (the arrays before it are queued: {', '.join(submission.job_ids)})" if submission.jobs else ""
+        raise SubmitError(f"sbatch refused the array of {len(chosen)} cell(s){queued}: {why}") from None
+    sys.stderr.write(said.getvalue())
     for cell, submitted in zip(chosen, jobs):
         submission.jobs[cell.name] = Job(submitted.job_id, "queued", str(submitted.paths.stderr))
     logger.info(f"submitted {len(chosen)} cell(s) as Slurm job {jobs[0].job_id.split('_')[0]} "
@@ -324,7 +434,8 @@ def _job_name(spec: dict[str, Any]) -> str:
 
 
 def _load_jobs(spec: dict[str, Any], runs: Path) -> dict[str, dict[str, str]]:
-    """``jobs.json``: cell name -> ``{job_id, log, submitted}`` (the latest submission of each cell)."""
+    """``jobs.json``: cell name -> ``{job_id, log, submitted, key}`` (the latest submission of each cell; ``key``:
+    the cell's settings key when it was submitted)."""
     path = _folder(spec, runs) / JOBS_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -335,10 +446,11 @@ def _load_jobs(spec: dict[str, Any], runs: Path) -> dict[str, dict[str, str]]:
     return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("job_id"), str)}
 
 
-def _save_jobs(spec: dict[str, Any], runs: Path, jobs: Mapping[str, Job]) -> None:
+def _save_jobs(spec: dict[str, Any], runs: Path, jobs: Mapping[str, Job], keys: Mapping[str, str]) -> None:
     recorded = _load_jobs(spec, runs)
     now = datetime.now().astimezone().isoformat(timespec="milliseconds")
-    recorded.update({name: {"job_id": j.job_id, "log": j.log, "submitted": now} for name, j in jobs.items()})
+    recorded.update({name: {"job_id": j.job_id, "log": j.log, "submitted": now, "key": keys[name]}
+                     for name, j in jobs.items()})
     folder = _folder(spec, runs)
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / JOBS_FILE, json.dumps(recorded, indent=2))
@@ -347,17 +459,23 @@ def _save_jobs(spec: dict[str, Any], runs: Path, jobs: Mapping[str, Job]) -> Non
 def _squeue() -> dict[str, str] | None:
     """This user's jobs in the queue, one entry per array task: job id -> ``queued`` or ``running``; ``None``
     where ``squeue`` cannot be asked."""
+    return _ask_squeue()[0]
+
+
+def _ask_squeue() -> tuple[dict[str, str] | None, str]:
+    """:func:`_squeue` and, where it gives ``None``, why (squeue's error in one line)."""
     if shutil.which("squeue") is None:
-        return None
+        return None, "no squeue command here"
     try:
         done = subprocess.run(["squeue", "-h", "-r", "-u", str(os.getuid()), "-o", "%i|%T"], capture_output=True,
                               text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return None, str(err)
     if done.returncode != 0:
-        return None
+        said = "; ".join(line.strip() for line in done.stderr.splitlines() if line.strip())[:300]
+        return None, said or f"exit status {done.returncode}"
     out = {}
     for line in done.stdout.splitlines():
         job_id, _, state = line.strip().partition("|")
         out[job_id] = "running" if state in ("RUNNING", "COMPLETING") else "queued"
-    return out
+    return out, ""
