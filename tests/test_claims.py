@@ -134,3 +134,17 @@ def test_a_retried_link_on_nfs_that_made_the_lock_holds_it(tmp_path, monkeypatch
         assert lock.held and lock._heartbeat is not None  # held as its own, not as a nested no-op
     assert not (folder / LOCK_NAME).exists()
 
+
+
+def test_an_array_tasks_claim_names_its_job_as_squeue_and_jobs_json_do(tmp_path, monkeypatch):
+    """Slurm gives an array task its own SLURM_JOB_ID (1236) besides ARRAYJOB_TASK (1234_2), which squeue, jobs.json
+    and --status's queued lines use: a running cell is shown under the same id as when it was queued."""
+    monkeypatch.setenv("SLURM_JOB_ID", "1236")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "1234")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    with RunLock(tmp_path / "cell", lease=600):
+        assert json.loads((tmp_path / "cell" / LOCK_NAME).read_text())["slurm_job_id"] == "1234_2"
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    with RunLock(tmp_path / "single", lease=600):  # a job that is no array task: its own id
+        assert json.loads((tmp_path / "single" / LOCK_NAME).read_text())["slurm_job_id"] == "1236"

@@ -103,7 +103,7 @@ class LockHolder:
         pid = os.getpid()
         stat = process_stat(pid)
         started = datetime.now().astimezone().isoformat(timespec="seconds")
-        job = os.environ.get("SLURM_JOB_ID") or None
+        job = _slurm_job()
         return cls(host=socket.gethostname(), pid=pid, started=started, command=command_line(), slurm_job_id=job,
                    pid_start=stat[1] if stat else None, boot_id=_boot_id(), token=uuid.uuid4().hex, lease=lease,
                    slurm_restarts=_slurm_restarts() if job else None)
@@ -442,9 +442,16 @@ def _earlier_run_of_this_job(holder: LockHolder) -> bool:
     """Whether ``holder`` is an earlier run of the Slurm job this process runs in (requeued since: same job id,
     fewer restarts). Local workers inside one allocation share the job id and the restart count: never each
     other's."""
-    job = os.environ.get("SLURM_JOB_ID")
+    job = _slurm_job()
     return bool(job) and holder.slurm_job_id == job and holder.slurm_restarts is not None and \
         holder.slurm_restarts < _slurm_restarts()
+
+
+def _slurm_job() -> str | None:
+    """This process's Slurm job as squeue and ``jobs.json`` name it: ``ARRAYJOB_TASK`` for an array task (so
+    ``--status`` shows one id per cell, queued or running), else the job id; ``None`` outside Slurm."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID") or None
 
 
 def _slurm_restarts() -> int:
