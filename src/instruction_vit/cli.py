@@ -479,8 +479,9 @@ def reproduce(
                                                      "the cores (or one of --devices).")] = 1,
     devices: Annotated[Optional[str], typer.Option(help="Comma-separated GPUs for the workers, one each in turn "
                                                         "(CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3.")] = None,
-    lease: Annotated[float, typer.Option(min=1, help="Seconds a cell's claim lives without its heartbeat; then "
-                                                     "another process takes the cell over.")] = 600.0,
+    lease: Annotated[float, typer.Option(min=60, help="Seconds a cell's claim lives without its heartbeat; then "
+                                                      "another process takes the cell over (at least 60: hosts "
+                                                      "judge a heartbeat by the file server's clock).")] = 600.0,
     launcher: Annotated[str, typer.Option(help="local (this machine) or slurm (a job array through submitit).")]
     = "local",
     partition: Annotated[Optional[str], typer.Option(rich_help_panel=SLURM, help="Slurm partition.")] = None,
