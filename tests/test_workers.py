@@ -52,7 +52,8 @@ def _rows(run: Path) -> int:
     return len((run / "metrics.csv").read_text().strip().splitlines()) - 1
 
 
-def test_workers_share_the_cores_and_the_devices():
+def test_workers_share_the_cores_and_the_devices(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     plans = worker_plans(2, cores=[0, 1, 2, 3, 4])
     assert [p.cores for p in plans] == [(0, 1), (2, 3)] and plans[0].environment["OMP_NUM_THREADS"] == "2"
     gpus = worker_plans(3, ["0", "1"], cores=[0, 1])
@@ -148,3 +149,69 @@ def test_a_failed_cell_is_recorded_and_reported_while_the_others_go_on(tmp_path)
     assert record["status"] == "failed" and record["reason"]
     states = {s.cell.name: s for s in cell_states(load_spec(str(spec)), runs)}
     assert states["full/broken/seed1"].state == "failed" and states["full/broken/seed1"].detail == record["reason"]
+
+
+def test_devices_index_the_devices_this_process_sees(monkeypatch):
+    from instruction_vit.errors import ConfigError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # a Slurm allocation of two GPUs
+    assert [p.device for p in worker_plans(3, ["0", "1"], cores=[0])] == ["2", "3", "2"]
+    for bad in (["0", "2"], ["GPU-1"]):
+        with pytest.raises(ConfigError, match=r"is not a device here: this process sees 2 device\(s\)"):
+            worker_plans(2, bad, cores=[0])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ConfigError, match="sees 0 device"):
+        worker_plans(1, ["0"], cores=[0])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert [p.device for p in worker_plans(2, ["0", "1"], cores=[0])] == ["0", "1"]
+
+
+#: Started in every interpreter of a test (the workers too): the training of a cell whose folder holds
+#: IVIT_TEST_KILL kills its own process, as the kernel's OOM killer would.
+KILLER = """
+import os, signal
+if os.environ.get("IVIT_TEST_KILL"):
+    from instruction_vit.training import loop
+    _train = loop.train
+    def train(config, out, *args, **kwargs):
+        if os.environ["IVIT_TEST_KILL"] in str(out):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _train(config, out, *args, **kwargs)
+    loop.train = train
+"""
+
+
+def test_a_cell_that_kills_its_workers_is_recorded_failed_and_the_others_run(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(KILLER)
+    env = {**ENV, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{ENV['PYTHONPATH']}",
+           "IVIT_TEST_KILL": os.path.join("fast", "seed1")}
+    spec, runs = _spec(tmp_path, "tinyo", [1], epochs=1), tmp_path / "runs"
+    done = subprocess.run(_ivit("reproduce", f"{spec}/full", "--runs", str(runs), "--workers", "2"), env=env,
+                          capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out[-3000:]
+    assert "ran 1 cell(s); 1 failed: full/fast/seed1 (worker killed by signal 9" in out, out[-3000:]
+    assert "starting the workers again (round 2)" in out and "round 3" not in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    cell = runs / "tinyo" / "full"
+    assert json.loads((cell / "vit" / "seed1" / "cell.json").read_text())["status"] == "done"
+    record = json.loads((cell / "fast" / "seed1" / "cell.json").read_text())
+    assert record["status"] == "failed" and record["reason"].startswith("worker killed by signal 9"), record
+
+
+def test_ctrl_c_stops_the_workers_quietly(tmp_path):
+    spec, runs = _spec(tmp_path, "tinyc", [1], epochs=50, per_class=16), tmp_path / "runs"
+    held = [runs / "tinyc" / "full" / row / "seed1" / LOCK_NAME for row in ("vit", "fast")]
+    parent = subprocess.Popen(_ivit("reproduce", f"{spec}/full", "--runs", str(runs), "--workers", "2"), env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not all(lock.is_file() for lock in held):  # each worker holds a cell (past its start-up)
+        assert parent.poll() is None and time.time() < deadline, "the cell did not start"
+        time.sleep(0.02)
+    os.killpg(parent.pid, signal.SIGINT)  # Ctrl-C: the terminal's whole foreground group
+    out = parent.communicate(timeout=120)[0]
+    assert parent.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert "resume on the next run" in out and "round 2" not in out, out[-3000:]
+    assert "ended by" not in out, out[-3000:]

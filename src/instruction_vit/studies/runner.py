@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -111,13 +111,14 @@ def clear_cells(found: Sequence[Cell], lease: float = DEFAULT_LEASE) -> None:
 
 def run_pass(spec: dict[str, Any], found: Sequence[Cell], *, keep_last: bool = False,
              lease: float = DEFAULT_LEASE, keep_going: bool = False, poll: float = POLL_SECONDS,
-             log_file: str = "") -> Outcome:
+             log_file: str = "", progress: Callable[[Outcome], None] | None = None) -> Outcome:
     """One pass over ``found`` (in :func:`~.grid.run_order`, as :func:`prepare` gives them): each cell is claimed
     and run, or left (done, or claimed by another process: skipped). A cell reading the output of a cell another
     process is running (the model it evaluates, the checkpoint it starts from) waits for it, looking every ``poll``
     seconds; if that process is gone before the cell is done, the cell is taken over and run here first. A failing
     cell is recorded as failed (with ``log_file``, where its traceback is) and stops the pass, or with
-    ``keep_going`` is counted and the pass goes on."""
+    ``keep_going`` is counted and the pass goes on. ``progress`` is given the outcome so far after each cell (a
+    worker's report, read even when the worker dies)."""
     ids, outcome = Identities(), Outcome()
     by_folder = {c.folder: c for c in found}
     pending, told = list(found), set()
@@ -134,7 +135,11 @@ def run_pass(spec: dict[str, Any], found: Sequence[Cell], *, keep_last: bool = F
                 if folder in by_folder and not _settled(folder) and any(c.folder == folder for c, _ in outcome.skipped):
                     outcome.skipped = [(c, why) for c, why in outcome.skipped if c.folder != folder]
                     _take(spec, by_folder[folder], ids, outcome, keep_last, lease, keep_going, log_file)
+                    if progress is not None:
+                        progress(outcome)
             _take(spec, cell, ids, outcome, keep_last, lease, keep_going, log_file)
+            if progress is not None:
+                progress(outcome)
         if pending:
             time.sleep(poll)
     return outcome
