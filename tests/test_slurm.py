@@ -356,6 +356,38 @@ def test_a_queued_cell_whose_settings_changed_is_refused_with_its_scancel(tmp_pa
                overrides=["train.lr=0.01"])
 
 
+def test_a_queued_cell_whose_source_finished_since_is_left_to_its_job(tmp_path, fake_slurm):
+    """The same command run again while the grid is half done: frozen's job, submitted when full's checkpoint did
+    not exist yet, is still the job for frozen's settings once full has made it (no scancel asked for)."""
+    from instruction_vit.studies.keys import Identities, cell_settings, settings_key
+
+    spec, runs = load_spec(str(_chain_spec(tmp_path))), tmp_path / "runs"
+    found = prepare(spec, runs)
+    first = submit(spec, runs, found, SlurmOptions())
+    job = first.jobs["frozen/vit/seed1"].job_id
+    source = next(c for c in found if c.name == "full/vit/seed1")  # it ran and finished since
+    best = source.folder / "checkpoints" / "best.safetensors"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"the source's model, made since")
+    (source.folder / "results.json").write_text(json.dumps({"top1": 50.0}))
+    (source.folder / "cell.json").write_text(json.dumps({"status": "done",
+                                                         "key": settings_key(cell_settings(source, Identities()))}))
+    (fake_slurm / "queue").write_text(f"{job}|PENDING\n")
+    again = submit(spec, runs, prepare(spec, runs), SlurmOptions())
+    assert not again.jobs and sorted(s.state for s in again.left) == ["done", "queued"]
+
+
+def test_a_cell_reading_a_cell_neither_done_nor_sent_is_refused(tmp_path, fake_slurm):
+    """A prompt cell submitted alone, its backbone's cell never run: the job could only fail (weights missing)."""
+    from instruction_vit.studies.slurm import SubmitError
+
+    spec, runs = load_spec(str(_chain_spec(tmp_path))), tmp_path / "runs"
+    with pytest.raises(SubmitError, match=r"frozen/vit/seed1 reads full/vit/seed1, which is not done and not in this "
+                                          r"submission: select it too \(ivit reproduce tinychain/full\)"):
+        submit(spec, runs, prepare(spec, runs, "frozen"), SlurmOptions())
+    assert not (fake_slurm / "scripts").exists()
+
+
 def test_a_dry_run_without_submitit_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit: ImportError
     spec_path = _chain_spec(tmp_path)

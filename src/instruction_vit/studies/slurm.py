@@ -36,6 +36,7 @@ from typing import Any
 
 from ..errors import ConfigError, UserError
 from ..files import write_text
+from .cell_record import read_record
 from .claims import DEFAULT_LEASE, holder_text, live_holder
 from .grid import Cell, cells, run_order
 from .keys import Identities, cell_settings, settings_key
@@ -184,7 +185,7 @@ def submit(spec: dict[str, Any], runs: Path, found: Sequence[Cell], options: Slu
     job = CellJob(spec, runs, overrides, weights or {}, keep_last, lease)
     before: list[str] = []
     for level in _levels(chosen):
-        after = before + _waits_for(spec, runs, level, jobs)
+        after = before + _waits_for(spec, runs, level, jobs, {c.folder for c in chosen})
         if after:
             executor.update_parameters(dependency="afterany:" + ":".join(after))
         before += _submit_array(executor, job, level, submission)
@@ -229,7 +230,8 @@ def preview(spec: dict[str, Any], runs: Path, found: Sequence[Cell], options: Sl
     lines = [f"would submit {len(chosen)} cell(s)"]
     for i, level in enumerate(_levels(chosen)):
         params = options.parameters(_job_name(spec))
-        after = [f"<array {k + 1}>" for k in range(i)] + _waits_for(spec, runs, level, jobs)
+        after = [f"<array {k + 1}>" for k in range(i)] + _waits_for(spec, runs, level, jobs,
+                                                                     {c.folder for c in chosen})
         if after:
             params["dependency"] = "afterany:" + ":".join(after)
         shown = ", ".join(c.name for c in level[:4]) + (f", ... ({len(level)})" if len(level) > 4 else "")
@@ -240,10 +242,12 @@ def preview(spec: dict[str, Any], runs: Path, found: Sequence[Cell], options: Sl
     return lines
 
 
-def _waits_for(spec: dict[str, Any], runs: Path, level: Sequence[Cell], jobs: Mapping[str, Job]) -> list[str]:
-    """The jobs outside this submission that cells of ``level`` must start after: the queued or running job of each
-    cell they read that is not sent with them. A cell they read that a process outside Slurm runs is refused
-    (:class:`SubmitError`): no job to wait for."""
+def _waits_for(spec: dict[str, Any], runs: Path, level: Sequence[Cell], jobs: Mapping[str, Job],
+               sent: set[Path]) -> list[str]:
+    """The jobs outside this submission (whose cells' folders are ``sent``) that cells of ``level`` must start after:
+    the queued or running job of each cell they read that is not sent with them. A cell they read that a process
+    outside Slurm runs, or that is neither done nor sent nor running anywhere, is refused (:class:`SubmitError`):
+    there is nothing to wait for, and the job would fail."""
     after: list[str] = []
     for cell in level:
         for folder in cell.upstream:
@@ -254,7 +258,10 @@ def _waits_for(spec: dict[str, Any], runs: Path, level: Sequence[Cell], jobs: Ma
                 continue
             holder = live_holder(folder)
             if holder is None:
-                continue
+                if folder in sent or (read_record(folder) or {}).get("status") == "done":
+                    continue
+                raise SubmitError(f"{cell.name} reads {name}, which is not done and not in this submission: select "
+                                  f"it too (ivit reproduce {spec['name']}/{name.split('/')[0]}), or run it first")
             if holder.slurm_job_id:
                 after.append(holder.slurm_job_id)
             else:
@@ -272,9 +279,21 @@ def _cell_name(spec: dict[str, Any], runs: Path, folder: Path) -> str:
 
 
 def _keys(found: Sequence[Cell]) -> dict[str, str]:
-    """Each cell's settings key (:func:`~.keys.settings_key`), recorded with its job."""
+    """Each cell's settings key as a submission knows it, recorded with its job: its settings
+    (:func:`~.keys.cell_settings`) less what cells it reads have not made yet. A cell starting from another cell's
+    checkpoint is keyed by that cell's folder, not by the checkpoint's bytes (missing when it is submitted, there
+    later), and an evaluating cell by its source's name; the job itself checks the rest when it runs."""
     ids = Identities()
-    return {c.name: settings_key(cell_settings(c, ids)) for c in found}
+    keys = {}
+    for cell in found:
+        settings = cell_settings(cell, ids)
+        if "backbone_weights" in settings and any(f != getattr(cell.source, "folder", None) for f in cell.upstream):
+            settings["backbone_weights"] = "made by " + " ".join(sorted("/".join(Path(f).parts[-4:])
+                                                                        for f in cell.upstream))
+        if "source" in settings:
+            settings["source"] = {"cell": settings["source"]["cell"]}
+        keys[cell.name] = settings_key(settings)
+    return keys
 
 
 def _refuse_outdated_jobs(spec: dict[str, Any], runs: Path, found: Sequence[Cell], jobs: Mapping[str, Job]) -> None:
