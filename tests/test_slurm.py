@@ -320,7 +320,7 @@ def test_watch_retries_a_failing_squeue_then_stops_with_its_error(tmp_path, fake
     assert not outcome.ran and [c.name for c, _ in outcome.failed] == ["full/vit/seed1"]
     (fake_slurm / "squeue_fails").write_text("always")
     with pytest.raises(WaitTimeoutError, match="squeue failed 5 times in a row .*Unable to contact slurm controller"
-                                               ".*ivit reproduce tinychain --status"):
+                                               ".*ivit reproduce tinychain --runs .* --status"):
         watch(spec, runs, found, every=(0.01, 0.01))
 
 
@@ -418,13 +418,20 @@ def test_the_watch_hint_names_the_spec_s_slurm_folder_for_a_spec_path(tmp_path, 
     spec_path = _chain_spec(tmp_path)
     runs = tmp_path / "runs"
     result = runner.invoke(app, ["reproduce", f"{spec_path}/full", "--runs", str(runs), "--launcher", "slurm",
-                                 "--no-wait"])
+                                 "--seeds", "1", "--no-wait", "train.lr=0.01"])
     output = "".join(result.output.split())
     assert result.exit_code == 0, result.output
     assert str(runs.resolve() / "tinychain" / ".slurm") in output and "tinychain.yaml/.slurm" not in output
+    # the way to watch repeats the command's selection, seeds and overrides: --status shows its cells as submitted
+    assert f"`ivitreproduce{spec_path}/full--runs{runs}--seeds1train.lr=0.01--status`" in output
 
 
 def test_seeds_that_are_not_comma_separated_integers_are_one_line(tmp_path):
-    result = runner.invoke(app, ["reproduce", str(_chain_spec(tmp_path)), "--runs", str(tmp_path / "runs"),
+    spec_path = _chain_spec(tmp_path)
+    result = runner.invoke(app, ["reproduce", str(spec_path), "--runs", str(tmp_path / "runs"),
                                  "--seeds", "0-2", "--dry-run"])
     assert result.exit_code == 2 and "--seeds takes comma-separated integers" in " ".join(result.output.split())
+    for given, said in (("", "--seeds takes comma-separated integers"), ("1,1", "--seeds names a seed twice")):
+        result = runner.invoke(app, ["reproduce", str(spec_path), "--runs", str(tmp_path / "runs"),
+                                     "--seeds", given, "--dry-run"])
+        assert result.exit_code == 2 and said in " ".join(result.output.split()), given

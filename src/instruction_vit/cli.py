@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import re
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -547,7 +548,9 @@ def reproduce(
     if launcher == "slurm":
         options = _slurm_options(partition, gpus_per_cell, cpus_per_cell, mem_per_cell, time, max_parallel, account,
                                  qos, slurm_arg)
-        done = _run_on_slurm(grid, spec_name, options, force, keep_last, lease, wait)
+        again = shlex.join([target, "--runs", str(runs), *(["--seeds", seeds] if seeds else []),
+                            *(["--weights", str(weights)] if weights else []), *(overrides or [])])
+        done = _run_on_slurm(grid, again, options, force, keep_last, lease, wait)
         if done is None:
             return
     elif workers > 1:
@@ -566,12 +569,15 @@ def reproduce(
 
 def _seed_list(seeds: str | None) -> list[int] | None:
     """``--seeds 1,2,3`` as a list (``None``: the spec's seeds)."""
-    if not seeds:
+    if seeds is None:
         return None
     try:
-        return [int(s) for s in seeds.split(",")]
+        found = [int(s) for s in seeds.split(",")]
     except ValueError:
         raise ConfigError(f"--seeds takes comma-separated integers, e.g. --seeds 1,2,3 (got {seeds!r})") from None
+    if len(set(found)) != len(found):
+        raise ConfigError(f"--seeds names a seed twice ({seeds}): each seed is one cell, trained once")
+    return found
 
 
 def _print_states(grid: tuple, launcher: str, as_table: bool) -> None:
@@ -611,8 +617,9 @@ def _print_sbatch(grid: tuple, options, force: bool) -> None:
         console.print(line, highlight=False, markup=False)
 
 
-def _run_on_slurm(grid: tuple, spec_name: str, options, force: bool, keep_last: bool, lease: float, wait: bool):
-    """Submit the cells, then (``wait``) follow them until their jobs end; ``None`` when not waiting."""
+def _run_on_slurm(grid: tuple, again: str, options, force: bool, keep_last: bool, lease: float, wait: bool):
+    """Submit the cells, then (``wait``) follow them until their jobs end; ``None`` when not waiting. ``again``: what
+    follows ``ivit reproduce`` in this command, for the line on how to watch."""
     from .studies.runner import finish, prepare
     from .studies.slurm import submit, watch, watch_hint
 
@@ -626,12 +633,12 @@ def _run_on_slurm(grid: tuple, spec_name: str, options, force: bool, keep_last: 
         console.print("nothing to submit", highlight=False)
         return None
     if not wait:
-        console.print(watch_hint(spec, runs, submission, spec_name), highlight=False)
+        console.print(watch_hint(spec, runs, submission, again), highlight=False)
         return None
     try:
-        outcome = watch(spec, runs, [c for c in found if c.name in submission.jobs], target=spec_name)
+        outcome = watch(spec, runs, [c for c in found if c.name in submission.jobs], target=again)
     except KeyboardInterrupt:
-        console.print(watch_hint(spec, runs, submission, spec_name), highlight=False)
+        console.print(watch_hint(spec, runs, submission, again), highlight=False)
         raise typer.Exit(130) from None
     return finish(outcome)
 

@@ -332,7 +332,8 @@ def watch(spec: dict[str, Any], runs: Path, submitted: Sequence[Cell],
     does ``timeout`` (seconds), with a :class:`WaitTimeoutError`. A look at the queue that fails is tried again;
     after :data:`SQUEUE_TRIES` failures in a row it stops waiting with a :class:`WaitTimeoutError` naming the error.
     A cell that ends neither done, failed nor recorded as not run (as the local path records it) counts as failed.
-    ``target``: the spec as the command was given it, for the line on how to watch."""
+    ``target``: what follows ``ivit reproduce`` in the command that submitted (its selection, seeds, overrides and
+    runs folder), for the line on how to watch."""
     seen: dict[str, str] = {}
     pause, deadline, failures = every[0], None if timeout is None else time.time() + timeout, 0
     while True:
@@ -342,7 +343,7 @@ def watch(spec: dict[str, Any], runs: Path, submitted: Sequence[Cell],
             failures += 1
             if failures >= SQUEUE_TRIES:
                 raise WaitTimeoutError(f"stopped waiting: squeue failed {failures} times in a row ({error}); the "
-                                       f"jobs go on: watch them with `ivit reproduce {target or spec['name']} --status`")
+                                       f"jobs go on: watch them with `ivit reproduce {target or _default_target(spec, runs)} --status`")
             time.sleep(every[0])
             continue
         failures = 0
@@ -374,10 +375,15 @@ def _not_run(state: CellState) -> bool:
 
 
 def watch_hint(spec: dict[str, Any], runs: Path, submission: Submission, target: str | None = None) -> str:
-    """How to watch the jobs after Ctrl-C (``target``: the spec as the command was given it, a name or a path)."""
+    """How to watch the jobs after Ctrl-C or ``--no-wait`` (``target``: what follows ``ivit reproduce`` in the
+    command that submitted, so ``--status`` shows its cells under its settings)."""
     ids = ",".join(submission.job_ids)
-    return (f"the jobs keep running: watch them with `ivit reproduce {target or spec['name']} --status --runs "
-            f"{runs}` or `squeue -j {ids}`; their logs are in {_folder(spec, runs)}")
+    return (f"the jobs keep running: watch them with `ivit reproduce {target or _default_target(spec, runs)} "
+            f"--status` or `squeue -j {ids}`; their logs are in {_folder(spec, runs)}")
+
+
+def _default_target(spec: dict[str, Any], runs: Path) -> str:
+    return f"{spec['name']} --runs {runs}"
 
 
 # -- submitit --------------------------------------------------------------------------------------------------

@@ -75,7 +75,9 @@ def _state(cell: Cell, ids: Identities, job: Job | None) -> CellState:
             return CellState(cell, STALE, "no readable record of the settings it was run with", reads)
         settings = cell_settings(cell, ids)
         if record.get("key") != settings_key(settings):
-            return CellState(cell, STALE, "; ".join(settings_diff(record.get("settings", {}), settings)[:2]), reads)
+            changes = settings_diff(record.get("settings", {}), settings)
+            shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+            return CellState(cell, STALE, shown, reads)
     if status == "done" and cell.source is not None and _source_changed(cell, record, ids):
         return CellState(cell, TO_RUN, f"its source's model changed since ({cell.source.name}): evaluated again",
                          reads)
