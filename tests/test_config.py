@@ -36,6 +36,8 @@ def test_int_is_accepted_where_float_is_expected():
         ("model.regime=vpt", r"choose one of full, prompt, linear"),
         ("train.mixup_mode=sample", r"'train.mixup_mode' is 'sample'; choose one of batch, pair, elem"),
         ("train.batch_size=0", r"'train.batch_size' must be >= 1"),
+        ("data.train_limit=0", r"'data.train_limit' must be >= 1 \(or null: all images\)"),
+        ("data.eval_limit=-5", r"'data.eval_limit' must be >= 1"),
         ("lr", r"must look like section.key=value"),
     ],
 )

@@ -431,7 +431,8 @@ def test_seeds_that_are_not_comma_separated_integers_are_one_line(tmp_path):
     result = runner.invoke(app, ["reproduce", str(spec_path), "--runs", str(tmp_path / "runs"),
                                  "--seeds", "0-2", "--dry-run"])
     assert result.exit_code == 2 and "--seeds takes comma-separated integers" in " ".join(result.output.split())
-    for given, said in (("", "--seeds takes comma-separated integers"), ("1,1", "--seeds names a seed twice")):
+    for given, said in (("", "--seeds takes comma-separated integers"), ("1,1", "--seeds names a seed twice"),
+                        ("-1", "--seeds takes seeds of 0 or more")):
         result = runner.invoke(app, ["reproduce", str(spec_path), "--runs", str(tmp_path / "runs"),
                                      "--seeds", given, "--dry-run"])
         assert result.exit_code == 2 and said in " ".join(result.output.split()), given

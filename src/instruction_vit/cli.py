@@ -575,6 +575,8 @@ def _seed_list(seeds: str | None) -> list[int] | None:
         found = [int(s) for s in seeds.split(",")]
     except ValueError:
         raise ConfigError(f"--seeds takes comma-separated integers, e.g. --seeds 1,2,3 (got {seeds!r})") from None
+    if any(seed < 0 for seed in found):
+        raise ConfigError(f"--seeds takes seeds of 0 or more (got {seeds}): numpy and the splits take no negative seed")
     if len(set(found)) != len(found):
         raise ConfigError(f"--seeds names a seed twice ({seeds}): each seed is one cell, trained once")
     return found

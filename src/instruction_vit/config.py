@@ -178,6 +178,8 @@ CHOICES = {
 }
 POSITIVE = ("data.img_size", "data.max_image_pixels", "train.epochs", "train.batch_size", "train.accum_steps",
             "prompts.per_class", "train.log_every")
+#: Keys that are a count of at least 1, or null for all.
+POSITIVE_OR_ALL = ("data.train_limit", "data.eval_limit")
 
 
 def resolved_workers(cfg: DataConfig) -> int:
@@ -258,6 +260,10 @@ def from_dict(data: dict[str, Any]) -> Config:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1")
+    for key in POSITIVE_OR_ALL:
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) is not None and getattr(getattr(cfg, section), name) < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1 (or null: all images)")
     if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
         raise ConfigError("config key 'data.num_workers' must be >= 0 (or null: min(8, CPU count))")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
