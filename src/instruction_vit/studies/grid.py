@@ -38,6 +38,11 @@ class Cell:
         return self.folder.parents[3]
 
     @property
+    def source_model(self) -> Path | None:
+        """The checkpoint an evaluating cell evaluates (its source's ``best.safetensors``); ``None`` for others."""
+        return self.source.folder / "checkpoints" / "best.safetensors" if self.source is not None else None
+
+    @property
     def upstream(self) -> tuple[Path, ...]:
         """The folders of the cells whose output this one reads, so it runs after them: the cell it evaluates, and a
         cell whose checkpoint it starts from (``model.pretrained: "{runs}/SPEC/COLUMN/ROW/seedK/checkpoints/..."``)."""

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import RunFolderError, UserError
-from ..files import file_sha256
 from ..training.run_lock import RunFolderInUseError
 from .cell_record import RECORD, finished, has_run, read_record, write_record
 from .claims import DEFAULT_LEASE, claim, holder_text, live_holder
@@ -194,8 +193,8 @@ def _source_state(cell: Cell, ids: Identities) -> tuple[str, str]:
         return "missing", "not run yet" if not record else f"its status is {record.get('status')!r}"
     if record.get("key") != settings_key(cell_settings(source, ids)):
         return "missing", "it was run under other settings than the spec's now"
-    if not (source.folder / "checkpoints" / "best.safetensors").is_file():
-        return "missing", f"its checkpoint {source.folder / 'checkpoints' / 'best.safetensors'} is gone"
+    if not cell.source_model.is_file():
+        return "missing", f"its checkpoint {cell.source_model} is gone"
     return "done", ""
 
 
@@ -211,10 +210,6 @@ def _check_sources(spec: dict[str, Any], found: Sequence[Cell], ids: Identities)
             raise RunFolderError(
                 f"{spec['name']}/{cell.name} evaluates the model of {spec['name']}/{cell.source.name}, which is not "
                 f"done ({why}): run `ivit reproduce {spec['name']}/{cell.source.column}` first (or select both)")
-
-
-def _source_checkpoint(cell: Cell) -> Path:
-    return cell.source.folder / "checkpoints" / "best.safetensors"
 
 
 class CellsInUseError(RunFolderError):
@@ -265,7 +260,7 @@ def _run_cell(spec: dict[str, Any], cell: Cell, settings: dict[str, Any], ids: I
             logger.warning(f"{cell.name}: not run: {reason}")
             _record(cell, {**base_record, "status": "not_run", "reason": reason})
             return False
-        base_record["source_checkpoint"] = f"sha256:{file_sha256(_source_checkpoint(cell))}"
+        base_record["source_checkpoint"] = ids.file(str(cell.source_model))
     if finished(cell, key, base_record.get("source_checkpoint")):
         logger.info(f"{cell.name}: done ({cell.folder / 'results.json'})")
         return False
@@ -308,7 +303,7 @@ def _compute(spec: dict[str, Any], cell: Cell) -> None:
         zero_shot(cell.config, cell.folder)
     elif cell.source is not None:
         source_results = json.loads((cell.source.folder / "results.json").read_text(encoding="utf-8"))
-        transfer(cell.config, _source_checkpoint(cell), cell.folder, {
+        transfer(cell.config, cell.source_model, cell.folder, {
             "cell": f"{spec['name']}/{cell.source.name}", "dataset": cell.source.config.data.dataset,
             "top1": source_results.get("top1")})
     else:

@@ -106,8 +106,7 @@ def _state(cell: Cell, ids: Identities, job: Job | None) -> CellState:
 
 def _source_changed(cell: Cell, record: Mapping[str, Any], ids: Identities) -> bool:
     """Whether the model an evaluating cell evaluated is no longer its source's (the runner evaluates it again)."""
-    best = cell.source.folder / "checkpoints" / "best.safetensors"
-    return best.is_file() and record.get("source_checkpoint") != ids.file(str(best))
+    return cell.source_model.is_file() and record.get("source_checkpoint") != ids.file(str(cell.source_model))
 
 
 def _epoch(cell: Cell, prefix: str = ",") -> str:
