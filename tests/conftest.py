@@ -57,6 +57,20 @@ def tiny_clip_dir(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_text_run(tmp_path_factory, tiny_clip_dir):
+    """A run trained for one epoch on a colour folder with text prompts from the tiny CLIP, shared read-only by the
+    tests of the classifier users load and of its ONNX export (they write only into their own tmp_path)."""
+    from helpers import colour_folder, tiny_run
+
+    from instruction_vit.training import train
+
+    root = tmp_path_factory.mktemp("text_run")
+    colour_folder(root / "images", per_class=8)
+    train(tiny_run(root / "images", tiny_clip_dir, root / "cache", "train.epochs=1"), root / "run")
+    return root / "run"
+
+
 @pytest.fixture(scope="module")
 def clip(tiny_clip_dir):
     """The tiny CLIP, loaded as a prompt encoder (open_clip:local-dir:...)."""

@@ -162,3 +162,15 @@ def armed_archive(folder: Path) -> tuple[Path, Path]:
     marker.unlink()
     return archive, marker
 
+
+def tiny_spec_base(root: Path, epochs: int = 1, **sections: dict) -> dict:
+    """The ``base`` of a tiny experiment spec on the colour folder ``root``: 16-px images, a 1-block ViT, a few CPU
+    steps per epoch, no prompts (``sections`` replace or add whole sections: ``prompts={...}``)."""
+    return {"data": {"dataset": "folder", "root": str(root), "val_fraction": 0.25, "img_size": 16, "num_workers": 0,
+                     "randaugment": None},
+            "prompts": {"kind": "none"},
+            "model": {"backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}},
+            "train": {"epochs": epochs, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0.5, "mixup": 0, "cutmix": 0,
+                      "device": "cpu"},
+            **sections}
+

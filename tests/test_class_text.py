@@ -3,9 +3,9 @@ does ("a photo of a ankle boot.", not "ankle_boot."), while the class names show
 
 import torch
 
+from instruction_vit.data import class_text
 from instruction_vit.methods.coop import CoOpModel
 from instruction_vit.methods.kgcoop import KgCoOpModel
-from instruction_vit.data import class_text
 from instruction_vit.prompts import build_prompt_bank
 
 

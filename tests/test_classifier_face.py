@@ -5,21 +5,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import colour_folder, tiny_run
 from PIL import Image
 
 from instruction_vit.api import export_onnx, load_classifier
-from instruction_vit.training import train
 
 NEW = ["crimson", "navy", "lime", "white"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_clip_dir):
-    root = tmp_path_factory.mktemp("face")
-    colour_folder(root / "images", per_class=8)
-    train(tiny_run(root / "images", tiny_clip_dir, root / "cache", "train.epochs=1"), root / "run")
-    return root / "run"
+def run(tiny_text_run):
+    return tiny_text_run
 
 
 @pytest.fixture(scope="module")

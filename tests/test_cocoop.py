@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from instruction_vit.config import ConfigError
 from instruction_vit.methods.cocoop import CoCoOpModel
 from instruction_vit.methods.coop import CoOpModel
-from instruction_vit.config import ConfigError
 from instruction_vit.model import apply_regime
 
 CLASSES = ["cat", "dog", "car"]

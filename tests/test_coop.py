@@ -5,15 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from instruction_vit.api import load_config
+from instruction_vit.artifacts.checkpoint import CheckpointError, load_checkpoint
+from instruction_vit.config import ConfigError
 from instruction_vit.methods import get_method
 from instruction_vit.methods.cocoop import CoCoOpModel
 from instruction_vit.methods.coop import CoOpModel
-from instruction_vit.api import load_config
-from instruction_vit.config import ConfigError
-from instruction_vit.artifacts.checkpoint import CheckpointError, load_checkpoint
-from instruction_vit.training import train
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
+from instruction_vit.training import train
 
 CLASSES = ["cat", "dog", "car"]
 

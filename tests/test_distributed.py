@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import colour_folder
 
-from instruction_vit.config import load_config
 from instruction_vit.artifacts.checkpoint import load_checkpoint
+from instruction_vit.config import load_config
 from instruction_vit.training import train
 
 

@@ -7,11 +7,11 @@ import torch
 from helpers import colour_folder, tiny_run
 
 import instruction_vit.artifacts.checkpoint as checkpoint_module
-from instruction_vit.config import load_config
-from instruction_vit.training.loop import NonFiniteLossError, RunFolderError
 from instruction_vit.artifacts.checkpoint import load_checkpoint
-from instruction_vit.training import train
+from instruction_vit.config import load_config
 from instruction_vit.losses import InstructionLoss
+from instruction_vit.training import train
+from instruction_vit.training.loop import NonFiniteLossError, RunFolderError
 
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import COLOURS, colour_folder
+from helpers import COLOURS, colour_folder, tiny_spec_base
 from typer.testing import CliRunner
 
 from instruction_vit.cli import app
@@ -265,12 +265,7 @@ def state_spec(tmp_path):
     path = tmp_path / "tinystate.yaml"
     path.write_text(yaml.safe_dump({
         "name": "tinystate", "seeds": [1, 2, 3],
-        "base": {"data": {"dataset": "folder", "root": str(root), "val_fraction": 0.25, "img_size": 16,
-                          "num_workers": 0, "randaugment": None},
-                 "prompts": {"kind": "none"},
-                 "model": {"backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}},
-                 "train": {"epochs": 1, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0.5, "mixup": 0,
-                           "cutmix": 0, "device": "cpu"}},
+        "base": tiny_spec_base(root),
         "columns": {"full": {},
                     "frozen": {"rows": ["vit"], "seeds": [1], "config": {"model": {
                         "regime": "linear", "pretrained": "{runs}/tinystate/full/vit/seed1/checkpoints/best.safetensors"}}}},

@@ -14,14 +14,14 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 import instruction_vit as ivit
-from instruction_vit.cli import app
-from instruction_vit.config import load_config
 from instruction_vit.artifacts.checkpoint import CheckpointError, load_checkpoint
-from instruction_vit.training import train
 from instruction_vit.artifacts.checkpoint import model_from_config
 from instruction_vit.artifacts.sharing import HubUploadError
+from instruction_vit.cli import app
+from instruction_vit.config import load_config
 from instruction_vit.errors import RunFolderError, WeightsUnavailableError
 from instruction_vit.prompts import PromptBank
+from instruction_vit.training import train
 
 REPO = "someorg/tiny-ivit"
 FILES = ("README.md", "config.json", "model.safetensors", "prompts.json", "prompts.safetensors")

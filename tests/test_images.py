@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from instruction_vit.config import load_config
-from instruction_vit.data import DataError, FileImages, TransformedImages, eval_transform, read_image, train_transform
-from instruction_vit.data import images as images_module
 from instruction_vit.artifacts import classifier as classifier_module
 from instruction_vit.artifacts.checkpoint import model_from_config, save_checkpoint
 from instruction_vit.artifacts.classifier import Classifier
+from instruction_vit.config import load_config
+from instruction_vit.data import DataError, FileImages, TransformedImages, eval_transform, read_image, train_transform
+from instruction_vit.data import images as images_module
 
 RNG = np.random.default_rng(0)
 

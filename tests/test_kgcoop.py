@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instruction_vit.methods import get_method
-from instruction_vit.methods.kgcoop import KgCoOpModel
 from instruction_vit.api import load_config
 from instruction_vit.config import ConfigError
 from instruction_vit.losses import InstructionLoss
+from instruction_vit.methods import get_method
+from instruction_vit.methods.kgcoop import KgCoOpModel
 from instruction_vit.model import apply_regime
 
 CLASSES = ["cat", "dog", "car"]

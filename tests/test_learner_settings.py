@@ -14,13 +14,13 @@ from safetensors.torch import save_file
 from instruction_vit import config as config_module
 from instruction_vit.api import load_config
 from instruction_vit.artifacts.checkpoint import load_checkpoint, save_checkpoint
+from instruction_vit.errors import CheckpointError, ConfigError
 from instruction_vit.methods import get_method
 from instruction_vit.methods.cocoop import CoCoOpModel
 from instruction_vit.methods.coop import CoOpModel
 from instruction_vit.methods.kgcoop import KgCoOpModel
 from instruction_vit.methods.maple import MaPLeModel, MaPLePrompts
 from instruction_vit.methods.promptsrc import PromptSRCModel
-from instruction_vit.errors import CheckpointError, ConfigError
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
 from instruction_vit.resolve import resolve

@@ -6,9 +6,9 @@ import torch
 
 from helpers import DEEP_CLIP_CFG, save_clip
 
+from instruction_vit.config import ConfigError
 from instruction_vit.methods import deep_prompts as dp
 from instruction_vit.methods.maple import MaPLeModel
-from instruction_vit.config import ConfigError
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
 

@@ -14,8 +14,8 @@ from instruction_vit.methods import (
     list_methods,
     register_method,
 )
-from instruction_vit.config import Config, DataConfig, ModelConfig, PromptConfig, load_config
 from instruction_vit.artifacts.checkpoint import model_from_config, save_checkpoint
+from instruction_vit.config import Config, DataConfig, ModelConfig, PromptConfig, load_config
 from instruction_vit.errors import ConfigError
 from instruction_vit.model import REGIMES, MethodModel, PlainModel, apply_regime
 from instruction_vit.outputs import Capabilities, InstructionOutput

@@ -11,17 +11,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import colour_folder, tiny_run
 from PIL import Image
 from typer.testing import CliRunner
 
 from instruction_vit.api import export_onnx, load_classifier
+from instruction_vit.artifacts.export import ExportError, export_model_onnx
+from instruction_vit.cli import app
+from instruction_vit.errors import ConfigError
 from instruction_vit.methods.cocoop import CoCoOpModel
 from instruction_vit.methods.coop import CoOpModel
-from instruction_vit.cli import app
-from instruction_vit.training import train
-from instruction_vit.artifacts.export import ExportError, export_model_onnx
-from instruction_vit.errors import ConfigError
 from instruction_vit.model import build_model
 from instruction_vit.outputs import Prompts
 from instruction_vit.prompts import cosine_scores, forward_selected, load_encoder
@@ -30,11 +28,8 @@ NEW = ["crimson", "navy", "lime", "white", "black"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_clip_dir):
-    root = tmp_path_factory.mktemp("onnx")
-    colour_folder(root / "images", per_class=8)
-    train(tiny_run(root / "images", tiny_clip_dir, root / "cache", "train.epochs=1"), root / "run")
-    return root / "run"
+def run(tiny_text_run):
+    return tiny_text_run
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from instruction_vit.config import load_config
 from instruction_vit.artifacts.checkpoint import load_checkpoint, model_from_config, save_checkpoint
+from instruction_vit.config import load_config
 from instruction_vit.outputs import Prompts
 from instruction_vit.prompts import PromptBank
 

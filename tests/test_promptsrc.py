@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
 from helpers import DEEP_CLIP_CFG, save_clip
 
-from instruction_vit.methods.promptsrc import PromptSRCModel, promptsrc_templates
 from instruction_vit.config import ConfigError, load_config
+from instruction_vit.methods.promptsrc import PromptSRCModel, promptsrc_templates
 from instruction_vit.model import apply_regime
 from instruction_vit.prompts import load_encoder
 

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import colour_folder
+from helpers import colour_folder, tiny_spec_base
 from typer.testing import CliRunner
 
 import instruction_vit
 from instruction_vit.cli import app
 from instruction_vit.config import load_config
+from instruction_vit.errors import UserError
 from instruction_vit.training import train
 from instruction_vit.training.run_folder import prepare_run_folder
 from instruction_vit.training.run_lock import LOCK_NAME, LockHolder, RunFolderInUseError, RunLock
 from instruction_vit.training.step import Stepper
-from instruction_vit.errors import UserError
 
 runner = CliRunner()
 #: The subprocesses import this checkout's package, not an installed one.
@@ -275,12 +275,7 @@ def spec(image_root, tmp_path):
     path = tmp_path / "tinylock.yaml"
     path.write_text(yaml.safe_dump({
         "name": "tinylock", "seeds": [1, 2, 3],
-        "base": {"data": {"dataset": "folder", "root": str(image_root), "val_fraction": 0.25, "img_size": 16,
-                          "num_workers": 0, "randaugment": None},
-                 "prompts": {"kind": "none"},
-                 "model": {"backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}},
-                 "train": {"epochs": 1, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0.5, "mixup": 0,
-                           "cutmix": 0, "device": "cpu"}},
+        "base": tiny_spec_base(image_root),
         "columns": {"full": {}},
         "rows": {"vit": {"label": "ViT"}},
     }, sort_keys=False))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import COLOURS, colour_folder
+from helpers import COLOURS, colour_folder, tiny_spec_base
 from typer.testing import CliRunner
 
 import instruction_vit
@@ -70,11 +70,7 @@ def _spec(tmp_path: Path, name: str, epochs: int, columns: dict, rows: dict, per
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name, "seeds": [1],
-        "base": {"data": {"dataset": "folder", "root": str(root), "val_fraction": 0.25, "img_size": 16,
-                          "num_workers": 0, "randaugment": None},
-                 "model": {"backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}},
-                 "train": {"epochs": epochs, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0.5, "mixup": 0,
-                           "cutmix": 0, "device": "cpu"}, **base},
+        "base": tiny_spec_base(root, epochs, **base),
         "columns": columns, "rows": rows}, sort_keys=False))
     return path
 

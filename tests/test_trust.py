@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from instruction_vit.cli import app
 from instruction_vit.config import load_config
-from instruction_vit.training.loop import RunFolderError
 from instruction_vit.training import train
+from instruction_vit.training.loop import RunFolderError
 
 runner = CliRunner()
 

@@ -36,11 +36,11 @@ from helpers import colour_folder, tiny_run  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 import instruction_vit as ivit  # noqa: E402
-from instruction_vit.cli import app  # noqa: E402
 from instruction_vit.artifacts.checkpoint import CheckpointError, load_checkpoint
-from instruction_vit.training import train
+from instruction_vit.cli import app  # noqa: E402
 from instruction_vit.errors import DataError, DiskFullError, RunFolderError, UserError  # noqa: E402
 from instruction_vit.prompts import PromptBank  # noqa: E402
+from instruction_vit.training import train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import colour_folder
+from helpers import colour_folder, tiny_spec_base
 
 import instruction_vit
 from instruction_vit.artifacts.checkpoint import load_checkpoint
@@ -32,12 +32,7 @@ def _spec(tmp_path: Path, name: str, seeds: list[int], epochs: int, per_class: i
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name, "seeds": seeds,
-        "base": {"data": {"dataset": "folder", "root": str(root), "val_fraction": 0.25, "img_size": 16,
-                          "num_workers": 0, "randaugment": None},
-                 "prompts": {"kind": "none"},
-                 "model": {"backbone_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}},
-                 "train": {"epochs": epochs, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0.5, "mixup": 0,
-                           "cutmix": 0, "device": "cpu"}},
+        "base": tiny_spec_base(root, epochs),
         "columns": {"full": {}, **columns},
         "rows": {"vit": {"label": "ViT"}, "fast": {"label": "ViT, lr 0.01", "config": {"train": {"lr": 0.01}}}},
     }, sort_keys=False))
